@@ -1,0 +1,212 @@
+"""Pure-Python framing engine, the twin of the compiled ``chatcore._framing_c``.
+
+Both modules expose the same names with the same behaviour, and neither touches a
+socket: they take bytes and a *channel* object (anything shaped like
+``async_chat``) and call its methods.
+
+* ``Framer`` is the incoming side.  It splits a byte stream by the channel's
+  terminator exactly as CPython 3.11's ``asynchat.async_chat.handle_read`` does,
+  but in O(bytes received): it walks the data with an offset instead of
+  re-slicing the unconsumed rest after every message.
+* ``push`` and ``initiate_send`` are the outgoing side: the producer queue kept
+  in ``channel.producer_fifo`` with stdlib's semantics, where the unsent rest of
+  an immutable buffer is a memoryview slice instead of a copy.
+
+The tests run every behaviour test against both modules; keep them in step.
+"""
+
+from typing import Any, Optional
+
+__all__ = ["Framer", "push", "initiate_send"]
+
+
+def _terminator_bytes(terminator: Any) -> bytes:
+    """The bytes of a sequence terminator, or a TypeError naming what it got."""
+    if type(terminator) is bytes:
+        return terminator
+    try:
+        return bytes(memoryview(terminator))
+    except TypeError:
+        raise TypeError(
+            "terminator must be bytes-like, an int or None, not %r"
+            % type(terminator).__name__
+        ) from None
+
+
+def _partial_terminator_length(data: bytes, start: int, terminator: bytes) -> int:
+    """Length of the longest proper prefix of *terminator* that ends *data[start:]*."""
+    longest = min(len(terminator) - 1, len(data) - start)
+    for length in range(longest, 0, -1):
+        if data.endswith(terminator[:length], start):
+            return length
+    return 0
+
+
+class Framer:
+    """Incoming terminator engine for one channel.
+
+    Between calls to ``feed`` the framer keeps only what stdlib keeps in
+    ``ac_in_buffer``: a partial terminator at the end of the last read (or
+    whatever the application stored through ``pending``).  During ``feed`` the
+    unprocessed rest is visible and replaceable through ``pending`` too, so a
+    handler that clears ``ac_in_buffer`` or calls ``discard_buffers()`` inside
+    ``found_terminator()`` stops the processing as it would in stdlib.
+    """
+
+    __slots__ = ("_data", "_pos", "_feeding")
+
+    def __init__(self) -> None:
+        self._data = b""
+        self._pos = 0
+        self._feeding = 0
+
+    @property
+    def pending(self) -> bytes:
+        """Received bytes not yet handed to the channel (stdlib's ``ac_in_buffer``)."""
+        return self._data[self._pos:]
+
+    @pending.setter
+    def pending(self, value: Any) -> None:
+        self._data = bytes(memoryview(value))
+        self._pos = 0
+
+    @property
+    def feeding(self) -> bool:
+        """True while ``feed`` is running (a handler callback re-entered it)."""
+        return self._feeding > 0
+
+    def feed(self, channel: Any, data: Any, call_get_terminator: bool = True) -> None:
+        """Append *data* to the pending bytes and deliver every complete piece.
+
+        Calls ``channel.collect_incoming_data(bytes)`` and
+        ``channel.found_terminator()`` as stdlib does, reading the terminator
+        again before each step because a handler may change it.  With
+        *call_get_terminator* false the terminator is read straight from
+        ``channel.terminator`` (only correct when ``get_terminator`` is not
+        overridden).  An exception from a callback propagates; bytes already
+        handed to a callback count as consumed, so nothing is delivered twice.
+        """
+        if type(data) is not bytes:
+            data = bytes(memoryview(data))
+        if self._pos < len(self._data):
+            data = self._data[self._pos:] + data
+        self._data = data
+        self._pos = 0
+        self._feeding += 1
+        try:
+            self._deliver(channel, call_get_terminator)
+        finally:
+            self._feeding -= 1
+            # Keep only the unprocessed rest, as an owned object.
+            if self._pos:
+                self._data = self._data[self._pos:]
+                self._pos = 0
+
+    def _deliver(self, channel: Any, call_get_terminator: bool) -> None:
+        while True:
+            # A callback may have replaced the buffer: re-read it every step.
+            data = self._data
+            pos = self._pos
+            end = len(data)
+            if pos >= end:
+                return
+            if call_get_terminator:
+                terminator = channel.get_terminator()
+            else:
+                terminator = channel.terminator
+            if not terminator:
+                self._pos = end
+                channel.collect_incoming_data(data[pos:end])
+            elif isinstance(terminator, int):
+                if terminator < 0:
+                    raise ValueError("terminator must not be negative, got %d" % terminator)
+                available = end - pos
+                if available < terminator:
+                    self._pos = end
+                    channel.collect_incoming_data(data[pos:end])
+                    channel.terminator = channel.terminator - available
+                else:
+                    self._pos = pos + terminator
+                    channel.collect_incoming_data(data[pos:pos + terminator])
+                    channel.terminator = 0
+                    channel.found_terminator()
+            else:
+                needle = _terminator_bytes(terminator)
+                index = data.find(needle, pos)
+                if index >= 0:
+                    self._pos = index + len(needle)
+                    if index > pos:
+                        channel.collect_incoming_data(data[pos:index])
+                    channel.found_terminator()
+                    continue
+                partial = _partial_terminator_length(data, pos, needle)
+                if partial:
+                    if partial != end - pos:
+                        self._pos = end - partial
+                        channel.collect_incoming_data(data[pos:end - partial])
+                    return
+                self._pos = end
+                channel.collect_incoming_data(data[pos:end])
+
+
+def push(channel: Any, data: Any) -> None:
+    """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            "push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__
+        )
+    fifo = channel.producer_fifo
+    piece = channel.ac_out_buffer_size
+    size = len(data)
+    if size > piece:
+        for start in range(0, size, piece):
+            fifo.append(data[start:start + piece])
+    else:
+        fifo.append(data)
+
+
+def initiate_send(channel: Any, zero_copy: bool = False) -> None:
+    """Send from the head of ``channel.producer_fifo`` once, as stdlib does.
+
+    Stdlib's steps, kept because applications observe them: empty buffers are
+    dropped (and end this call with an empty ``send``), ``None`` closes the
+    channel, producers are asked ``more()`` until one yields data, and at most
+    one ``send`` of at most ``ac_out_buffer_size`` bytes is made.  With
+    *zero_copy* (only when ``channel.send`` is not overridden, so nobody sees
+    the difference) an immutable head is sliced through a memoryview instead
+    of copied.
+    """
+    fifo = channel.producer_fifo
+    while fifo and channel.connected:
+        first = fifo[0]
+        if not first:
+            del fifo[0]
+            if first is None:
+                channel.handle_close()
+                return
+        limit = channel.ac_out_buffer_size
+        if zero_copy and type(first) is bytes:
+            first = memoryview(first)
+        try:
+            data = first[:limit]
+        except TypeError:
+            data = first.more()
+            if data:
+                fifo.appendleft(data)
+            else:
+                del fifo[0]
+            continue
+        if isinstance(data, str) and channel.use_encoding:
+            data = bytes(data, channel.encoding)
+        try:
+            sent = channel.send(data)
+        except OSError:
+            channel.handle_error()
+            return
+        if sent:
+            if sent < len(data) or limit < len(first):
+                fifo[0] = first[sent:]
+            else:
+                del fifo[0]
+        return
+

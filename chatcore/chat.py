@@ -1,0 +1,221 @@
+"""``async_chat``: terminator-framed channels, as CPython 3.11's ``asynchat``.
+
+The class keeps asynchat's whole surface (``set_terminator``, the two
+callbacks, ``push``, producers, ``close_when_done``, ``producer_fifo``,
+``ac_in_buffer``, ``incoming`` …) and hands the work to the framing engine
+(``chatcore._framing``): the incoming search runs in O(bytes received) and the
+unsent rest of a buffer is never copied.
+
+Overrides are honoured where stdlib would call them: a subclass that overrides
+``recv`` gets its ``recv`` called, one that overrides ``send`` gets exactly the
+slices stdlib would pass, and an overridden ``get_terminator`` is consulted
+before every step.  The fast paths (a reused receive buffer, memoryview
+slices) are taken only where nothing observable changes.
+"""
+
+import socket
+import threading
+from collections import deque
+from typing import Any, Deque, Dict, Optional, Union
+
+from . import _framing
+from .dispatch import DISCONNECTED, dispatcher
+
+__all__ = ["async_chat", "find_prefix_at_end", "simple_producer"]
+
+Terminator = Union[bytes, str, int, None]
+
+
+class _ReceiveBuffers(threading.local):
+    """One reusable receive buffer per thread, shared by all its channels.
+
+    The framing engine copies every piece it hands out, so the buffer is free
+    again when ``handle_read`` returns; a per-thread buffer keeps idle
+    channels from each holding ``ac_in_buffer_size`` bytes.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.in_use = False
+
+
+_receive_buffers = _ReceiveBuffers()
+
+
+class async_chat(dispatcher):
+    """A channel that splits input by a terminator and queues output in order.
+
+    Subclasses implement ``collect_incoming_data(data)`` and
+    ``found_terminator()``.
+    """
+
+    ac_in_buffer_size = 65536
+    ac_out_buffer_size = 65536
+
+    # Encoding str data silently hides application bugs, so it is opt-in.
+    use_encoding = 0
+    encoding = "latin-1"
+
+    #: The framing engine module; tests swap in the other implementation.
+    _engine = _framing.engine
+
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+        self._framer = self._engine.Framer()
+        # Where _get_data()/_collect_incoming_data() accumulate pieces.
+        self.incoming: list = []
+        # Buffers, producers and None (= close) waiting to be sent, in order.
+        self.producer_fifo: Deque[Any] = deque()
+        dispatcher.__init__(self, sock, map)
+
+    @property
+    def ac_in_buffer(self) -> bytes:
+        """Received bytes the terminator search has not consumed yet."""
+        return self._framer.pending
+
+    @ac_in_buffer.setter
+    def ac_in_buffer(self, value: Any) -> None:
+        self._framer.pending = value
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        raise NotImplementedError("must be implemented in subclass")
+
+    def _collect_incoming_data(self, data: bytes) -> None:
+        self.incoming.append(data)
+
+    def _get_data(self) -> bytes:
+        data = b"".join(self.incoming)
+        del self.incoming[:]
+        return data
+
+    def found_terminator(self) -> None:
+        raise NotImplementedError("must be implemented in subclass")
+
+    def set_terminator(self, term: Terminator) -> None:
+        """Set the input delimiter: bytes of any length, a byte count, or None."""
+        if isinstance(term, str) and self.use_encoding:
+            term = bytes(term, self.encoding)
+        elif isinstance(term, int) and term < 0:
+            raise ValueError("the number of received bytes must be positive")
+        self.terminator = term
+
+    def get_terminator(self) -> Terminator:
+        return self.terminator
+
+    def handle_read(self) -> None:
+        buffers = _receive_buffers
+        if (
+            type(self).recv is dispatcher.recv
+            and isinstance(self.socket, socket.socket)
+            and not buffers.in_use
+        ):
+            self._read_into_shared_buffer(buffers)
+            return
+        try:
+            data = self.recv(self.ac_in_buffer_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.handle_error()
+            return
+        if isinstance(data, str) and self.use_encoding:
+            data = bytes(data, self.encoding)
+        self._framer.feed(self, data, self._dynamic_terminator())
+
+    def _read_into_shared_buffer(self, buffers: _ReceiveBuffers) -> None:
+        """``dispatcher.recv`` semantics, into the thread's reusable buffer."""
+        size = self.ac_in_buffer_size
+        buffer = buffers.buffer
+        if len(buffer) < size:
+            buffer = buffers.buffer = bytearray(size)
+        buffers.in_use = True
+        try:
+            with memoryview(buffer) as view:
+                try:
+                    count = self.socket.recv_into(view, size)
+                except BlockingIOError:
+                    return
+                except OSError as err:
+                    if err.errno in DISCONNECTED:
+                        self.handle_close()
+                        count = 0
+                    else:
+                        self.handle_error()
+                        return
+                else:
+                    if not count:
+                        # The peer closed; pending bytes are still processed.
+                        self.handle_close()
+                with view[:count] as received:
+                    self._framer.feed(self, received, self._dynamic_terminator())
+        finally:
+            buffers.in_use = False
+
+    def _dynamic_terminator(self) -> bool:
+        """Whether get_terminator() must be called (it is overridden somewhere)."""
+        return type(self).get_terminator is not async_chat.get_terminator or (
+            "get_terminator" in self.__dict__
+        )
+
+    def handle_write(self) -> None:
+        self.initiate_send()
+
+    def handle_close(self) -> None:
+        self.close()
+
+    def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Queue *data* for sending and try to send at once."""
+        self._engine.push(self, data)
+        self.initiate_send()
+
+    def push_with_producer(self, producer: Any) -> None:
+        """Queue an object with a ``more()`` method; it is drained in order."""
+        self.producer_fifo.append(producer)
+        self.initiate_send()
+
+    def readable(self) -> bool:
+        # Always readable: a buffer-size test would contradict set_terminator().
+        return True
+
+    def writable(self) -> Any:
+        return self.producer_fifo or (not self.connected)
+
+    def close_when_done(self) -> None:
+        """Close the channel once everything queued so far has been sent."""
+        self.producer_fifo.append(None)
+
+    def initiate_send(self) -> None:
+        zero_copy = type(self).send is dispatcher.send and "send" not in self.__dict__
+        self._engine.initiate_send(self, zero_copy)
+
+    def discard_buffers(self) -> None:
+        """Drop all pending input and output (emergencies only)."""
+        self._framer.pending = b""
+        del self.incoming[:]
+        self.producer_fifo.clear()
+
+
+class simple_producer:
+    """Yields *data* in pieces of at most *buffer_size* bytes."""
+
+    def __init__(self, data: bytes, buffer_size: int = 512):
+        self.data = data
+        self.buffer_size = buffer_size
+
+    def more(self) -> bytes:
+        if len(self.data) > self.buffer_size:
+            result = self.data[: self.buffer_size]
+            self.data = self.data[self.buffer_size:]
+            return result
+        result, self.data = self.data, b""
+        return result
+
+
+def find_prefix_at_end(haystack: Union[bytes, str], needle: Union[bytes, str]) -> int:
+    """Length of the longest proper prefix of *needle* that *haystack* ends with.
+
+    Assumes *needle* itself does not occur at the end (asynchat checks that first).
+    """
+    length = len(needle) - 1
+    while length and not haystack.endswith(needle[:length]):
+        length -= 1
+    return length

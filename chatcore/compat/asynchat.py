@@ -1,0 +1,12 @@
+"""chatcore as a drop-in ``asynchat`` module (see ``chatcore.compat``)."""
+
+from collections import deque
+
+from . import asyncore
+from ..chat import async_chat as _core_async_chat
+from ..chat import find_prefix_at_end, simple_producer
+
+
+class async_chat(_core_async_chat, asyncore.dispatcher):
+    __module__ = "asynchat"
+    __doc__ = _core_async_chat.__doc__

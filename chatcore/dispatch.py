@@ -1,0 +1,471 @@
+"""The socket wrapper side of asyncore: ``dispatcher`` and its relatives.
+
+Everything here behaves like CPython 3.11's ``asyncore`` (the event loop itself
+lives in ``chatcore.eventloop``): the same methods, attributes, defaults, log lines
+and error handling, because legacy servers override and call them directly.
+"""
+
+import os
+import socket
+import sys
+import warnings
+from errno import (
+    EAGAIN,
+    EALREADY,
+    EBADF,
+    ECONNABORTED,
+    ECONNRESET,
+    EINPROGRESS,
+    EINVAL,
+    EISCONN,
+    ENOTCONN,
+    EPIPE,
+    ESHUTDOWN,
+    EWOULDBLOCK,
+    errorcode,
+)
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = [
+    "ExitNow",
+    "close_all",
+    "compact_traceback",
+    "dispatcher",
+    "dispatcher_with_send",
+    "read",
+    "readwrite",
+    "socket_map",
+    "write",
+]
+
+#: errno values that mean "the peer is gone": send/recv turn them into handle_close().
+DISCONNECTED = frozenset({ECONNRESET, ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE, EBADF})
+
+#: The default channel map, shared by every dispatcher created without ``map=``.
+socket_map: Dict[int, Any] = {}
+
+# poll(2) bits, spelled out because Windows' select module lacks them.
+POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x001, 0x002, 0x004, 0x008, 0x010, 0x020
+
+
+def _strerror(err: int) -> str:
+    try:
+        return os.strerror(err)
+    except (ValueError, OverflowError, NameError):
+        return errorcode.get(err, "Unknown error %s" % err)
+
+
+class ExitNow(Exception):
+    """Raised by a handler to leave ``loop()``: it is never turned into handle_error()."""
+
+
+_RERAISED = (ExitNow, KeyboardInterrupt, SystemExit)
+
+
+def read(obj: Any) -> None:
+    """Deliver a read event; any exception but ExitNow & co. goes to handle_error()."""
+    try:
+        obj.handle_read_event()
+    except _RERAISED:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def write(obj: Any) -> None:
+    """Deliver a write event; any exception but ExitNow & co. goes to handle_error()."""
+    try:
+        obj.handle_write_event()
+    except _RERAISED:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def _exception(obj: Any) -> None:
+    try:
+        obj.handle_expt_event()
+    except _RERAISED:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def readwrite(obj: Any, flags: int) -> None:
+    """Deliver poll(2)-style *flags*; a peer-gone OSError becomes handle_close()."""
+    try:
+        if flags & POLLIN:
+            obj.handle_read_event()
+        if flags & POLLOUT:
+            obj.handle_write_event()
+        if flags & POLLPRI:
+            obj.handle_expt_event()
+        if flags & (POLLHUP | POLLERR | POLLNVAL):
+            obj.handle_close()
+    except OSError as err:
+        if err.errno in DISCONNECTED:
+            obj.handle_close()
+        else:
+            obj.handle_error()
+    except _RERAISED:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def compact_traceback() -> Tuple[Tuple[str, str, str], Any, Any, str]:
+    """The exception being handled as ((file, function, line), type, value, one-line trace)."""
+    exc_type, exc_value, tb = sys.exc_info()
+    if not tb:
+        raise AssertionError("traceback does not exist")
+    frames = []
+    while tb:
+        code = tb.tb_frame.f_code
+        frames.append((code.co_filename, code.co_name, str(tb.tb_lineno)))
+        tb = tb.tb_next
+    info = " ".join("[%s|%s|%s]" % frame for frame in frames)
+    return frames[-1], exc_type, exc_value, info
+
+
+def close_all(map: Optional[Dict[int, Any]] = None, ignore_all: bool = False) -> None:
+    """Close every object in *map* (default: ``socket_map``) and empty it."""
+    if map is None:
+        map = socket_map
+    for obj in list(map.values()):
+        try:
+            obj.close()
+        except OSError as err:
+            if err.errno != EBADF and not ignore_all:
+                raise
+        except _RERAISED:
+            raise
+        except BaseException:
+            if not ignore_all:
+                raise
+    map.clear()
+
+
+class dispatcher:
+    """A non-blocking socket plus the event handlers the loop calls on it."""
+
+    debug = False
+    connected = False
+    accepting = False
+    connecting = False
+    closing = False
+    addr: Any = None
+    ignore_log_types = frozenset({"warning"})
+
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+        self._map = self._default_map() if map is None else map
+        self._fileno: Optional[int] = None
+        if not sock:
+            self.socket = None
+            return
+        # The socket may come from a blocking source (accept(), a factory).
+        sock.setblocking(False)
+        self.set_socket(sock, map)
+        self.connected = True
+        try:
+            self.addr = sock.getpeername()
+        except OSError as err:
+            if err.errno not in (ENOTCONN, EINVAL):
+                # Broken in an unknown way: keep it out of the loop.
+                self.del_channel(map)
+                raise
+            self.connected = False
+
+    @staticmethod
+    def _default_map() -> Dict[int, Any]:
+        """The map used when none is given; the compat module reads its own global."""
+        return socket_map
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        status = [cls.__module__ + "." + cls.__qualname__]
+        if self.accepting and self.addr:
+            status.append("listening")
+        elif self.connected:
+            status.append("connected")
+        if self.addr is not None:
+            try:
+                status.append("%s:%d" % self.addr)
+            except TypeError:
+                status.append(repr(self.addr))
+        return "<%s at %#x>" % (" ".join(status), id(self))
+
+    def add_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
+        if map is None:
+            map = self._map
+        map[self._fileno] = self
+
+    def del_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
+        if map is None:
+            map = self._map
+        map.pop(self._fileno, None)
+        self._fileno = None
+
+    def create_socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> None:
+        self.family_and_type = family, type
+        sock = socket.socket(family, type)
+        sock.setblocking(False)
+        self.set_socket(sock)
+
+    def set_socket(self, sock: Any, map: Optional[Dict[int, Any]] = None) -> None:
+        self.socket = sock
+        self._fileno = sock.fileno()
+        self.add_channel(map)
+
+    def set_reuse_addr(self) -> None:
+        try:
+            flag = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, flag | 1)
+        except OSError:
+            pass
+
+    # Predicates the loop asks every turn.
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    # Socket methods.
+
+    def listen(self, num: int) -> None:
+        self.accepting = True
+        if os.name == "nt" and num > 5:
+            num = 5
+        return self.socket.listen(num)
+
+    def bind(self, addr: Any) -> None:
+        self.addr = addr
+        return self.socket.bind(addr)
+
+    def connect(self, address: Any) -> None:
+        self.connected = False
+        self.connecting = True
+        err = self.socket.connect_ex(address)
+        if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (err == EINVAL and os.name == "nt"):
+            self.addr = address
+            return
+        if err in (0, EISCONN):
+            self.addr = address
+            self.handle_connect_event()
+        else:
+            raise OSError(err, errorcode[err])
+
+    def accept(self) -> Optional[Tuple[socket.socket, Any]]:
+        """A (socket, address) pair, or None when nobody is waiting."""
+        try:
+            conn, addr = self.socket.accept()
+        except TypeError:
+            return None
+        except OSError as err:
+            if err.errno in (EWOULDBLOCK, ECONNABORTED, EAGAIN):
+                return None
+            raise
+        return conn, addr
+
+    def send(self, data: Any) -> int:
+        try:
+            return self.socket.send(data)
+        except OSError as err:
+            if err.errno == EWOULDBLOCK:
+                return 0
+            if err.errno in DISCONNECTED:
+                self.handle_close()
+                return 0
+            raise
+
+    def recv(self, buffer_size: int) -> bytes:
+        try:
+            data = self.socket.recv(buffer_size)
+        except OSError as err:
+            # Windows sometimes reports a dead peer as ENOTCONN.
+            if err.errno in DISCONNECTED:
+                self.handle_close()
+                return b""
+            raise
+        if not data:
+            # The peer closed: a read event that yields no bytes.
+            self.handle_close()
+            return b""
+        return data
+
+    def close(self) -> None:
+        self.connected = False
+        self.accepting = False
+        self.connecting = False
+        self.del_channel()
+        if self.socket is not None:
+            try:
+                self.socket.close()
+            except OSError as err:
+                if err.errno not in (ENOTCONN, EBADF):
+                    raise
+
+    # Logging: log() is for hits, log_info() for information and errors.
+
+    def log(self, message: Any) -> None:
+        sys.stderr.write("log: %s\n" % str(message))
+
+    def log_info(self, message: Any, type: str = "info") -> None:
+        if type not in self.ignore_log_types:
+            print("%s: %s" % (type, message))
+
+    # Events as the loop delivers them.
+
+    def handle_read_event(self) -> None:
+        if self.accepting:
+            # A listening socket is never connected; readable means "accept".
+            self.handle_accept()
+        elif not self.connected:
+            if self.connecting:
+                self.handle_connect_event()
+            self.handle_read()
+        else:
+            self.handle_read()
+
+    def handle_connect_event(self) -> None:
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, _strerror(err))
+        self.handle_connect()
+        self.connected = True
+        self.connecting = False
+
+    def handle_write_event(self) -> None:
+        if self.accepting:
+            # Listening sockets get no write events; ignore a spurious one.
+            return
+        if not self.connected and self.connecting:
+            self.handle_connect_event()
+        self.handle_write()
+
+    def handle_expt_event(self) -> None:
+        # Either a socket error or out-of-band data: look at the error first.
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            self.handle_close()
+        else:
+            self.handle_expt()
+
+    def handle_error(self) -> None:
+        _, exc_type, exc_value, info = compact_traceback()
+        try:
+            self_repr = repr(self)
+        except BaseException:
+            self_repr = "<__repr__(self) failed for object at %0x>" % id(self)
+        self.log_info(
+            "uncaptured python exception, closing channel %s (%s:%s %s)"
+            % (self_repr, exc_type, exc_value, info),
+            "error",
+        )
+        self.handle_close()
+
+    def handle_expt(self) -> None:
+        self.log_info("unhandled incoming priority event", "warning")
+
+    def handle_read(self) -> None:
+        self.log_info("unhandled read event", "warning")
+
+    def handle_write(self) -> None:
+        self.log_info("unhandled write event", "warning")
+
+    def handle_connect(self) -> None:
+        self.log_info("unhandled connect event", "warning")
+
+    def handle_accept(self) -> None:
+        pair = self.accept()
+        if pair is not None:
+            self.handle_accepted(*pair)
+
+    def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
+        sock.close()
+        self.log_info("unhandled accepted event", "warning")
+
+    def handle_close(self) -> None:
+        self.log_info("unhandled close event", "warning")
+        self.close()
+
+
+class dispatcher_with_send(dispatcher):
+    """A dispatcher whose send() buffers, for simple clients."""
+
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+        dispatcher.__init__(self, sock, map)
+        self.out_buffer = b""
+
+    def initiate_send(self) -> None:
+        sent = dispatcher.send(self, self.out_buffer[:65536])
+        self.out_buffer = self.out_buffer[sent:]
+
+    def handle_write(self) -> None:
+        self.initiate_send()
+
+    def writable(self) -> bool:
+        return (not self.connected) or len(self.out_buffer)
+
+    def send(self, data: Any) -> None:
+        if self.debug:
+            self.log_info("sending %s" % repr(data))
+        self.out_buffer = self.out_buffer + data
+        self.initiate_send()
+
+
+if os.name == "posix":
+    __all__ += ["file_dispatcher", "file_wrapper"]
+
+    class file_wrapper:
+        """Just enough of a socket around a file descriptor (which it dup()s)."""
+
+        def __init__(self, fd: int):
+            self.fd = os.dup(fd)
+
+        def __del__(self) -> None:
+            if self.fd >= 0:
+                warnings.warn("unclosed file %r" % self, ResourceWarning, source=self)
+            self.close()
+
+        def recv(self, *args: Any) -> bytes:
+            return os.read(self.fd, *args)
+
+        def send(self, *args: Any) -> int:
+            return os.write(self.fd, *args)
+
+        def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
+            if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
+                return 0
+            raise NotImplementedError("Only asyncore specific behaviour implemented.")
+
+        read = recv
+        write = send
+
+        def close(self) -> None:
+            if self.fd < 0:
+                return
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+        def fileno(self) -> int:
+            return self.fd
+
+    class file_dispatcher(dispatcher):
+        """A dispatcher over a pipe or file descriptor instead of a socket."""
+
+        def __init__(self, fd: Any, map: Optional[Dict[int, Any]] = None):
+            dispatcher.__init__(self, None, map)
+            self.connected = True
+            try:
+                fd = fd.fileno()
+            except AttributeError:
+                pass
+            self.set_file(fd)
+            os.set_blocking(fd, False)
+
+        def set_file(self, fd: int) -> None:
+            self.socket = file_wrapper(fd)
+            self._fileno = self.socket.fileno()
+            self.add_channel()

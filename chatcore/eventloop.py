@@ -1,0 +1,342 @@
+"""The event loop: asyncore's ``loop``/``poll``/``poll2`` on a kernel poller.
+
+asyncore rebuilt its select()/poll() sets from scratch on every turn, so it
+could not pass 1024 descriptors (select) and paid for every idle channel twice.
+Here one poller lives for a whole ``loop()`` call: epoll on Linux, otherwise
+what ``selectors.DefaultSelector`` picks (kqueue on macOS and the BSDs, select
+on Windows).  Every turn still asks each channel ``readable()`` and
+``writable()``, as asyncore does, but only a changed answer costs a system call.
+
+The dispatching keeps asyncore's two flavours:
+
+* ``use_poll=False`` (select semantics): all read events of the turn first, then
+  all write events, then exceptional ones; an error or hang-up shows as
+  readable/writable, as select() reports it.
+* ``use_poll=True`` (poll semantics): one ``readwrite(obj, flags)`` per channel,
+  where a hang-up or error also calls ``handle_close()``.
+
+Descriptors the kernel poller cannot watch keep select()'s answers: a regular
+file is always ready, and a closed descriptor is reported ready (select mode)
+or POLLNVAL (poll mode) so the channel's own recv/send fails and closes it,
+instead of the whole loop failing.
+"""
+
+import errno
+import select
+import selectors
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import dispatch as _dispatch
+from .dispatch import (
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLNVAL,
+    POLLOUT,
+    POLLPRI,
+    _exception,
+    read,
+    readwrite,
+    write,
+)
+
+__all__ = ["loop", "poll", "poll2", "poll3"]
+
+ChannelMap = Dict[Any, Any]
+Events = List[Tuple[int, int]]
+
+_REPORTED = POLLIN | POLLPRI | POLLOUT | POLLERR | POLLHUP | POLLNVAL
+
+
+class _Poller:
+    """Kernel registrations kept in step with a channel map, turn after turn.
+
+    A registration remembers the channel object and its socket object, not only
+    the descriptor number: when a descriptor is closed and its number reused by
+    a new socket, the kernel has already forgotten the old registration, so a
+    changed object or socket means "register again".
+    """
+
+    def __init__(self) -> None:
+        self._registered: Dict[int, Tuple[Any, Any, int]] = {}
+        # Descriptors the kernel poller refused, answered without it.
+        self._always_ready: Dict[int, int] = {}
+        self._invalid: Dict[int, int] = {}
+
+    # Kernel operations, one subclass per poller kind.
+    def _add(self, fd: int, mask: int) -> None:
+        raise NotImplementedError
+
+    def _modify(self, fd: int, mask: int) -> None:
+        raise NotImplementedError
+
+    def _remove(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def _wait(self, timeout: Optional[float]) -> Events:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def sync(self, wanted: Dict[int, Tuple[Any, int]]) -> None:
+        """Make the registrations match *wanted*: fd -> (channel, poll mask)."""
+        registered = self._registered
+        for fd in [fd for fd in registered if fd not in wanted]:
+            self._forget(fd)
+        for fd, (obj, mask) in wanted.items():
+            sock = getattr(obj, "socket", None)
+            current = registered.get(fd)
+            if current is not None:
+                if current[0] is obj and current[1] is sock:
+                    if current[2] != mask:
+                        self._change(fd, mask)
+                        registered[fd] = (obj, sock, mask)
+                    continue
+                self._forget(fd)
+            self._register(fd, mask)
+            registered[fd] = (obj, sock, mask)
+
+    def _register(self, fd: int, mask: int) -> None:
+        try:
+            self._add(fd, mask)
+        except OSError as err:
+            if err.errno == errno.EEXIST:
+                self._modify(fd, mask)
+            elif err.errno == errno.EPERM:
+                # epoll refuses regular files; select() calls them always ready.
+                self._always_ready[fd] = mask
+            elif err.errno == errno.EBADF:
+                self._invalid[fd] = mask
+            else:
+                raise
+        except ValueError:
+            # A negative descriptor: a socket closed behind the map's back.
+            self._invalid[fd] = mask
+
+    def _change(self, fd: int, mask: int) -> None:
+        if fd in self._always_ready:
+            self._always_ready[fd] = mask
+        elif fd in self._invalid:
+            self._invalid[fd] = mask
+        else:
+            try:
+                self._modify(fd, mask)
+            except OSError:
+                # The descriptor was closed (and maybe reused) under us.
+                self._forget(fd)
+                self._register(fd, mask)
+
+    def _forget(self, fd: int) -> None:
+        del self._registered[fd]
+        if self._always_ready.pop(fd, None) is None and self._invalid.pop(fd, None) is None:
+            try:
+                self._remove(fd)
+            except (OSError, ValueError, KeyError):
+                pass  # already gone from the kernel with its descriptor
+
+    def wait(self, timeout: Optional[float]) -> Events:
+        """(fd, poll flags) for every ready registration, waiting up to *timeout* s."""
+        if self._always_ready or self._invalid:
+            timeout = 0.0
+        events = self._wait(timeout)
+        for fd, mask in self._always_ready.items():
+            events.append((fd, mask & (POLLIN | POLLOUT)))
+        for fd in self._invalid:
+            events.append((fd, POLLNVAL))
+        return events
+
+
+class _EpollPoller(_Poller):
+    """Linux: epoll, whose event bits are poll(2)'s, including POLLPRI for urgent data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoll = select.epoll()
+
+    def _add(self, fd: int, mask: int) -> None:
+        self._epoll.register(fd, mask)
+
+    def _modify(self, fd: int, mask: int) -> None:
+        self._epoll.modify(fd, mask)
+
+    def _remove(self, fd: int) -> None:
+        self._epoll.unregister(fd)
+
+    def _wait(self, timeout: Optional[float]) -> Events:
+        while True:
+            try:
+                return self._epoll.poll(-1 if timeout is None else timeout)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                continue
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+class _SelectorsPoller(_Poller):
+    """Elsewhere: ``selectors.DefaultSelector``; urgent data (POLLPRI) is not reported."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._selector = selectors.DefaultSelector()
+
+    @staticmethod
+    def _events(mask: int) -> int:
+        return (selectors.EVENT_READ if mask & POLLIN else 0) | (
+            selectors.EVENT_WRITE if mask & POLLOUT else 0
+        )
+
+    def _add(self, fd: int, mask: int) -> None:
+        events = self._events(mask)
+        if events:
+            self._selector.register(fd, events)
+
+    def _modify(self, fd: int, mask: int) -> None:
+        events = self._events(mask)
+        try:
+            self._selector.unregister(fd)
+        except KeyError:
+            pass
+        if events:
+            self._selector.register(fd, events)
+
+    def _remove(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    def _wait(self, timeout: Optional[float]) -> Events:
+        if not self._selector.get_map():
+            # Nothing to watch: some selectors refuse an empty wait.
+            if timeout is None or timeout > 0:
+                time.sleep(timeout or 0)
+            return []
+        events = []
+        for key, ready in self._selector.select(timeout):
+            flags = (POLLIN if ready & selectors.EVENT_READ else 0) | (
+                POLLOUT if ready & selectors.EVENT_WRITE else 0
+            )
+            events.append((key.fd, flags))
+        return events
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+def new_poller() -> _Poller:
+    """The best poller this platform has."""
+    if hasattr(select, "epoll"):
+        return _EpollPoller()
+    return _SelectorsPoller()
+
+
+def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool) -> None:
+    """One loop turn: ask every channel what it wants, wait, dispatch."""
+    wanted: Dict[int, Tuple[Any, int]] = {}
+    for fd, obj in list(map.items()):
+        is_r = obj.readable()
+        is_w = obj.writable()
+        # Listening sockets are never asked to write.
+        mask = POLLOUT if is_w and not obj.accepting else 0
+        if poll_mode:
+            if is_r:
+                mask |= POLLIN | POLLPRI
+        else:
+            if is_r:
+                mask |= POLLIN
+            if is_r or is_w:
+                mask |= POLLPRI
+        if mask:
+            wanted[fd] = (obj, mask)
+    if not wanted and not poll_mode:
+        # asyncore's select() path sleeps when nothing is watched.
+        if timeout:
+            time.sleep(timeout)
+        poller.sync(wanted)
+        return
+    poller.sync(wanted)
+    events = poller.wait(timeout)
+    if poll_mode:
+        for fd, flags in events:
+            obj = map.get(fd)
+            if obj is not None:
+                readwrite(obj, flags & _REPORTED)
+        return
+    readable, writable, exceptional = [], [], []
+    for fd, flags in events:
+        mask = wanted[fd][1]
+        # select() reports errors and hang-ups as readable and writable.
+        if mask & POLLIN and flags & (POLLIN | POLLHUP | POLLERR | POLLNVAL):
+            readable.append(fd)
+        if mask & POLLOUT and flags & (POLLOUT | POLLERR | POLLNVAL):
+            writable.append(fd)
+        if flags & POLLPRI:
+            exceptional.append(fd)
+    for fds, handler in ((readable, read), (writable, write), (exceptional, _exception)):
+        for fd in fds:
+            # Look up again: an earlier handler may have closed or replaced it.
+            obj = map.get(fd)
+            if obj is not None:
+                handler(obj)
+
+
+def _poll_once(timeout: Optional[float], map: Optional[ChannelMap], poll_mode: bool) -> None:
+    if map is None:
+        map = _dispatch.socket_map
+    if poll_mode and not map:
+        return
+    poller = new_poller()
+    try:
+        _turn(poller, timeout, map, poll_mode)
+    finally:
+        poller.close()
+
+
+def _poll_timeout(timeout: Optional[float]) -> Optional[float]:
+    """asyncore's poll2 rounds the timeout down to whole milliseconds."""
+    if timeout is None:
+        return None
+    milliseconds = int(timeout * 1000)
+    return None if milliseconds < 0 else milliseconds / 1000.0
+
+
+def poll(timeout: Optional[float] = 0.0, map: Optional[ChannelMap] = None) -> None:
+    """One turn with select semantics."""
+    _poll_once(timeout, map, poll_mode=False)
+
+
+def poll2(timeout: Optional[float] = 0.0, map: Optional[ChannelMap] = None) -> None:
+    """One turn with poll semantics (flags handed to ``readwrite``)."""
+    _poll_once(_poll_timeout(timeout), map, poll_mode=True)
+
+
+poll3 = poll2
+
+
+def loop(
+    timeout: Optional[float] = 30.0,
+    use_poll: bool = False,
+    map: Optional[ChannelMap] = None,
+    count: Optional[int] = None,
+) -> None:
+    """Serve the channels in *map* until it is empty, or for *count* turns.
+
+    *use_poll* selects poll semantics where the platform has poll(), as in
+    asyncore; the kernel poller is the same either way.
+    """
+    if map is None:
+        map = _dispatch.socket_map
+    poll_mode = bool(use_poll) and hasattr(select, "poll")
+    if poll_mode:
+        timeout = _poll_timeout(timeout)
+    poller = new_poller()
+    try:
+        if count is None:
+            while map:
+                _turn(poller, timeout, map, poll_mode)
+        else:
+            while map and count > 0:
+                _turn(poller, timeout, map, poll_mode)
+                count -= 1
+    finally:
+        poller.close()

@@ -1,0 +1,302 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: freethreading_compatible=True
+"""Compiled framing engine, the twin of ``chatcore._framing_py``.
+
+Same names, signatures, errors and callback sequence as the pure-Python twin;
+only the mechanism differs: the incoming search runs over a raw pointer into
+the received buffer (memchr for one-byte terminators, memmem for longer ones),
+and pieces are copied out exactly once, straight into the bytes object handed
+to ``collect_incoming_data``.
+
+Memory-safety rules this file keeps:
+* a pointer into a buffer is used only while a local reference holds that
+  buffer, and is re-derived after every call back into Python, because a
+  handler may replace the framer's buffer (``ac_in_buffer = ...``) or feed it
+  recursively;
+* every offset is checked against the length of the buffer it indexes before
+  use, so a state change from a callback cannot turn into an out-of-bounds read.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS
+from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
+from cpython.object cimport PyObject
+from libc.string cimport memcmp
+
+__all__ = ["Framer", "push", "initiate_send"]
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* First occurrence of needle in haystack, or NULL.  memmem is linear time
+       in glibc, musl and the BSDs; Windows has no memmem, so it gets a
+       memchr-and-compare loop there. */
+    static const char *chatcore_find(const char *hay, Py_ssize_t hay_len,
+                                     const char *needle, Py_ssize_t needle_len)
+    {
+        if (needle_len <= 0 || hay_len < needle_len) return NULL;
+        if (needle_len == 1) return (const char *)memchr(hay, needle[0], (size_t)hay_len);
+    #if defined(_WIN32)
+        {
+            const char *end = hay + (hay_len - needle_len) + 1;
+            const char *p = hay;
+            while (p < end) {
+                p = (const char *)memchr(p, needle[0], (size_t)(end - p));
+                if (p == NULL) return NULL;
+                if (memcmp(p, needle, (size_t)needle_len) == 0) return p;
+                p++;
+            }
+            return NULL;
+        }
+    #else
+        return (const char *)memmem(hay, (size_t)hay_len, needle, (size_t)needle_len);
+    #endif
+    }
+    """
+    const char *chatcore_find(const char *hay, Py_ssize_t hay_len,
+                              const char *needle, Py_ssize_t needle_len)
+
+cdef extern from "Python.h":
+    ssize_t PY_SSIZE_T_MAX
+
+
+cdef inline const char *_buffer_pointer(object buf, Py_ssize_t *length) except NULL:
+    """Pointer and length of *buf*, which is bytes or a contiguous byte memoryview."""
+    if type(buf) is bytes:
+        length[0] = PyBytes_GET_SIZE(buf)
+        return PyBytes_AS_STRING(buf)
+    view = PyMemoryView_GET_BUFFER(buf)
+    if view.buf == NULL and view.len != 0:
+        raise ValueError("framer buffer was released")
+    length[0] = view.len
+    if view.buf == NULL:
+        return b""
+    return <const char *>view.buf
+
+
+cdef object _own_view(object data):
+    """A buffer the framer can index directly: bytes, or a private memoryview."""
+    if type(data) is bytes:
+        return data
+    view = PyMemoryView_FromObject(data)
+    info = PyMemoryView_GET_BUFFER(view)
+    if info.itemsize != 1 or not view.c_contiguous:
+        return bytes(view)
+    return view
+
+
+cdef object _terminator_bytes(object terminator):
+    if type(terminator) is bytes:
+        return terminator
+    try:
+        return bytes(memoryview(terminator))
+    except TypeError:
+        raise TypeError(
+            "terminator must be bytes-like, an int or None, not %r"
+            % type(terminator).__name__
+        ) from None
+
+
+cdef Py_ssize_t _partial_terminator_length(const char *data, Py_ssize_t available,
+                                           const char *needle, Py_ssize_t needle_len) noexcept:
+    cdef Py_ssize_t length = needle_len - 1
+    if length > available:
+        length = available
+    while length > 0:
+        if memcmp(data + available - length, needle, <size_t>length) == 0:
+            return length
+        length -= 1
+    return 0
+
+
+cdef class Framer:
+    """Incoming terminator engine for one channel.
+
+    Between calls to ``feed`` the framer keeps only what stdlib keeps in
+    ``ac_in_buffer``: a partial terminator at the end of the last read (or
+    whatever the application stored through ``pending``).  During ``feed`` the
+    unprocessed rest is visible and replaceable through ``pending`` too, so a
+    handler that clears ``ac_in_buffer`` or calls ``discard_buffers()`` inside
+    ``found_terminator()`` stops the processing as it would in stdlib.
+    """
+
+    cdef object _data      # bytes, or a private C-contiguous byte memoryview
+    cdef Py_ssize_t _pos   # first unprocessed byte of _data
+    cdef int _feeding
+
+    def __cinit__(self):
+        self._data = b""
+        self._pos = 0
+        self._feeding = 0
+
+    @property
+    def pending(self):
+        """Received bytes not yet handed to the channel (stdlib's ``ac_in_buffer``)."""
+        cdef Py_ssize_t length
+        cdef const char *ptr = _buffer_pointer(self._data, &length)
+        if self._pos >= length:
+            return b""
+        return PyBytes_FromStringAndSize(ptr + self._pos, length - self._pos)
+
+    @pending.setter
+    def pending(self, value):
+        self._data = bytes(memoryview(value))
+        self._pos = 0
+
+    @property
+    def feeding(self):
+        """True while ``feed`` is running (a handler callback re-entered it)."""
+        return self._feeding > 0
+
+    def feed(self, channel, data, bint call_get_terminator=True):
+        """Append *data* to the pending bytes and deliver every complete piece.
+
+        Calls ``channel.collect_incoming_data(bytes)`` and
+        ``channel.found_terminator()`` as stdlib does, reading the terminator
+        again before each step because a handler may change it.  With
+        *call_get_terminator* false the terminator is read straight from
+        ``channel.terminator`` (only correct when ``get_terminator`` is not
+        overridden).  An exception from a callback propagates; bytes already
+        handed to a callback count as consumed, so nothing is delivered twice.
+        """
+        cdef Py_ssize_t length
+        data = _own_view(data)
+        if self._pos < len(self._data):
+            data = self.pending + bytes(data)
+        self._data = data
+        self._pos = 0
+        self._feeding += 1
+        try:
+            self._deliver(channel, call_get_terminator)
+        finally:
+            self._feeding -= 1
+            # Keep only the unprocessed rest, as an owned bytes object, so the
+            # caller's receive buffer is free again.
+            if self._pos or type(self._data) is not bytes:
+                self._data = self.pending
+                self._pos = 0
+
+    cdef int _deliver(self, object channel, bint call_get_terminator) except -1:
+        cdef object data, terminator, needle
+        cdef const char *ptr
+        cdef const char *found
+        cdef const char *needle_ptr
+        cdef Py_ssize_t pos, end, available, count, needle_len, index, partial
+        while True:
+            # A callback may have replaced the buffer: re-derive everything.
+            data = self._data
+            ptr = _buffer_pointer(data, &end)
+            pos = self._pos
+            if pos >= end:
+                return 0
+            if pos < 0:
+                raise RuntimeError("framer offset is out of range")
+            available = end - pos
+            if call_get_terminator:
+                terminator = channel.get_terminator()
+            else:
+                terminator = channel.terminator
+            if terminator is None or not terminator:
+                self._pos = end
+                channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, available))
+            elif isinstance(terminator, int):
+                if terminator < 0:
+                    raise ValueError("terminator must not be negative, got %d" % terminator)
+                try:
+                    count = terminator
+                except OverflowError:
+                    count = PY_SSIZE_T_MAX
+                if available < count:
+                    self._pos = end
+                    channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, available))
+                    channel.terminator = channel.terminator - available
+                else:
+                    self._pos = pos + count
+                    channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, count))
+                    channel.terminator = 0
+                    channel.found_terminator()
+            else:
+                needle = _terminator_bytes(terminator)
+                needle_ptr = PyBytes_AS_STRING(needle)
+                needle_len = PyBytes_GET_SIZE(needle)
+                found = chatcore_find(ptr + pos, available, needle_ptr, needle_len)
+                if found != NULL:
+                    index = found - ptr
+                    self._pos = index + needle_len
+                    if index > pos:
+                        channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, index - pos))
+                    channel.found_terminator()
+                    continue
+                partial = _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
+                if partial:
+                    if partial != available:
+                        self._pos = end - partial
+                        channel.collect_incoming_data(
+                            PyBytes_FromStringAndSize(ptr + pos, available - partial))
+                    return 0
+                self._pos = end
+                channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, available))
+
+
+def push(channel, data):
+    """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""
+    cdef Py_ssize_t size, piece, start
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            "push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__
+        )
+    fifo = channel.producer_fifo
+    piece = channel.ac_out_buffer_size
+    size = len(data)
+    if size > piece:
+        append = fifo.append
+        for start in range(0, size, piece):
+            append(data[start:start + piece])
+    else:
+        fifo.append(data)
+
+
+def initiate_send(channel, bint zero_copy=False):
+    """Send from the head of ``channel.producer_fifo`` once, as stdlib does.
+
+    Stdlib's steps, kept because applications observe them: empty buffers are
+    dropped (and end this call with an empty ``send``), ``None`` closes the
+    channel, producers are asked ``more()`` until one yields data, and at most
+    one ``send`` of at most ``ac_out_buffer_size`` bytes is made.  With
+    *zero_copy* (only when ``channel.send`` is not overridden, so nobody sees
+    the difference) an immutable head is sliced through a memoryview instead
+    of copied.
+    """
+    fifo = channel.producer_fifo
+    while fifo and channel.connected:
+        first = fifo[0]
+        if not first:
+            del fifo[0]
+            if first is None:
+                channel.handle_close()
+                return
+        limit = channel.ac_out_buffer_size
+        if zero_copy and type(first) is bytes:
+            first = memoryview(first)
+        try:
+            data = first[:limit]
+        except TypeError:
+            data = first.more()
+            if data:
+                fifo.appendleft(data)
+            else:
+                del fifo[0]
+            continue
+        if isinstance(data, str) and channel.use_encoding:
+            data = bytes(data, channel.encoding)
+        try:
+            sent = channel.send(data)
+        except OSError:
+            channel.handle_error()
+            return
+        if sent:
+            if sent < len(data) or limit < len(first):
+                fifo[0] = first[sent:]
+            else:
+                del fifo[0]
+        return
