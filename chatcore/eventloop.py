@@ -107,7 +107,9 @@ class _Poller:
             elif err.errno == errno.EPERM:
                 # epoll refuses regular files; select() calls them always ready.
                 self._always_ready[fd] = mask
-            elif err.errno == errno.EBADF:
+            elif err.errno in (errno.EBADF, errno.EINVAL):
+                # Closed behind the map's back (EINVAL: the number now belongs
+                # to the poller itself).
                 self._invalid[fd] = mask
             else:
                 raise

@@ -1,0 +1,27 @@
+"""Type stub for the compiled framing engine (src/_framing_c.pyx).
+
+Identical in behaviour to ``chatcore._framing_py``; see that module for the
+semantics of each name.
+"""
+
+from typing import Any, List
+
+
+__all__: List[str]
+
+class Framer:
+    """Incoming terminator engine for one channel."""
+
+    pending: bytes
+    """Received bytes not yet handed to the channel (stdlib's ``ac_in_buffer``)."""
+    @property
+    def feeding(self) -> bool:
+        """True while ``feed`` is running."""
+    def feed(self, channel: Any, data: Any, call_get_terminator: bool = ...) -> None:
+        """Append *data* to the pending bytes and deliver every complete piece."""
+
+def push(channel: Any, data: Any) -> None:
+    """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""
+
+def initiate_send(channel: Any, zero_copy: bool = ...) -> None:
+    """Send from the head of ``channel.producer_fifo`` once, as stdlib does."""

@@ -1,0 +1,303 @@
+"""async_chat over real sockets (socketpair), on both engines.
+
+Covers what the sans-IO engine tests cannot: the reused receive buffer,
+end of stream, overridden recv/send/get_terminator, and reentrancy.
+"""
+
+import errno
+import socket
+import threading
+from unittest import mock
+
+import pytest
+
+import chatcore
+
+
+def line_channel_class(chat_class, channel_map, terminator=b"\n"):
+    class Lines(chat_class):
+        def __init__(self, sock):
+            super().__init__(sock, map=channel_map)
+            self.set_terminator(terminator)
+            self.lines = []
+            self.closed_count = 0
+
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            self.lines.append(self._get_data())
+
+        def handle_close(self):
+            self.closed_count += 1
+            self.close()
+
+    return Lines
+
+
+def make_line_channel(chat_class, sock, channel_map, terminator=b"\n"):
+    return line_channel_class(chat_class, channel_map, terminator)(sock)
+
+
+@pytest.fixture
+def pair():
+    left, right = socket.socketpair()
+    right.settimeout(10)
+    yield left, right
+    left.close()
+    right.close()
+
+
+def serve_until(channel_map, condition, turns=500):
+    for _ in range(turns):
+        if condition():
+            return
+        chatcore.loop(timeout=0.02, map=channel_map, count=1)
+    raise AssertionError("condition not reached in %d turns" % turns)
+
+
+def test_lines_over_a_socket(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    channel = make_line_channel(chat_class, left, channel_map, b"\r\n")
+    try:
+        pieces = [b"hel", b"lo\r", b"\nwor", b"ld\r\n\r\n", b"x" * 100000 + b"\r\n"]
+        for piece in pieces:
+            right.sendall(piece)
+        serve_until(channel_map, lambda: len(channel.lines) == 4)
+        assert channel.lines == [b"hello", b"world", b"", b"x" * 100000]
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_end_of_stream_closes_and_processes_pending(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    channel = make_line_channel(chat_class, left, channel_map, b"\r\n")
+    try:
+        right.sendall(b"last\r")
+        serve_until(channel_map, lambda: channel.ac_in_buffer == b"\r")
+        assert channel.incoming == [b"last"]
+        channel.set_terminator(None)  # pending bytes now count as data
+        right.close()
+        serve_until(channel_map, lambda: channel.closed_count)
+        assert channel.incoming == [b"last", b"\r"]
+        assert channel_map == {}
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_overridden_recv_is_called(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    class Shouting(line_channel_class(chat_class, channel_map)):
+        recv_calls = 0
+
+        def recv(self, buffer_size):
+            Shouting.recv_calls += 1
+            return super().recv(buffer_size).upper()
+
+    channel = Shouting(left)
+    try:
+        right.sendall(b"quiet\n")
+        serve_until(channel_map, lambda: channel.lines)
+        assert channel.lines == [b"QUIET"]
+        assert Shouting.recv_calls >= 1
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_overridden_send_gets_bytes_as_stdlib_passes_them(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    seen = []
+
+    class Logged(chat_class):
+        ac_out_buffer_size = 4
+
+        def send(self, data):
+            seen.append(type(data))
+            return super().send(data[:3])  # a short send each time
+
+    channel = Logged(left, map=channel_map)
+    try:
+        channel.push(b"abcdefghij")
+        serve_until(channel_map, lambda: not channel.producer_fifo)
+        assert right.recv(100) == b"abcdefghij"
+        assert set(seen) == {bytes}
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_close_when_done_sends_everything_then_closes(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    channel = chat_class(left, map=channel_map)
+    payload = bytes(range(256)) * 4096  # 1 MiB: needs many partial sends
+    try:
+        channel.push(payload)
+        channel.close_when_done()
+        received = bytearray()
+        while True:
+            chatcore.loop(timeout=0.01, map=channel_map, count=1)
+            try:
+                chunk = right.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            received += chunk
+        assert bytes(received) == payload
+        assert not channel.connected and channel_map == {}
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_discard_buffers_inside_found_terminator(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+
+    class Discarding(chat_class):
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            self.got = self._get_data()
+            self.discard_buffers()
+
+    channel = Discarding(left, map=channel_map)
+    channel.set_terminator(b"\n")
+    try:
+        right.sendall(b"keep\ndrop\nthis\n")
+        serve_until(channel_map, lambda: getattr(channel, "got", None))
+        chatcore.loop(timeout=0.01, map=channel_map, count=3)
+        assert channel.got == b"keep"
+        assert channel.incoming == [] and channel.ac_in_buffer == b""
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_reentrant_handle_read_does_not_corrupt_data(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+
+    class Greedy(chat_class):
+        ac_in_buffer_size = 8
+
+        def __init__(self, sock):
+            super().__init__(sock, map=channel_map)
+            self.set_terminator(b"\n")
+            self.lines = []
+
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            self.lines.append(self._get_data())
+            if len(self.lines) == 1:
+                self.handle_read()  # legacy code that drains eagerly
+
+    channel = Greedy(left)
+    try:
+        expected = [b"line%03d" % i for i in range(60)]
+        right.sendall(b"".join(line + b"\n" for line in expected))
+        serve_until(channel_map, lambda: len(channel.lines) == len(expected))
+        assert channel.lines == expected
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_overridden_get_terminator_is_used(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+
+    class Semicolons(chat_class):
+        def get_terminator(self):
+            return b";"
+
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            self.pieces.append(self._get_data())
+
+    channel = Semicolons(left, map=channel_map)
+    channel.pieces = []
+    channel.set_terminator(b"\n")
+    try:
+        right.sendall(b"a;b\n;")
+        serve_until(channel_map, lambda: len(channel.pieces) == 2)
+        assert channel.pieces == [b"a", b"b\n"]
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_blocking_io_error_on_recv_is_ignored(chat_class):
+    sock = mock.Mock()
+    sock.recv.side_effect = BlockingIOError(errno.EAGAIN)
+    channel = chat_class(map={})
+    channel.set_socket(sock, {})
+    with mock.patch.object(channel, "handle_error") as handle_error:
+        channel.handle_read()
+    assert not handle_error.called
+
+
+def test_large_receive_buffer(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+
+    class Big(chat_class):
+        ac_in_buffer_size = 1 << 20
+
+        def collect_incoming_data(self, data):
+            self.total += len(data)
+
+        def found_terminator(self):
+            self.done = True
+
+    channel = Big(left, map=channel_map)
+    channel.total, channel.done = 0, False
+    channel.set_terminator(3 << 20)
+    sender = threading.Thread(target=right.sendall, args=(b"z" * (3 << 20),))
+    sender.start()
+    try:
+        serve_until(channel_map, lambda: channel.done, turns=2000)
+        assert channel.total == 3 << 20 and channel.terminator == 0
+    finally:
+        sender.join(10)
+        chatcore.close_all(channel_map)
+
+
+def test_argument_errors(chat_class):
+    channel = chat_class(map={})
+    with pytest.raises(TypeError):
+        channel.push("text")
+    with pytest.raises(TypeError):
+        channel.push(10)
+    with pytest.raises(ValueError):
+        channel.set_terminator(-1)
+    channel.set_terminator("\r\n")
+    assert channel.get_terminator() == "\r\n"  # stored as given without use_encoding
+    channel.use_encoding = 1
+    channel.set_terminator("\r\n")
+    assert channel.get_terminator() == b"\r\n"
+
+
+def test_ac_in_buffer_property(chat_class):
+    channel = chat_class(map={})
+    assert channel.ac_in_buffer == b""
+    channel.ac_in_buffer = b"abc"
+    assert channel.ac_in_buffer == b"abc"
+    channel.discard_buffers()
+    assert channel.ac_in_buffer == b""
+
+
+def test_find_prefix_at_end_accepts_str_and_bytes():
+    assert chatcore.find_prefix_at_end("qwerty\r", "\r\n") == 1
+    assert chatcore.find_prefix_at_end(b"qwertydkjf", b"\r\n") == 0
+    assert chatcore.find_prefix_at_end(b"body\r\n.\r", b"\r\n.\r\n") == 4
+
+
+def test_simple_producer():
+    producer = chatcore.simple_producer(b"abcdefg", buffer_size=3)
+    assert [producer.more() for _ in range(4)] == [b"abc", b"def", b"g", b""]

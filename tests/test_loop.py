@@ -1,0 +1,294 @@
+"""The kernel-poller loop: scale past select()'s limit, and asyncore's semantics.
+
+Every test runs on each poller this platform has (epoll here, and the
+``selectors`` fallback used elsewhere), in select and poll mode where it matters.
+"""
+
+import os
+import socket
+import sys
+
+import pytest
+
+import chatcore
+from chatcore import eventloop
+
+
+POLLERS = ["selectors"] + (["epoll"] if hasattr(eventloop, "_EpollPoller") and hasattr(
+    __import__("select"), "epoll") else [])
+
+
+@pytest.fixture(params=POLLERS)
+def poller_kind(request, monkeypatch):
+    if request.param == "selectors":
+        monkeypatch.setattr(eventloop, "new_poller", eventloop._SelectorsPoller)
+    else:
+        monkeypatch.setattr(eventloop, "new_poller", eventloop._EpollPoller)
+    return request.param
+
+
+class Reader(chatcore.dispatcher):
+    """Counts bytes; readable only."""
+
+    def __init__(self, sock, channel_map):
+        super().__init__(sock, map=channel_map)
+        self.received = b""
+        self.closed_by_peer = False
+
+    def writable(self):
+        return False
+
+    def handle_read(self):
+        self.received += self.recv(4096)
+
+    def handle_close(self):
+        self.closed_by_peer = True
+        self.close()
+
+
+def serve_until(channel_map, condition, use_poll=False, turns=500):
+    for _ in range(turns):
+        if condition():
+            return
+        chatcore.loop(timeout=0.02, use_poll=use_poll, map=channel_map, count=1)
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+def many_fds():
+    """Raise the soft descriptor limit so the test can pass 1024 descriptors."""
+    resource = pytest.importorskip("resource", reason="no resource module on this platform")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 3000
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip("hard descriptor limit %d is below %d" % (hard, wanted))
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="select() on Windows is limited to 512 sockets")
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_serves_descriptors_above_1024(many_fds, use_poll):
+    # Only the platform's best poller: the selectors fallback is select() on some systems.
+    channel_map = {}
+    peers = []
+    try:
+        for _ in range(700):
+            left, right = socket.socketpair()
+            peers.append(right)
+            Reader(left, channel_map)
+        assert max(channel_map) > 1024
+        high = sorted(channel_map)[-5:]
+        by_fd = {fd: channel_map[fd] for fd in high}
+        for peer in peers[-5:]:
+            peer.sendall(b"ping")
+        serve_until(channel_map, lambda: all(c.received == b"ping" for c in by_fd.values()),
+                    use_poll=use_poll)
+        assert all(c.received == b"" for fd, c in channel_map.items() if fd not in by_fd)
+    finally:
+        chatcore.close_all(channel_map)
+        for peer in peers:
+            peer.close()
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_readable_and_writable_are_asked_every_turn(poller_kind, use_poll):
+    left, right = socket.socketpair()
+    channel_map = {}
+
+    class Toggling(chatcore.dispatcher):
+        want_write = False
+        writes = 0
+
+        def readable(self):
+            return False
+
+        def writable(self):
+            return self.want_write
+
+        def handle_write(self):
+            self.writes += 1
+            self.want_write = False
+
+    channel = Toggling(left, map=channel_map)
+    try:
+        chatcore.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=3)
+        assert channel.writes == 0
+        channel.want_write = True
+        chatcore.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=3)
+        assert channel.writes == 1
+    finally:
+        chatcore.close_all(channel_map)
+        right.close()
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_reused_descriptor_number_gets_events(poller_kind, use_poll):
+    # A channel closes and a new socket takes its descriptor number inside one
+    # loop() call: the kernel forgot the old registration, the loop must not.
+    channel_map = {}
+    peers = []
+
+    class Stopping(Reader):
+        def handle_read(self):
+            super().handle_read()
+            if self.received == b"second":
+                raise chatcore.ExitNow()
+
+    class Replacing(Reader):
+        def handle_read(self):
+            super().handle_read()
+            number = self._fileno
+            self.close()
+            new_left, new_right = socket.socketpair()
+            peers.append(new_right)
+            self.replacement = Stopping(new_left, channel_map)
+            self.same_number = new_left.fileno() == number
+            new_right.sendall(b"second")
+
+    left, right = socket.socketpair()
+    peers.append(right)
+    first = Replacing(left, channel_map)
+    try:
+        right.sendall(b"go")
+        with pytest.raises(chatcore.ExitNow):
+            chatcore.loop(timeout=0.05, use_poll=use_poll, map=channel_map, count=100)
+        assert first.same_number  # the test really exercised a reused number
+        assert first.replacement.received == b"second"
+    finally:
+        chatcore.close_all(channel_map)
+        for peer in peers:
+            peer.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file_dispatcher is POSIX-only")
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_regular_file_dispatcher_is_always_ready(poller_kind, use_poll, tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"It's not dead, it's sleeping!")
+    channel_map = {}
+    chunks = []
+
+    class FileReader(chatcore.file_dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            data = self.recv(8)
+            chunks.append(data)
+            if not data:
+                self.close()
+
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        FileReader(fd, map=channel_map)
+    finally:
+        os.close(fd)
+    try:
+        chatcore.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=20)
+        assert b"".join(chunks) == b"It's not dead, it's sleeping!"
+        assert channel_map == {}
+    finally:
+        chatcore.close_all(channel_map)
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_socket_closed_behind_the_maps_back_does_not_stop_the_loop(poller_kind, use_poll):
+    channel_map = {}
+    broken_left, broken_right = socket.socketpair()
+    good_left, good_right = socket.socketpair()
+
+    class Closing(Reader):
+        def handle_read(self):
+            self.received += self.recv(4096)
+
+        def handle_error(self):
+            self.errored = True
+            self.close()
+
+    broken = Closing(broken_left, channel_map)
+    good = Reader(good_left, channel_map)
+    try:
+        broken_left.close()  # the fd is gone but the channel is still mapped
+        good_right.sendall(b"still served")
+        serve_until(channel_map, lambda: good.received == b"still served", use_poll=use_poll)
+        serve_until(channel_map, lambda: broken_left.fileno() not in channel_map
+                    and broken not in channel_map.values(), use_poll=use_poll)
+    finally:
+        chatcore.close_all(channel_map, ignore_all=True)
+        broken_right.close()
+        good_right.close()
+
+
+def test_hang_up_in_poll_mode_calls_handle_close(poller_kind):
+    left, right = socket.socketpair()
+    channel_map = {}
+    channel = Reader(left, channel_map)
+    try:
+        right.close()
+        serve_until(channel_map, lambda: channel.closed_by_peer, use_poll=True)
+        assert channel_map == {}
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_exit_now_leaves_the_loop(poller_kind):
+    left, right = socket.socketpair()
+    channel_map = {}
+
+    class Quitter(Reader):
+        def handle_read(self):
+            raise chatcore.ExitNow()
+
+    Quitter(left, channel_map)
+    try:
+        right.sendall(b"x")
+        with pytest.raises(chatcore.ExitNow):
+            chatcore.loop(timeout=1, map=channel_map, count=50)
+    finally:
+        chatcore.close_all(channel_map)
+        right.close()
+
+
+def test_loop_returns_on_an_empty_map_and_after_count_turns(poller_kind):
+    chatcore.loop(timeout=5, map={})  # returns at once
+    left, right = socket.socketpair()
+    channel_map = {}
+    Reader(left, channel_map)
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=3)
+    finally:
+        chatcore.close_all(channel_map)
+        right.close()
+
+
+def test_errors_in_handlers_go_to_handle_error_and_others_are_served(poller_kind):
+    channel_map = {}
+    bad_left, bad_right = socket.socketpair()
+    good_left, good_right = socket.socketpair()
+
+    class Crashing(Reader):
+        def handle_read(self):
+            raise ValueError("handler bug")
+
+        def handle_error(self):
+            self.errors = getattr(self, "errors", 0) + 1
+            self.close()
+
+    bad = Crashing(bad_left, channel_map)
+    good = Reader(good_left, channel_map)
+    try:
+        bad_right.sendall(b"boom")
+        good_right.sendall(b"fine")
+        serve_until(channel_map, lambda: good.received == b"fine")
+        assert bad.errors == 1 and bad not in channel_map.values()
+    finally:
+        chatcore.close_all(channel_map)
+        bad_right.close()
+        good_right.close()
