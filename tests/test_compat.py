@@ -95,3 +95,38 @@ class _DummySocket:
 
     def close(self):
         self.closed = True
+
+
+def test_every_stdlib_name_exists_where_stdlib_has_it():
+    import pytest
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stdlib_asyncore = pytest.importorskip("asyncore", reason="stdlib asyncore removed in 3.12")
+        stdlib_asynchat = pytest.importorskip("asynchat", reason="stdlib asynchat removed in 3.12")
+    if stdlib_asyncore is compat_asyncore:
+        pytest.skip("chatcore.compat is installed as asyncore in this process")
+    pairs = [
+        (stdlib_asyncore, compat_asyncore),
+        (stdlib_asynchat, compat_asynchat),
+        (stdlib_asyncore.dispatcher, compat_asyncore.dispatcher),
+        (stdlib_asyncore.dispatcher_with_send, compat_asyncore.dispatcher_with_send),
+        (stdlib_asynchat.async_chat, compat_asynchat.async_chat),
+        (stdlib_asynchat.simple_producer, compat_asynchat.simple_producer),
+    ]
+    if hasattr(stdlib_asyncore, "file_dispatcher"):
+        pairs += [
+            (stdlib_asyncore.file_dispatcher, compat_asyncore.file_dispatcher),
+            (stdlib_asyncore.file_wrapper, compat_asyncore.file_wrapper),
+        ]
+    # Module plumbing that is not API.
+    ignored = {"_DEPRECATION_MSG", "_deprecated", "__file__", "__cached__", "__spec__",
+               "__loader__", "__builtins__", "__warningregistry__"}
+    for reference, ours in pairs:
+        missing = sorted(set(dir(reference)) - set(dir(ours)) - ignored)
+        assert not missing, (reference, missing)
+    # Instance attributes set by the constructors.
+    chat = compat_asynchat.async_chat(map={})
+    for name in ("ac_in_buffer", "incoming", "producer_fifo", "_map", "_fileno", "socket"):
+        assert hasattr(chat, name), name

@@ -1,8 +1,9 @@
 """CPython 3.11's own test_asynchat.py and test_asyncore.py, run against chatcore.compat.
 
-The files are taken from an installed CPython 3.11 at test time (this Python's
-own stdlib on 3.11; on 3.12+ a sibling 3.11 installation, e.g. pyenv's, or the
-directory named by CHATCORE_CPYTHON_TESTS), never vendored.  Each suite runs
+The files are taken from an installed CPython at test time, never vendored:
+this interpreter's own stdlib where it still has them (3.9-3.11, whose suites
+match its ``test.support``), otherwise a sibling 3.11 installation (pyenv's
+layout), or the directory named by CHATCORE_CPYTHON_TESTS.  Each suite runs
 in a child process per engine, so ``sys.modules`` surgery and the suites'
 threads and sockets stay out of this process.
 """
@@ -25,8 +26,7 @@ def _candidate_dirs():
     override = os.environ.get("CHATCORE_CPYTHON_TESTS")
     if override:
         yield override
-    if sys.version_info[:2] == (3, 11):
-        yield os.path.join(sysconfig.get_paths()["stdlib"], "test")
+    yield os.path.join(sysconfig.get_paths()["stdlib"], "test")
     # Sibling interpreters of a pyenv-style layout: <versions>/3.11.x/lib/python3.11/test
     versions_dir = os.path.dirname(sys.base_prefix)
     for prefix in sorted(glob.glob(os.path.join(versions_dir, "3.11*")), reverse=True):
