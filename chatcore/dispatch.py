@@ -62,33 +62,28 @@ class ExitNow(Exception):
 _RERAISED = (ExitNow, KeyboardInterrupt, SystemExit)
 
 
-def read(obj: Any) -> None:
-    """Deliver a read event; any exception but ExitNow & co. goes to handle_error()."""
+def _deliver(obj: Any, event_handler: str) -> None:
+    """Call one event handler; any exception but ExitNow & co. goes to handle_error()."""
     try:
-        obj.handle_read_event()
+        getattr(obj, event_handler)()
     except _RERAISED:
         raise
     except BaseException:
         obj.handle_error()
+
+
+def read(obj: Any) -> None:
+    """Deliver a read event to *obj*."""
+    _deliver(obj, "handle_read_event")
 
 
 def write(obj: Any) -> None:
-    """Deliver a write event; any exception but ExitNow & co. goes to handle_error()."""
-    try:
-        obj.handle_write_event()
-    except _RERAISED:
-        raise
-    except BaseException:
-        obj.handle_error()
+    """Deliver a write event to *obj*."""
+    _deliver(obj, "handle_write_event")
 
 
 def _exception(obj: Any) -> None:
-    try:
-        obj.handle_expt_event()
-    except _RERAISED:
-        raise
-    except BaseException:
-        obj.handle_error()
+    _deliver(obj, "handle_expt_event")
 
 
 def readwrite(obj: Any, flags: int) -> None:
