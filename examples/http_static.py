@@ -1,0 +1,375 @@
+"""A small static-file HTTP/1.0 and 1.1 server on chatcore.
+
+It answers GET and HEAD for the files under a root directory, one request per
+connection (every response says ``Connection: close``)::
+
+    python examples/http_static.py --root ./site --port 8000
+    curl http://127.0.0.1:8000/index.html
+
+Nothing outside the root is ever served: a request path is percent-decoded,
+``..`` segments are refused, and the file finally chosen must resolve
+(``os.path.realpath``, so symlinks are followed) to a place inside the real
+root.  A refused path gets the same 404 as a missing file, so the answer does
+not tell whether something exists outside the root.
+
+File bodies go out through a producer that reads the file in chunks, so a
+large file is never held in memory.  A client that half-closes after its
+request still gets the whole response.  ``start_http_server`` builds a server on
+any channel map, so tests can serve from their own loop.
+"""
+
+import argparse
+import email.utils
+import functools
+import mimetypes
+import os
+import re
+import socket
+import stat
+import sys
+from http import HTTPStatus
+from typing import IO, Dict, List, NamedTuple, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+import chatcore
+from chatcore.demo import Listener
+
+__all__ = [
+    "FileProducer",
+    "content_type",
+    "HTTPRequestHandler",
+    "Request",
+    "RequestError",
+    "main",
+    "parse_request_head",
+    "resolve_path",
+    "start_http_server",
+]
+
+SERVER_NAME = "chatcore-http-static/%s" % chatcore.__version__
+ALLOWED_METHODS = ("GET", "HEAD")
+
+# RFC 9110 "token": what a method name and a header name may contain.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HTTP_VERSION = re.compile(r"HTTP/([0-9])\.([0-9])\Z")
+# A request target is visible ASCII only; anything else is a malformed request.
+_TARGET = re.compile(r"[\x21-\x7e]+\Z")
+
+
+class RequestError(Exception):
+    """The request cannot be served; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str = ""):
+        Exception.__init__(self, status, detail)
+        self.status = status
+        self.detail = detail
+
+
+class Request(NamedTuple):
+    """A parsed request head; ``path`` is percent-decoded, header names are lower case."""
+
+    method: str
+    path: str
+    version: Tuple[int, int]
+    headers: Dict[str, str]
+
+
+def _request_path(target: str) -> str:
+    """The percent-decoded path of an origin-form or absolute-form target."""
+    if target.startswith("/"):
+        raw_path = target
+    elif target.lower().startswith(("http://", "https://")):
+        raw_path = urlsplit(target).path or "/"
+    else:
+        raise RequestError(400, "unsupported request target %r" % target)
+    raw_path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    # surrogateescape keeps non-UTF-8 bytes as os.fsdecode() would name them.
+    path = unquote(raw_path, encoding="utf-8", errors="surrogateescape")
+    if "\x00" in path:
+        raise RequestError(400, "NUL in request path")
+    return path
+
+
+def parse_request_head(head: bytes) -> Request:
+    """Parse a request head (request line and header lines, without the blank line).
+
+    Raises RequestError with 400 for anything malformed and 505 for an HTTP
+    major version other than 1.
+    """
+    lines = head.decode("latin-1").split("\r\n")
+    # RFC 9112 section 2.2: empty lines before the request line are to be ignored.
+    while lines and not lines[0]:
+        del lines[0]
+    if not lines:
+        raise RequestError(400, "empty request")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise RequestError(400, "malformed request line")
+    method, target, version_text = parts
+    if not _TOKEN.match(method):
+        raise RequestError(400, "malformed method")
+    version_match = _HTTP_VERSION.match(version_text)
+    if not version_match:
+        raise RequestError(400, "malformed HTTP version")
+    version = (int(version_match.group(1)), int(version_match.group(2)))
+    if version[0] != 1:
+        raise RequestError(505, "only HTTP/1.x is supported")
+    if not _TARGET.match(target):
+        raise RequestError(400, "malformed request target")
+    headers: Dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        # A name with surrounding whitespace (including obsolete line folding) is invalid.
+        if not colon or not _TOKEN.match(name):
+            raise RequestError(400, "malformed header line")
+        headers[name.lower()] = value.strip(" \t")
+    if version >= (1, 1) and "host" not in headers:
+        raise RequestError(400, "HTTP/1.1 request without Host")
+    return Request(method, _request_path(target), version, headers)
+
+
+def _is_within(root: str, path: str) -> bool:
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:  # different drives, or one path relative
+        return False
+
+
+def resolve_path(root: str, request_path: str) -> Optional[str]:
+    """The real path of the regular file to serve for *request_path*, or None.
+
+    *root* must already be a real path.  A directory stands for its
+    ``index.html``.  None means "answer 404": missing, not a regular file, or
+    resolving outside *root*.
+    """
+    segments = [segment for segment in request_path.split("/") if segment not in ("", ".")]
+    for segment in segments:
+        if segment == ".." or os.sep in segment or (os.altsep and os.altsep in segment):
+            return None
+        if os.path.splitdrive(segment)[0] or os.path.isabs(segment):
+            return None
+    path = os.path.realpath(os.path.join(root, *segments))
+    if os.path.isdir(path):
+        path = os.path.realpath(os.path.join(path, "index.html"))
+    # Checked on the final path: index.html itself may be a symlink leading out.
+    if not _is_within(root, path) or not os.path.isfile(path):
+        return None
+    return path
+
+
+def content_type(path: str) -> str:
+    """The Content-Type for *path*, from its name."""
+    mime_type, encoding = mimetypes.guess_type(path)
+    if mime_type is None or encoding is not None:
+        # "x.tar.gz" is gzip data, not a tar file: without Content-Encoding
+        # support the honest answer is plain bytes.
+        return "application/octet-stream"
+    return mime_type
+
+
+class FileProducer:
+    """``more()`` yields a file's bytes in chunks, at most *size* in all, then closes it."""
+
+    def __init__(self, file: IO[bytes], size: int, chunk_size: int = 65536):
+        self.file = file
+        self.remaining = size
+        self.chunk_size = chunk_size
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+    def more(self) -> bytes:
+        if self.file.closed:
+            return b""
+        # Never more than the announced Content-Length, even if the file grew.
+        data = self.file.read(min(self.chunk_size, self.remaining)) if self.remaining > 0 else b""
+        self.remaining -= len(data)
+        if not data or self.remaining <= 0:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class HTTPRequestHandler(chatcore.async_chat):
+    """One connection: read one request head, answer it, close when sent."""
+
+    #: A head longer than this (without its blank line) is refused with 431.
+    max_head_size = 64 * 1024
+    producer_class = FileProducer
+
+    def __init__(
+        self, sock: Optional[socket.socket] = None, map: Optional[dict] = None, root: str = "."
+    ):
+        chatcore.async_chat.__init__(self, sock, map)
+        self.root = os.path.realpath(root)
+        self._head_parts: List[bytes] = []
+        self._head_size = 0
+        self._responded = False
+        self._producers: List[FileProducer] = []
+        self._reading = False
+        self._input_ended = False
+        self.set_terminator(b"\r\n\r\n")
+
+    def readable(self) -> bool:
+        # After the client's end of input a socket stays readable for ever.
+        return not self._input_ended
+
+    def handle_read(self) -> None:
+        self._reading = True
+        try:
+            chatcore.async_chat.handle_read(self)
+        finally:
+            self._reading = False
+
+    def handle_close(self) -> None:
+        # async_chat closes at the end of input, but a client may half-close
+        # right after its request (nc -N, HTTP/1.0 tools): finish the answer.
+        # A close from the sending side (peer gone) or close_when_done() is final.
+        if self._reading and self._responded and self.producer_fifo and self.connected:
+            self._input_ended = True
+            return
+        self.close()
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        if self._responded:
+            return  # one request per connection: whatever follows is dropped
+        self._head_size += len(data)
+        if self._head_size > self.max_head_size:
+            self._send_error(431, head_only=False)
+            return
+        self._head_parts.append(data)
+
+    def found_terminator(self) -> None:
+        if self._responded:
+            return
+        head = b"".join(self._head_parts)
+        self._head_parts.clear()
+        try:
+            request = parse_request_head(head)
+        except RequestError as error:
+            self._send_error(error.status, head_only=False)
+            return
+        head_only = request.method == "HEAD"
+        if request.method not in ALLOWED_METHODS:
+            self._send_error(405, head_only, [("Allow", ", ".join(ALLOWED_METHODS))])
+            return
+        self._serve_file(request.path, head_only)
+
+    def _serve_file(self, request_path: str, head_only: bool) -> None:
+        path = resolve_path(self.root, request_path)
+        if path is None:
+            self._send_error(404, head_only)
+            return
+        # O_NONBLOCK: should the path have become a FIFO since it was checked,
+        # open() must not block the whole server.
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            descriptor = os.open(path, flags)
+        except PermissionError:
+            self._send_error(403, head_only)
+            return
+        except OSError:
+            self._send_error(404, head_only)
+            return
+        file = os.fdopen(descriptor, "rb")
+        try:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                file.close()
+                self._send_error(404, head_only)
+                return
+            headers = [
+                ("Content-Type", content_type(path)),
+                ("Content-Length", str(info.st_size)),
+                ("Last-Modified", email.utils.formatdate(info.st_mtime, usegmt=True)),
+            ]
+            self._send_head(200, headers)
+            if head_only:
+                file.close()
+            else:
+                producer = self.producer_class(file, info.st_size)
+                self._producers.append(producer)
+                self.push_with_producer(producer)
+        except BaseException:
+            file.close()
+            raise
+        self.close_when_done()
+
+    def _send_head(self, status: int, headers: List[Tuple[str, str]]) -> None:
+        self._responded = True
+        # Everything after the head is now ignored, so stop looking for terminators.
+        self.set_terminator(None)
+        lines = ["HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase)]
+        lines.append("Date: %s" % email.utils.formatdate(usegmt=True))
+        lines.append("Server: %s" % SERVER_NAME)
+        lines.extend("%s: %s" % header for header in headers)
+        lines.append("Connection: close")
+        self.push(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _send_error(
+        self, status: int, head_only: bool, extra_headers: Optional[List[Tuple[str, str]]] = None
+    ) -> None:
+        body = ("%d %s\n" % (status, HTTPStatus(status).phrase)).encode("ascii")
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        self._send_head(status, headers + (extra_headers or []))
+        if not head_only:
+            self.push(body)
+        self.close_when_done()
+
+    def close(self) -> None:
+        try:
+            chatcore.async_chat.close(self)
+        finally:
+            # A client that leaves mid-transfer must not leak the open file.
+            for producer in self._producers:
+                producer.close()
+            self._producers.clear()
+
+
+def start_http_server(
+    root: str,
+    channel_map: Optional[dict],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    handler_class: type = HTTPRequestHandler,
+) -> Listener:
+    """A static-file server for *root* on (host, port), its channels living in *channel_map*."""
+    return Listener(functools.partial(handler_class, root=root), host, port, map=channel_map)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Static-file HTTP server on chatcore.")
+    parser.add_argument("--root", default=".", help="directory to serve (default: the current one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.root):
+        parser.error("--root %r is not a directory" % args.root)
+
+    channel_map: dict = {}
+    try:
+        try:
+            server = start_http_server(args.root, channel_map, args.host, args.port)
+        except OSError as error:
+            print("cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
+            return 1
+        host, port = server.address
+        url_host = "[%s]" % host if ":" in host else host
+        print(
+            "serving %s on http://%s:%d/ (engine: %s)"
+            % (os.path.realpath(args.root), url_host, port, chatcore.implementation),
+            flush=True,
+        )
+        chatcore.loop(timeout=1.0, map=channel_map)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        chatcore.close_all(channel_map)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
