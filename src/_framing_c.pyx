@@ -85,6 +85,13 @@ cdef object _own_view(object data):
     return view
 
 
+cdef inline object _piece(object data, const char *ptr, Py_ssize_t start, Py_ssize_t length):
+    """Bytes for data[start:start + length]: the object itself when that is all of it."""
+    if start == 0 and type(data) is bytes and length == PyBytes_GET_SIZE(data):
+        return data
+    return PyBytes_FromStringAndSize(ptr + start, length)
+
+
 cdef object _terminator_bytes(object terminator):
     if type(terminator) is bytes:
         return terminator
@@ -198,7 +205,7 @@ cdef class Framer:
                 terminator = channel.terminator
             if terminator is None or not terminator:
                 self._pos = end
-                channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, available))
+                channel.collect_incoming_data(_piece(data, ptr, pos, available))
             elif isinstance(terminator, int):
                 if terminator < 0:
                     raise ValueError("terminator must not be negative, got %d" % terminator)
@@ -208,11 +215,11 @@ cdef class Framer:
                     count = PY_SSIZE_T_MAX
                 if available < count:
                     self._pos = end
-                    channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, available))
+                    channel.collect_incoming_data(_piece(data, ptr, pos, available))
                     channel.terminator = channel.terminator - available
                 else:
                     self._pos = pos + count
-                    channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, count))
+                    channel.collect_incoming_data(_piece(data, ptr, pos, count))
                     channel.terminator = 0
                     channel.found_terminator()
             else:
@@ -235,7 +242,7 @@ cdef class Framer:
                             PyBytes_FromStringAndSize(ptr + pos, available - partial))
                     return 0
                 self._pos = end
-                channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, available))
+                channel.collect_incoming_data(_piece(data, ptr, pos, available))
 
 
 def push(channel, data):

@@ -1,0 +1,33 @@
+"""Framing throughput, no sockets: every workload x read size x implementation.
+
+Rows of one workload and read size share a pytest-benchmark group, so the
+table compares implementations side by side (the figures in parentheses are
+ratios to the fastest row of the group).  Each round's result is checked
+inside ``framing.run_once``.
+
+    python -m pytest benchmarks/test_framing.py --benchmark-columns=min,median,rounds
+"""
+
+import pytest
+
+from chatcore.benchmark import framing
+
+IMPLEMENTATIONS = framing.implementations()
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+@pytest.mark.parametrize("read_size", framing.READ_SIZES)
+@pytest.mark.parametrize("workload", sorted(framing.WORKLOADS))
+def test_framing(benchmark, scale, workload, read_size, implementation):
+    runner = IMPLEMENTATIONS[implementation]
+    benchmark.group = "%s @ %d B reads" % (workload, read_size)
+    framing.prepared_reads(workload, scale, read_size)  # build outside the timing
+
+    def one_pass():
+        return framing.run_once(workload, implementation, read_size, scale, runner)
+
+    result = benchmark.pedantic(one_pass, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(
+        messages=result.messages,
+        stream_bytes=result.stream_bytes,
+    )

@@ -1,0 +1,311 @@
+"""Framing workloads: known message streams fed in fixed-size reads, no sockets.
+
+Each workload is a byte stream plus a *protocol* that decides, after every
+message, what the next terminator is (a byte string, or a byte count for
+length-prefixed data).  The protocol is the same object logic for every
+implementation, so every row does the same work:
+
+* asynchat-style rows (chatcore on each engine, stdlib ``asynchat`` up to 3.11)
+  run a handler whose ``found_terminator`` asks the protocol for the next
+  terminator, fed through the real read path: ``handle_read()`` on a socket
+  stand-in whose ``recv()`` returns the next read;
+* the asyncio row drives ``StreamReader.readuntil``/``readexactly`` with the
+  same protocol, fed with ``feed_data`` one read at a time.
+
+After each run the message count and byte total are checked, so a fast wrong
+answer fails instead of winning.
+
+This module imports chatcore only by its public name, so the regression gate
+can load this file from one tree and time another tree's chatcore with it.
+"""
+
+import asyncio
+import time
+import warnings
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+
+import chatcore
+
+Terminator = Union[bytes, int]
+
+READ_SIZES = (4096, 65536)
+
+
+class Protocol:
+    """Counts messages and payload bytes, and names the next terminator."""
+
+    first_terminator: Terminator = b"\r\n"
+
+    def __init__(self, expected_messages: int):
+        self.expected_messages = expected_messages
+        self.messages = 0
+        self.payload_bytes = 0
+
+    @property
+    def done(self) -> bool:
+        return self.messages >= self.expected_messages
+
+    def on_message(self, data: bytes) -> Terminator:
+        self.messages += 1
+        self.payload_bytes += len(data)
+        return self.first_terminator
+
+
+class SMTPBodies(Protocol):
+    first_terminator = b"\r\n.\r\n"
+
+
+class LengthPrefixed(Protocol):
+    """A 4-byte big-endian length, then that many bytes of body: one message."""
+
+    first_terminator = 4
+
+    def __init__(self, expected_messages: int):
+        super().__init__(expected_messages)
+        self.in_header = True
+
+    def on_message(self, data: bytes) -> Terminator:
+        if self.in_header:
+            self.in_header = False
+            return int.from_bytes(data, "big")
+        self.in_header = True
+        self.messages += 1
+        self.payload_bytes += len(data)
+        return 4
+
+
+class SingleBody(Protocol):
+    """One body of a known size, read with an integer terminator."""
+
+    def __init__(self, expected_messages: int, size: int):
+        super().__init__(expected_messages)
+        self.first_terminator = size
+
+
+class Workload(NamedTuple):
+    name: str
+    description: str
+    #: scale -> (stream, protocol factory, expected messages, expected payload bytes)
+    build: Callable[[float], Tuple[bytes, Callable[[], Protocol], int, int]]
+
+
+def _count(base: int, scale: float) -> int:
+    return max(1, int(base * scale))
+
+
+def _lines(scale: float):
+    count = _count(1_000_000, scale)
+    line = b"0123456789abcd\r\n"
+    return line * count, lambda: Protocol(count), count, count * 14
+
+
+def _headers(scale: float):
+    count = _count(100_000, scale)
+    lines = []
+    for index in range(count):
+        prefix = b"X-Header-%06d: " % index
+        lines.append(prefix + b"v" * (198 - len(prefix)) + b"\r\n")
+    return b"".join(lines), lambda: Protocol(count), count, count * 198
+
+
+def _smtp_bodies(scale: float):
+    count = _count(10_000, scale)
+    text_line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
+    body = (text_line * (65536 // len(text_line) + 1))[: 65536 - 5]
+    body = body[:-2] + b"\r\n"  # no accidental terminator inside
+    message = body + b"\r\n.\r\n"
+    return message * count, lambda: SMTPBodies(count), count, count * len(body)
+
+
+def _length_prefixed(scale: float):
+    count = _count(200_000, scale)
+    parts = []
+    total = 0
+    for index in range(count):
+        size = (index * 37) % 200 + 1  # 1..200 bytes; 0 would mean "no terminator"
+        parts.append(size.to_bytes(4, "big") + b"r" * size)
+        total += size
+    return b"".join(parts), lambda: LengthPrefixed(count), count, total
+
+
+def _big_body(scale: float):
+    size = _count(64 << 20, scale)
+    return b"\x00" * size, lambda: SingleBody(1, size), 1, size
+
+
+WORKLOADS: Dict[str, Workload] = {
+    workload.name: workload
+    for workload in [
+        Workload("lines16", "1,000,000 lines of 16 bytes ending \\r\\n", _lines),
+        Workload("headers200", "100,000 header lines of 200 bytes", _headers),
+        Workload("smtp64k", "10,000 64 KiB bodies ending \\r\\n.\\r\\n", _smtp_bodies),
+        Workload("length-prefixed", "200,000 records: 4-byte length, then body", _length_prefixed),
+        Workload("body64m", "one 64 MiB body read with an integer terminator", _big_body),
+    ]
+}
+
+
+class _ReplayedReads:
+    """Just enough socket for ``dispatcher.__init__`` and ``recv()``: replays reads."""
+
+    def __init__(self, reads: List[bytes]):
+        self._reads = iter(reads)
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def getpeername(self) -> Tuple[str, int]:
+        return ("127.0.0.1", 0)
+
+    def recv(self, size: int) -> bytes:
+        return next(self._reads)
+
+
+def _framing_handler(base: type, read_size: int) -> type:
+    """The one handler every asynchat-style row runs, on *base*."""
+
+    class FramingHandler(base):  # type: ignore[misc, valid-type]
+        ac_in_buffer_size = read_size
+
+        def __init__(self, sock: Any, protocol: Protocol):
+            base.__init__(self, sock, map={})
+            self.protocol = protocol
+            self.set_terminator(protocol.first_terminator)
+
+        def collect_incoming_data(self, data: bytes) -> None:
+            self._collect_incoming_data(data)
+
+        def found_terminator(self) -> None:
+            self.set_terminator(self.protocol.on_message(self._get_data()))
+
+    return FramingHandler
+
+
+def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float]:
+    handlers: Dict[int, type] = {}
+
+    def run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+        handler_class = handlers.get(read_size)
+        if handler_class is None:
+            handler_class = handlers[read_size] = _framing_handler(base, read_size)
+        channel = handler_class(_ReplayedReads(reads), protocol)
+        handle_read = channel.handle_read
+        start = time.perf_counter()
+        for _ in range(len(reads)):
+            handle_read()
+        return time.perf_counter() - start
+
+    return run
+
+
+async def _read_messages(reader: asyncio.StreamReader, protocol: Protocol) -> None:
+    terminator = protocol.first_terminator
+    while not protocol.done:
+        if isinstance(terminator, int):
+            data = await reader.readexactly(terminator)
+        else:
+            data = await reader.readuntil(terminator)
+            data = data[: -len(terminator)]
+        terminator = protocol.on_message(data)
+
+
+async def _feed_streams(reads: List[bytes], protocol: Protocol) -> float:
+    reader = asyncio.StreamReader(limit=1 << 20)
+    consumer = asyncio.ensure_future(_read_messages(reader, protocol))
+    start = time.perf_counter()
+    for data in reads:
+        reader.feed_data(data)
+        await asyncio.sleep(0)  # let the consumer take what is complete
+    reader.feed_eof()
+    await consumer
+    return time.perf_counter() - start
+
+
+def _asyncio_run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_feed_streams(reads, protocol))
+    finally:
+        loop.close()
+
+
+def _stdlib_asynchat() -> Optional[type]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import asynchat
+        except ImportError:
+            return None
+    if asynchat.__name__ != "asynchat":
+        return None  # chatcore.compat installed under the stdlib name: not a reference
+    return asynchat.async_chat
+
+
+def implementations() -> Dict[str, Callable[[List[bytes], int, Protocol], float]]:
+    """Runnable implementations on this Python, by row name."""
+    found: Dict[str, Callable[[List[bytes], int, Protocol], float]] = {}
+    engines = {}
+    try:
+        from chatcore import _framing_c
+
+        engines["chatcore-cython"] = _framing_c
+    except ImportError:
+        pass
+    try:
+        from chatcore import _framing_py
+
+        engines["chatcore-python"] = _framing_py
+    except ImportError:
+        pass
+    for name, engine in engines.items():
+        found[name] = _asynchat_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))
+    stdlib = _stdlib_asynchat()
+    if stdlib is not None:
+        found["stdlib-asynchat"] = _asynchat_runner(stdlib)
+    found["asyncio-streams"] = _asyncio_run
+    return found
+
+
+class Measurement(NamedTuple):
+    seconds: float
+    messages: int
+    payload_bytes: int
+    stream_bytes: int
+
+
+_reads_cache: Dict[Tuple[str, float, int], Tuple[List[bytes], Callable[[], Protocol], int, int, int]] = {}
+
+
+def prepared_reads(workload: str, scale: float, read_size: int):
+    """(reads, protocol factory, expected messages, expected bytes, stream size), cached."""
+    key = (workload, scale, read_size)
+    if key not in _reads_cache:
+        _reads_cache.clear()  # one workload's reads at a time: they can be large
+        stream, factory, messages, payload = WORKLOADS[workload].build(scale)
+        reads = [stream[i:i + read_size] for i in range(0, len(stream), read_size)]
+        _reads_cache[key] = (reads, factory, messages, payload, len(stream))
+    return _reads_cache[key]
+
+
+def run_once(
+    workload: str,
+    implementation: str,
+    read_size: int,
+    scale: float = 1.0,
+    runner: Optional[Callable[[List[bytes], int, Protocol], float]] = None,
+) -> Measurement:
+    """Time one pass of *workload* through *implementation* and check its result."""
+    reads, factory, messages, payload, stream_size = prepared_reads(workload, scale, read_size)
+    if runner is None:
+        runner = implementations()[implementation]
+    protocol = factory()
+    seconds = runner(reads, read_size, protocol)
+    if protocol.messages != messages or protocol.payload_bytes != payload:
+        raise AssertionError(
+            "%s on %s gave %d messages / %d bytes, expected %d / %d"
+            % (implementation, workload, protocol.messages, protocol.payload_bytes, messages, payload)
+        )
+    return Measurement(seconds, messages, payload, stream_size)
