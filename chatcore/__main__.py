@@ -2,6 +2,8 @@
 
 Commands are argparse subcommands, so new ones sit next to the existing:
 
+* ``bench``: benchmark chatcore against stdlib asynchat and asyncio
+  (see ``chatcore.benchmark.cli``);
 * ``demo``: run an echo server and clients over 127.0.0.1 in one event loop
   and check every echoed line (see ``chatcore.demo``).
 
@@ -13,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from . import demo
+from .benchmark import cli as bench_cli
 
 
 def _positive_int(text: str) -> int:
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this many seconds (default 60)",
     )
     demo_parser.set_defaults(run=_run_demo_command)
+    bench_cli.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,278 @@
+"""``python -m chatcore bench``: run the benchmarks, print a table, save JSON or a chart.
+
+Every figure in the table is measured in the same run as its baseline: the
+ratio column is the speed of a row divided by the speed of the stdlib
+asynchat/asyncore row of the same benchmark, or of the asyncio row where the
+stdlib modules are gone (Python 3.12+).  A framing figure is the best of a few
+timed passes (the least disturbed one on a shared machine); an echo figure is
+one bounded run against a server in its own process.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import chatcore
+
+from . import echo, framing
+
+MODES = {
+    # mode: framing scale, framing workloads, read sizes, passes, echo settings
+    "quick": dict(
+        scale=0.05,
+        workloads=["lines16", "smtp64k"],
+        read_sizes=[65536],
+        passes=2,
+        echo_modes=[("pipelined", 2, 20_000)],
+    ),
+    "default": dict(
+        scale=0.25,
+        workloads=sorted(framing.WORKLOADS),
+        read_sizes=list(framing.READ_SIZES),
+        passes=3,
+        echo_modes=[("pipelined", 4, 100_000), ("ping-pong", 1, 3_000)],
+    ),
+    "full": dict(
+        scale=1.0,
+        workloads=sorted(framing.WORKLOADS),
+        read_sizes=list(framing.READ_SIZES),
+        passes=5,
+        echo_modes=[("pipelined", 4, 500_000), ("pipelined", 32, 50_000), ("ping-pong", 1, 20_000)],
+    ),
+}
+
+FRAMING_BASELINES = ("stdlib-asynchat", "asyncio-streams")
+ECHO_BASELINES = ("stdlib", "asyncio")
+
+
+class Row(NamedTuple):
+    suite: str
+    benchmark: str
+    implementation: str
+    messages: int
+    seconds: float
+    data_bytes: int  # bytes of the stream (framing) or echoed (echo)
+    p50_us: Optional[float] = None
+    p99_us: Optional[float] = None
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.seconds if self.seconds else float("inf")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.data_bytes / self.seconds / 1e6 if self.seconds else float("inf")
+
+
+def machine_description() -> Dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "system": platform.platform(),
+        "python": "%s %s" % (platform.python_implementation(), platform.python_version()),
+        "chatcore": chatcore.__version__,
+        "engine": chatcore.implementation,
+    }
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _framing_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> List[Row]:
+    rows = []
+    runners = framing.implementations()
+    for workload in settings["workloads"]:
+        for read_size in settings["read_sizes"]:
+            benchmark = "%s @ %d KiB reads" % (workload, read_size // 1024)
+            framing.prepared_reads(workload, settings["scale"], read_size)
+            for name, runner in runners.items():
+                passes = [
+                    framing.run_once(workload, name, read_size, settings["scale"], runner)
+                    for _ in range(settings["passes"])
+                ]
+                best = min(passes, key=lambda measurement: measurement.seconds)
+                row = Row("framing", benchmark, name, best.messages, best.seconds, best.stream_bytes)
+                rows.append(row)
+                progress("  framing %-28s %-16s %12s msg/s" % (
+                    benchmark, name, _si(row.messages_per_s)))
+    return rows
+
+
+def _echo_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> List[Row]:
+    rows = []
+    for mode, connections, lines in settings["echo_modes"]:
+        benchmark = "echo %s, %d connection%s" % (mode, connections, "s" if connections > 1 else "")
+        for server in echo.available_servers():
+            result = echo.run_echo(server, mode, connections, lines)
+            row = Row("echo", benchmark, server, result.messages, result.seconds, result.bytes,
+                      result.p50_us, result.p99_us)
+            rows.append(row)
+            latency = ""
+            if result.p50_us is not None:
+                latency = "  p50 %.0f us, p99 %.0f us" % (result.p50_us, result.p99_us)
+            progress("  %-36s %-16s %12s msg/s%s" % (benchmark, server, _si(row.messages_per_s), latency))
+    return rows
+
+
+def ratios(rows: List[Row]) -> Dict[Row, Optional[float]]:
+    """Each row's speed over its benchmark's baseline row, measured in the same run."""
+    by_benchmark: Dict[str, Dict[str, Row]] = {}
+    for row in rows:
+        by_benchmark.setdefault(row.benchmark, {})[row.implementation] = row
+    result: Dict[Row, Optional[float]] = {}
+    for row in rows:
+        peers = by_benchmark[row.benchmark]
+        names = FRAMING_BASELINES if row.suite == "framing" else ECHO_BASELINES
+        baseline = next((peers[name] for name in names if name in peers), None)
+        result[row] = (baseline.seconds / baseline.messages) / (row.seconds / row.messages) if (
+            baseline is not None and row.messages and baseline.messages) else None
+    return result
+
+
+def baseline_name(rows: List[Row]) -> str:
+    names = {row.implementation for row in rows}
+    return "stdlib asynchat/asyncore" if "stdlib-asynchat" in names or "stdlib" in names else "asyncio"
+
+
+def _si(value: float) -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return "%.2f%s" % (value / factor, suffix)
+    return "%.1f" % value
+
+
+def format_table(rows: List[Row]) -> str:
+    """A plain-text table; also valid Markdown, so it can go into the README as is."""
+    speedups = ratios(rows)
+    header = ["benchmark", "implementation", "messages/s", "MB/s", "vs " + baseline_name(rows), "p50 / p99 us"]
+    lines = [header]
+    for row in rows:
+        ratio = speedups[row]
+        latency = "" if row.p50_us is None else "%.0f / %.0f" % (row.p50_us, row.p99_us)
+        lines.append([
+            row.benchmark, row.implementation, _si(row.messages_per_s), "%.1f" % row.mb_per_s,
+            "-" if ratio is None else "%.2fx" % ratio, latency,
+        ])
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    rendered = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |"
+                for line in lines]
+    rendered.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return "\n".join(rendered)
+
+
+def to_json(rows: List[Row], mode: str, machine: Dict[str, Any]) -> Dict[str, Any]:
+    speedups = ratios(rows)
+    return {
+        "mode": mode,
+        "machine": machine,
+        "baseline": baseline_name(rows),
+        "results": [
+            dict(row._asdict(), messages_per_s=row.messages_per_s, mb_per_s=row.mb_per_s,
+                 ratio_to_baseline=speedups[row])
+            for row in rows
+        ],
+    }
+
+
+def plot(rows: List[Row], path: str, machine: Dict[str, Any]) -> bool:
+    """Draw the ratios to *path* (PNG or SVG by extension); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    speedups = ratios(rows)
+    benchmarks = list(dict.fromkeys(row.benchmark for row in rows))
+    implementations = list(dict.fromkeys(row.implementation for row in rows))
+    height = 0.8 / max(1, len(implementations))
+    figure, axes = plt.subplots(figsize=(10, 0.6 * len(benchmarks) * max(2, len(implementations)) / 2 + 1.5))
+    for index, name in enumerate(implementations):
+        values = []
+        for benchmark in benchmarks:
+            match = [row for row in rows if row.benchmark == benchmark and row.implementation == name]
+            values.append((speedups.get(match[0]) or 0.0) if match else 0.0)
+        axes.barh([position + index * height for position in range(len(benchmarks))], values,
+                  height=height, label=name)
+    axes.set_yticks([position + height * (len(implementations) - 1) / 2 for position in range(len(benchmarks))])
+    axes.set_yticklabels(benchmarks)
+    axes.invert_yaxis()
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xlabel("speed relative to %s (higher is faster)" % baseline_name(rows))
+    axes.set_title("chatcore %s, %s, %s, %s cores" % (
+        machine["chatcore"], machine["python"], machine["cpu"], machine["cores"]), fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def run(mode: str, suites: List[str], progress: Callable[[str], None] = _progress) -> List[Row]:
+    settings = MODES[mode]
+    rows: List[Row] = []
+    if "framing" in suites:
+        progress("framing (scale %.2f, best of %d passes):" % (settings["scale"], settings["passes"]))
+        rows += _framing_rows(settings, progress)
+    if "echo" in suites:
+        progress("loopback echo (servers: %s):" % ", ".join(echo.available_servers()))
+        rows += _echo_rows(settings, progress)
+    return rows
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``bench`` on the ``python -m chatcore`` subcommand parser."""
+    parser = commands.add_parser(
+        "bench",
+        help="benchmark chatcore against stdlib asynchat and asyncio",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="a small subset, under 15 seconds")
+    size.add_argument("--full", dest="mode", action="store_const", const="full",
+                      help="every workload at full size (several minutes)")
+    parser.set_defaults(mode="default", run=main)
+    parser.add_argument("--suite", choices=["framing", "echo"], action="append",
+                        help="run only this suite (repeatable; default: both)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="also draw a chart (PNG or SVG; needs matplotlib)")
+
+
+def main(args: argparse.Namespace) -> int:
+    machine = machine_description()
+    print("chatcore bench (%s): %s, %s cores, %s, %s; chatcore %s on its %s engine" % (
+        args.mode, machine["cpu"], machine["cores"], machine["system"], machine["python"],
+        machine["chatcore"], machine["engine"]))
+    started = time.perf_counter()
+    rows = run(args.mode, args.suite or ["framing", "echo"])
+    print()
+    print(format_table(rows))
+    print("\n%d measurements in %.1f s; ratios are speed over %s, measured in this run."
+          % (len(rows), time.perf_counter() - started, baseline_name(rows)))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(to_json(rows, args.mode, machine), handle, indent=2)
+        print("results written to %s" % args.json)
+    if args.plot:
+        if plot(rows, args.plot, machine):
+            print("chart written to %s" % args.plot)
+        else:
+            print("no chart: matplotlib is not installed (pip install 'chatcore[plot]')")
+    return 0

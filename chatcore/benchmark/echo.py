@@ -1,0 +1,913 @@
+"""Loopback echo-server benchmark: chatcore against stdlib asyncore, asyncio and uvloop.
+
+Every server echoes each received line (terminator ``b"\\n"``) back at once,
+with one write per line, and runs in its own process so that it, not the
+client, is what gets measured:
+
+* ``chatcore``: an ``async_chat`` subclass whose ``found_terminator`` does
+  ``self.push(line + b"\\n")`` (the push-per-line handler legacy code has),
+  served by ``chatcore.loop``;
+* ``stdlib``: the very same handler body built on stdlib ``asynchat.async_chat``
+  and served by ``asyncore.loop`` (Python <= 3.11 only);
+* ``asyncio``: a ``Protocol`` whose ``data_received`` splits lines and calls
+  ``transport.write`` once per line, on asyncio's default loop;
+* ``uvloop``: the same ``Protocol`` on uvloop's loop, when uvloop is installed.
+
+Each framework keeps its own socket defaults (asyncio and uvloop turn Nagle's
+algorithm off, asyncore never did), since that is what its users get.
+
+The clients run in the benchmarking process on plain non-blocking sockets and
+``selectors``:
+
+* pipelined: N connections each send a fixed number of lines in large batches,
+  keeping at most ``PIPELINE_WINDOW`` bytes in flight, and every connection's
+  echoed stream is checked (length and running CRC-32) against what it sent;
+* ping-pong: one connection, sequential round trips of one line each, every
+  echo compared with its line; reports p50 and p99 round-trip latency.
+
+``run_echo`` does one whole run: server process, client, checks, clean-up.
+The server side is also a command, used by ``EchoServerProcess``::
+
+    python -m chatcore.benchmark.echo serve --server chatcore --port-file PATH
+
+It binds 127.0.0.1 on a free port, writes the port (and which chatcore it
+imported) to PATH as JSON, and serves until it is killed, its stdin reaches
+end of file (the parent closed the pipe or died), or ``--max-seconds`` pass.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import warnings
+import zlib
+from typing import Any, Callable, Dict, List, Optional, Type
+
+import chatcore
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "FAULT_SERVERS",
+    "MODES",
+    "PIPELINE_WINDOW",
+    "SERVERS",
+    "ClientMeasurement",
+    "EchoBenchmarkError",
+    "EchoResult",
+    "EchoServerProcess",
+    "EchoStreamCheck",
+    "EchoTimeoutError",
+    "EchoVerificationError",
+    "PingPongClient",
+    "PipelinedClient",
+    "available_servers",
+    "expected_stream",
+    "line_echo_handler_class",
+    "main",
+    "run_echo",
+    "serve",
+]
+
+MODES = ("pipelined", "ping-pong")
+DEFAULT_TIMEOUT = 60.0
+#: Bytes a pipelined connection keeps sent but not yet echoed, at most.  Large
+#: enough that the client writes in big batches, small enough to stay well
+#: inside the loopback socket buffers, so a server is never blocked by the client.
+PIPELINE_WINDOW = 128 * 1024
+#: The server process ends by itself after this long, whatever happens to its parent.
+DEFAULT_MAX_SECONDS = 300.0
+TERMINATOR = b"\n"
+LOOPBACK = "127.0.0.1"
+
+#: Every echo server this module knows; ``available_servers()`` says which run here.
+SERVERS = ("chatcore", "stdlib", "asyncio", "uvloop")
+#: Servers that misbehave on purpose, so the harness's own tests can show that
+#: it notices; accepted by run_echo and ``serve`` but never listed as available.
+FAULT_SERVERS = ("fault:corrupt-echo", "fault:silent", "fault:never-ready", "fault:exit-early")
+
+
+class EchoBenchmarkError(Exception):
+    """An echo run failed: the server did not start or died, or a connection broke."""
+
+
+class EchoTimeoutError(EchoBenchmarkError):
+    """An echo run did not finish within its deadline."""
+
+
+class EchoVerificationError(EchoBenchmarkError):
+    """A connection got back bytes that differ from what it sent."""
+
+
+@dataclasses.dataclass
+class EchoResult:
+    """The outcome of one ``run_echo``.
+
+    ``messages`` counts echoed lines (round trips in ping-pong mode), ``bytes``
+    the bytes echoed back (one direction); ``mb_per_s`` is in 10**6 bytes per
+    second.  ``p50_us``/``p99_us`` are ping-pong round-trip latencies and None
+    for pipelined runs.  ``implementation`` is ``chatcore.implementation`` in
+    the server process for a chatcore server (the framing engine it ran on),
+    None for the others;
+    ``server_detail`` says what exactly served.  ``server_returncode`` is the
+    server process's exit status, set once it is gone.
+    """
+
+    server: str
+    mode: str
+    connections: int
+    messages: int
+    bytes: int
+    seconds: float
+    messages_per_s: float
+    mb_per_s: float
+    p50_us: Optional[float] = None
+    p99_us: Optional[float] = None
+    implementation: Optional[str] = None
+    server_detail: Optional[str] = None
+    server_pid: Optional[int] = None
+    server_returncode: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_servers() -> List[str]:
+    """The echo servers this Python can run, chatcore first."""
+    servers = ["chatcore"]
+    # Not imported here: chatcore.compat.install() may have put chatcore's
+    # stand-ins under these names in this process; the server checks its own.
+    if sys.version_info < (3, 12) and importlib.util.find_spec("asynchat") is not None:
+        servers.append("stdlib")
+    servers.append("asyncio")
+    if importlib.util.find_spec("uvloop") is not None:
+        servers.append("uvloop")
+    return servers
+
+
+# --- The servers (they run in the ``serve`` subprocess) ----------------------
+
+
+def line_echo_handler_class(chat_base: Type[Any]) -> Type[Any]:
+    """The push-per-line echo handler, built on *chat_base* (an async_chat class).
+
+    The body is written once so chatcore and stdlib run exactly the same code.
+    """
+
+    class LineEchoHandler(chat_base):  # type: ignore[misc, valid-type]
+        def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+            chat_base.__init__(self, sock, map)
+            self.line_parts: List[bytes] = []
+            self.set_terminator(TERMINATOR)
+
+        def collect_incoming_data(self, data: bytes) -> None:
+            self.line_parts.append(data)
+
+        def found_terminator(self) -> None:
+            line = b"".join(self.line_parts)
+            self.line_parts = []
+            self.push(line + TERMINATOR)
+
+    return LineEchoHandler
+
+
+def _listener_class(dispatcher_base: Type[Any]) -> Type[Any]:
+    """A listening dispatcher on 127.0.0.1 that gives each connection to a handler."""
+
+    class EchoListener(dispatcher_base):  # type: ignore[misc, valid-type]
+        def __init__(self, handler_class: Type[Any], channel_map: Dict[int, Any]):
+            dispatcher_base.__init__(self, map=channel_map)
+            self.handler_class = handler_class
+            self.channel_map = channel_map
+            self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.set_reuse_addr()
+            self.bind((LOOPBACK, 0))
+            self.listen(128)
+
+        def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
+            self.handler_class(sock, map=self.channel_map)
+
+    return EchoListener
+
+
+def _fault_handler_class(fault: str) -> Type[Any]:
+    """The chatcore echo handler with one deliberate defect."""
+    base = line_echo_handler_class(chatcore.async_chat)
+
+    class FaultyEchoHandler(base):  # type: ignore[misc, valid-type]
+        lines_pushed = 0
+
+        def push(self, data: bytes) -> None:
+            self.lines_pushed += 1
+            if fault == "fault:silent":
+                return
+            if self.lines_pushed == 3:
+                # Same length, one byte changed: only a content check catches it.
+                data = b"!" + data[1:] if len(data) > 1 else b"!"
+            base.push(self, data)
+
+    return FaultyEchoHandler
+
+
+def _serve_asyncore_style(server: str, announce: Callable[[int, str], None]) -> None:
+    if server == "stdlib":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import asynchat
+            import asyncore
+        stdlib_dir = os.path.realpath(sysconfig.get_paths()["stdlib"])
+        for module in (asynchat, asyncore):
+            if os.path.dirname(os.path.realpath(module.__file__ or "")) != stdlib_dir:
+                raise RuntimeError("%s is not the standard library's: %s" % (module.__name__, module.__file__))
+        handler_class = line_echo_handler_class(asynchat.async_chat)
+        listener_class = _listener_class(asyncore.dispatcher)
+        serve_forever = asyncore.loop
+        detail = "stdlib asynchat/asyncore, Python %s" % sys.version.split()[0]
+    else:
+        if server == "chatcore":
+            handler_class = line_echo_handler_class(chatcore.async_chat)
+        else:
+            handler_class = _fault_handler_class(server)
+        listener_class = _listener_class(chatcore.dispatcher)
+        serve_forever = chatcore.loop
+        detail = "chatcore %s (%s engine), Python %s" % (
+            chatcore.__version__, chatcore.implementation, sys.version.split()[0])
+    channel_map: Dict[int, Any] = {}
+    listener = listener_class(handler_class, channel_map)
+    announce(listener.socket.getsockname()[1], detail)
+    # Both loops are called the same way legacy code calls them: select
+    # semantics; the listener keeps the map non-empty, so this never returns.
+    serve_forever(timeout=1.0, map=channel_map)
+
+
+class LineEchoProtocol:
+    """asyncio echo protocol: one ``transport.write`` per complete line."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.partial_line = b""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.partial_line:
+            data = self.partial_line + data
+        write = self.transport.write
+        find = data.find
+        start = 0
+        end = find(TERMINATOR)
+        while end >= 0:
+            write(data[start:end + 1])
+            start = end + 1
+            end = find(TERMINATOR, start)
+        self.partial_line = data[start:]
+
+    def eof_received(self) -> None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.transport = None
+
+    # The flow-control callbacks asyncio may call; the client bounds what is in flight.
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+def _serve_asyncio_style(server: str, announce: Callable[[int, str], None]) -> None:
+    import asyncio
+
+    if server == "uvloop":
+        import uvloop
+
+        event_loop = uvloop.new_event_loop()
+        detail = "uvloop %s, Python %s" % (getattr(uvloop, "__version__", "?"), sys.version.split()[0])
+    else:
+        event_loop = asyncio.new_event_loop()
+        detail = "asyncio %s, Python %s" % (type(event_loop).__name__, sys.version.split()[0])
+
+    async def serve() -> None:
+        listening = await event_loop.create_server(LineEchoProtocol, LOOPBACK, 0, backlog=128)
+        announce(listening.sockets[0].getsockname()[1], detail)
+        await event_loop.create_future()  # forever: the lifeline ends the process
+
+    try:
+        event_loop.run_until_complete(serve())
+    finally:
+        event_loop.close()
+
+
+def _start_lifeline(max_seconds: float, watch_stdin: bool) -> None:
+    """End this process when stdin closes or *max_seconds* pass, whatever the loop does.
+
+    The event loops never return on their own, so daemon threads end the
+    process with ``os._exit``; the kernel closes every socket.
+    """
+
+    def exit_after_max_seconds() -> None:
+        time.sleep(max_seconds)
+        sys.stderr.write("echo server: max lifetime of %g s reached, exiting\n" % max_seconds)
+        sys.stderr.flush()
+        os._exit(3)
+
+    def exit_on_stdin_eof() -> None:
+        stdin_fd = sys.stdin.fileno()
+        while os.read(stdin_fd, 4096):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=exit_after_max_seconds, name="max-lifetime", daemon=True).start()
+    if watch_stdin and sys.stdin is not None:
+        threading.Thread(target=exit_on_stdin_eof, name="stdin-lifeline", daemon=True).start()
+
+
+def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS, watch_stdin: bool = True) -> None:
+    """Run echo server *server* until the process is ended; see the module docstring."""
+    _start_lifeline(max_seconds, watch_stdin)
+
+    def announce(port: int, detail: str) -> None:
+        info = {
+            "port": port,
+            "pid": os.getpid(),
+            "server": server,
+            "detail": detail,
+            # The framing engine matters only where chatcore is what serves.
+            "implementation": None if server in ("stdlib", "asyncio", "uvloop") else chatcore.implementation,
+            "chatcore_engine": chatcore.implementation,
+            "chatcore_file": os.path.realpath(chatcore.__file__),
+            "python": sys.executable,
+        }
+        # Written whole then renamed, so the parent never reads half a file.
+        partial = port_file + ".partial"
+        with open(partial, "w") as stream:
+            json.dump(info, stream)
+        os.replace(partial, port_file)
+
+    if server == "fault:never-ready":
+        while True:
+            time.sleep(60)
+    if server == "fault:exit-early":
+        raise RuntimeError("echo server fault:exit-early refuses to start")
+    if server in ("asyncio", "uvloop"):
+        _serve_asyncio_style(server, announce)
+    else:
+        _serve_asyncore_style(server, announce)
+
+
+# --- The server process, seen from the benchmark -----------------------------
+
+
+def _package_root() -> str:
+    """The directory the running chatcore package was imported from."""
+    return os.path.dirname(os.path.dirname(os.path.realpath(chatcore.__file__)))
+
+
+class EchoServerProcess:
+    """An echo server in a child process running this chatcore, as a context manager.
+
+    ``start()`` returns once the server listens (or raises within
+    *startup_timeout*); ``stop()`` ends and reaps the process, and is safe to
+    call at any time, any number of times.
+    """
+
+    def __init__(self, server: str, max_seconds: float = DEFAULT_MAX_SECONDS):
+        if server not in SERVERS + FAULT_SERVERS:
+            raise ValueError("unknown echo server %r; available here: %s" % (server, ", ".join(available_servers())))
+        if server in SERVERS and server not in available_servers():
+            raise ValueError("echo server %r cannot run on this Python; available here: %s"
+                             % (server, ", ".join(available_servers())))
+        self.server = server
+        self.max_seconds = max_seconds
+        self.process: Optional["subprocess.Popen[bytes]"] = None
+        self.port: Optional[int] = None
+        self.info: Dict[str, Any] = {}
+        self._workdir: Optional[tempfile.TemporaryDirectory] = None  # type: ignore[type-arg]
+        self._stderr_file: Any = None
+
+    @property
+    def implementation(self) -> Optional[str]:
+        return self.info.get("implementation")
+
+    @property
+    def detail(self) -> Optional[str]:
+        return self.info.get("detail")
+
+    def start(self, startup_timeout: float = 30.0) -> "EchoServerProcess":
+        if self._workdir is not None or self.process is not None:
+            raise RuntimeError("an EchoServerProcess starts only once")
+        deadline = time.monotonic() + startup_timeout
+        # The child must import this very chatcore, even from a source tree
+        # that is not on the default path: put its root first.
+        root = _package_root()
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [root] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry])
+        try:
+            self._workdir = tempfile.TemporaryDirectory(prefix="chatcore-echo-")
+            port_file = os.path.join(self._workdir.name, "port.json")
+            self._stderr_file = open(os.path.join(self._workdir.name, "stderr.txt"), "w+b")
+            command = [
+                sys.executable, "-m", "chatcore.benchmark.echo", "serve",
+                "--server", self.server, "--port-file", port_file, "--max-seconds", repr(self.max_seconds),
+            ]
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,  # the lifeline: the child exits when it closes
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr_file,
+                env=environment,
+                # `-m` puts the working directory first on sys.path; make it the same root.
+                cwd=root,
+            )
+            self._wait_for_port_file(port_file, deadline, startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_for_port_file(self, port_file: str, deadline: float, startup_timeout: float) -> None:
+        assert self.process is not None
+        while not os.path.exists(port_file):
+            if self.process.poll() is not None:
+                raise EchoBenchmarkError(
+                    "echo server %r exited with status %s before listening%s"
+                    % (self.server, self.process.returncode, self._stderr_tail()))
+            if time.monotonic() >= deadline:
+                raise EchoTimeoutError(
+                    "echo server %r did not start listening within %g s%s"
+                    % (self.server, startup_timeout, self._stderr_tail()))
+            time.sleep(0.01)
+        with open(port_file) as stream:
+            self.info = json.load(stream)
+        mine = os.path.realpath(chatcore.__file__)
+        if self.info.get("chatcore_file") != mine:
+            raise EchoBenchmarkError(
+                "echo server %r imported chatcore from %s, the benchmark from %s"
+                % (self.server, self.info.get("chatcore_file"), mine))
+        self.port = int(self.info["port"])
+
+    def _stderr_tail(self, limit: int = 2000) -> str:
+        if self._stderr_file is None:
+            return ""
+        self._stderr_file.flush()
+        self._stderr_file.seek(0)
+        text = self._stderr_file.read().decode("utf-8", "replace").strip()
+        if not text:
+            return ""
+        return "; its stderr:\n" + text[-limit:]
+
+    def stop(self) -> None:
+        process = self.process
+        if process is not None:
+            try:
+                if process.stdin is not None:
+                    process.stdin.close()  # asks the lifeline thread to exit
+                try:
+                    process.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    process.terminate()
+                    try:
+                        process.wait(timeout=5.0)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait(timeout=5.0)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        if self._stderr_file is not None:
+            self._stderr_file.close()
+            self._stderr_file = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> "EchoServerProcess":
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+# --- The clients ---------------------------------------------------------------
+
+
+def expected_stream(connection: int, lines: int, line_size: int) -> bytes:
+    """*lines* distinct lines of *line_size* bytes (terminator included) for one connection.
+
+    Each line carries the connection number and the line index in hex, so a
+    line echoed twice, dropped, reordered or sent to the wrong connection
+    changes the stream.  Indexes wrap when *line_size* is too small to hold them.
+    """
+    if line_size < 1:
+        raise ValueError("line_size must be at least 1 (the terminator), got %d" % line_size)
+    if line_size == 1:
+        return TERMINATOR * lines
+    prefix = b"%x:" % connection
+    width = line_size - 1 - len(prefix)
+    if width < 1:
+        prefix, width = b"", line_size - 1
+    template = prefix + b"%0" + str(width).encode() + b"x" + TERMINATOR
+    if lines <= 16 ** width:
+        return b"".join(map(template.__mod__, range(lines)))
+    modulus = 16 ** width
+    return b"".join([template % (index % modulus) for index in range(lines)])
+
+
+class EchoStreamCheck:
+    """Compares, on the fly, what a connection receives with what it sent.
+
+    Only the length and a running CRC-32 are kept, so checking costs one
+    ``zlib.crc32`` call per received chunk and no copy.
+    """
+
+    __slots__ = ("label", "expected_length", "expected_crc", "received", "received_crc")
+
+    def __init__(self, label: str, expected: bytes):
+        self.label = label
+        self.expected_length = len(expected)
+        self.expected_crc = zlib.crc32(expected)
+        self.received = 0
+        self.received_crc = 0
+
+    def feed(self, chunk: Any) -> bool:
+        """Account for a received chunk; True once everything expected has arrived."""
+        self.received_crc = zlib.crc32(chunk, self.received_crc)
+        self.received += len(chunk)
+        if self.received > self.expected_length:
+            raise EchoVerificationError(
+                "%s: received %d bytes, more than the %d it sent"
+                % (self.label, self.received, self.expected_length))
+        return self.received == self.expected_length
+
+    def verify(self) -> None:
+        """Raise EchoVerificationError unless the received stream equals the sent one."""
+        if self.received != self.expected_length:
+            raise EchoVerificationError(
+                "%s: received %d of the %d bytes it sent"
+                % (self.label, self.received, self.expected_length))
+        if self.received_crc != self.expected_crc:
+            raise EchoVerificationError(
+                "%s: the echoed bytes differ from the sent ones (crc32 %08x, expected %08x)"
+                % (self.label, self.received_crc, self.expected_crc))
+
+
+@dataclasses.dataclass
+class ClientMeasurement:
+    """What a client run measured (the server side is added by run_echo)."""
+
+    mode: str
+    connections: int
+    messages: int
+    bytes: int
+    seconds: float
+    p50_us: Optional[float] = None
+    p99_us: Optional[float] = None
+
+
+def _connect(port: int, deadline: float) -> socket.socket:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise EchoTimeoutError("no time left to connect to the echo server")
+    sock = socket.create_connection((LOOPBACK, port), timeout=remaining)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _PipelinedConnection:
+    __slots__ = ("sock", "stream", "total", "sent", "check", "waiting_to_write")
+
+    def __init__(self, sock: socket.socket, stream: bytes, check: EchoStreamCheck):
+        self.sock = sock
+        self.stream = memoryview(stream)
+        self.total = len(stream)
+        self.sent = 0
+        self.check = check
+        self.waiting_to_write = False
+
+
+class PipelinedClient:
+    """N connections each echoing *lines* lines, a window of bytes in flight.
+
+    Construction generates the streams and connects (not part of the
+    measurement); ``run()`` sends, receives, checks and closes the sockets.
+    """
+
+    def __init__(self, port: int, connections: int, lines: int, line_size: int = 16,
+                 timeout: float = DEFAULT_TIMEOUT, window: int = PIPELINE_WINDOW):
+        if connections < 1 or lines < 1:
+            raise ValueError("connections and lines must be at least 1")
+        self.lines = lines
+        self.line_size = line_size
+        # The server echoes only whole lines: a window under two lines could
+        # leave a partial line in flight with no refill due, and stall.
+        self.window = max(window, 2 * line_size)
+        self.connections: List[_PipelinedConnection] = []
+        deadline = time.monotonic() + timeout
+        try:
+            for index in range(connections):
+                stream = expected_stream(index, lines, line_size)
+                check = EchoStreamCheck("connection %d" % index, stream)
+                self.connections.append(_PipelinedConnection(_connect(port, deadline), stream, check))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.sock.close()
+
+    def _send_more(self, selector: selectors.BaseSelector, connection: _PipelinedConnection) -> None:
+        end = min(connection.total, connection.check.received + self.window)
+        if end > connection.sent:
+            try:
+                connection.sent += connection.sock.send(connection.stream[connection.sent:end])
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                raise EchoBenchmarkError("%s: %s" % (connection.check.label, error)) from error
+        # Write interest only while the socket buffer is full, to save system calls.
+        blocked = connection.sent < end
+        if blocked != connection.waiting_to_write:
+            connection.waiting_to_write = blocked
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if blocked else 0)
+            selector.modify(connection.sock, events, connection)
+
+    def _progress(self) -> str:
+        return ", ".join(
+            "connection %d: sent %d, echoed %d of %d bytes"
+            % (index, connection.sent, connection.check.received, connection.total)
+            for index, connection in enumerate(self.connections))
+
+    def run(self, timeout: float = DEFAULT_TIMEOUT) -> ClientMeasurement:
+        deadline = time.monotonic() + timeout
+        selector = selectors.DefaultSelector()
+        receive_buffer = bytearray(256 * 1024)
+        receive_view = memoryview(receive_buffer)
+        # Top a connection up once half its window has come back: big sends.
+        refill_level = self.window // 2
+        try:
+            for connection in self.connections:
+                selector.register(connection.sock, selectors.EVENT_READ, connection)
+            unfinished = len(self.connections)
+            started = time.perf_counter()
+            for connection in self.connections:
+                self._send_more(selector, connection)
+            while unfinished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise EchoTimeoutError(
+                        "pipelined run did not finish within %.3g s (%s)" % (timeout, self._progress()))
+                for key, mask in selector.select(min(remaining, 1.0)):
+                    connection = key.data
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            count = connection.sock.recv_into(receive_buffer)
+                        except BlockingIOError:
+                            count = -1
+                        except OSError as error:
+                            raise EchoBenchmarkError("%s: %s" % (connection.check.label, error)) from error
+                        if count == 0:
+                            raise EchoBenchmarkError(
+                                "%s: the server closed the connection (%s)"
+                                % (connection.check.label, self._progress()))
+                        if count > 0:
+                            if connection.check.feed(receive_view[:count]):
+                                selector.unregister(connection.sock)
+                                unfinished -= 1
+                                continue
+                            if (connection.sent < connection.total and not connection.waiting_to_write
+                                    and connection.sent - connection.check.received <= refill_level):
+                                self._send_more(selector, connection)
+                    if mask & selectors.EVENT_WRITE:
+                        self._send_more(selector, connection)
+            seconds = time.perf_counter() - started
+        finally:
+            selector.close()
+            self.close()
+        for connection in self.connections:
+            connection.check.verify()
+        count = len(self.connections)
+        return ClientMeasurement(
+            "pipelined", count, count * self.lines, count * self.lines * self.line_size, seconds)
+
+
+def _percentile(sorted_values: List[int], percent: float) -> int:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, -(-len(sorted_values) * percent // 100))
+    return sorted_values[int(rank) - 1]
+
+
+class PingPongClient:
+    """One connection, *rounds* sequential round trips of one line each.
+
+    Construction prepares the lines and connects; ``run()`` measures and closes.
+    """
+
+    def __init__(self, port: int, rounds: int, line_size: int = 16, timeout: float = DEFAULT_TIMEOUT):
+        if rounds < 1:
+            raise ValueError("rounds must be at least 1")
+        stream = expected_stream(0, rounds, line_size)
+        self.line_size = line_size
+        self.lines = [stream[start:start + line_size] for start in range(0, len(stream), line_size)]
+        self.sock = _connect(port, time.monotonic() + timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def run(self, timeout: float = DEFAULT_TIMEOUT) -> ClientMeasurement:
+        deadline = time.monotonic() + timeout
+        sock = self.sock
+        size = self.line_size
+        # Room for more than one line, so a surplus echo is seen, not left unread.
+        receive_buffer = bytearray(size + 4096)
+        receive_view = memoryview(receive_buffer)
+        latencies_ns: List[int] = []
+        clock_ns = time.perf_counter_ns
+        monotonic = time.monotonic
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(sock, selectors.EVENT_READ)
+            wait = selector.select
+            started = time.perf_counter()
+            for round_number, line in enumerate(self.lines):
+                sent_at = clock_ns()
+                try:
+                    sent = sock.send(line)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as error:
+                    raise EchoBenchmarkError("ping-pong round trip %d: %s" % (round_number, error)) from error
+                if sent < size:
+                    self._send_rest(line, sent, deadline)
+                received = 0
+                while received < size:
+                    # The echo cannot be there yet: wait first, saving a failed recv.
+                    remaining = deadline - monotonic()
+                    if remaining <= 0 or not wait(remaining):
+                        raise EchoTimeoutError(
+                            "ping-pong run did not finish within %.3g s: %d of %d round trips done"
+                            % (timeout, round_number, len(self.lines)))
+                    try:
+                        count = sock.recv_into(receive_view[received:])
+                    except BlockingIOError:
+                        continue
+                    except OSError as error:
+                        raise EchoBenchmarkError("ping-pong round trip %d: %s" % (round_number, error)) from error
+                    if count == 0:
+                        raise EchoBenchmarkError(
+                            "the server closed the connection after %d of %d round trips"
+                            % (round_number, len(self.lines)))
+                    received += count
+                latencies_ns.append(clock_ns() - sent_at)
+                if received != size or receive_view[:size] != line:
+                    raise EchoVerificationError(
+                        "ping-pong round trip %d: sent %r, got back %r"
+                        % (round_number, line, bytes(receive_view[:received])))
+            seconds = time.perf_counter() - started
+        finally:
+            selector.close()
+            self.close()
+        latencies_ns.sort()
+        rounds = len(self.lines)
+        return ClientMeasurement(
+            "ping-pong", 1, rounds, rounds * size, seconds,
+            p50_us=_percentile(latencies_ns, 50) / 1000.0,
+            p99_us=_percentile(latencies_ns, 99) / 1000.0)
+
+    def _send_rest(self, line: bytes, sent: int, deadline: float) -> None:
+        """Finish sending a line the socket took only part of (long lines, rare)."""
+        rest = memoryview(line)[sent:]
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_WRITE)
+            while rest:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise EchoTimeoutError("ping-pong: could not send a line before the deadline")
+                selector.select(remaining)
+                try:
+                    rest = rest[self.sock.send(rest):]
+                except BlockingIOError:
+                    pass
+                except OSError as error:
+                    raise EchoBenchmarkError("ping-pong: %s" % error) from error
+
+
+def run_echo(
+    server: str,
+    mode: str,
+    connections: int,
+    lines: int,
+    line_size: int = 16,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_server_started: Optional[Callable[[EchoServerProcess], None]] = None,
+) -> EchoResult:
+    """Start echo server *server* in a subprocess, run one client *mode* against it.
+
+    *mode* is ``"pipelined"`` (*connections* connections, *lines* lines each)
+    or ``"ping-pong"`` (one connection, *lines* round trips).  Everything,
+    server start-up included, must finish within *timeout* seconds or
+    EchoTimeoutError is raised; a wrong echo raises EchoVerificationError.
+    The server process is stopped and reaped, and every socket closed, before
+    this returns or raises.  *on_server_started* is called with the
+    ``EchoServerProcess`` as soon as its process exists (tests use it to
+    check the process is gone afterwards).
+    """
+    if mode not in MODES:
+        raise ValueError("mode must be one of %s, not %r" % (", ".join(MODES), mode))
+    if mode == "ping-pong" and connections != 1:
+        raise ValueError("ping-pong runs over exactly one connection, not %d" % connections)
+    if connections < 1 or lines < 1:
+        raise ValueError("connections and lines must be at least 1")
+    deadline = time.monotonic() + timeout
+    # Outliving the benchmark is impossible anyway (stdin lifeline); the cap is a backstop.
+    process = EchoServerProcess(server, max_seconds=max(DEFAULT_MAX_SECONDS, timeout + 60.0))
+    client: Any = None
+    try:
+        if on_server_started is not None:
+            on_server_started(process)
+        process.start(startup_timeout=timeout)
+        assert process.port is not None
+        remaining = deadline - time.monotonic()
+        if mode == "pipelined":
+            client = PipelinedClient(process.port, connections, lines, line_size, timeout=remaining)
+        else:
+            client = PingPongClient(process.port, lines, line_size, timeout=remaining)
+        measurement = client.run(timeout=max(0.0, deadline - time.monotonic()))
+    except EchoTimeoutError as error:
+        raise EchoTimeoutError(
+            "%s echo run on server %r exceeded its %g s timeout: %s" % (mode, server, timeout, error)) from None
+    finally:
+        if client is not None:
+            client.close()
+        process.stop()
+    seconds = measurement.seconds
+    return EchoResult(
+        server=server,
+        mode=mode,
+        connections=measurement.connections,
+        messages=measurement.messages,
+        bytes=measurement.bytes,
+        seconds=seconds,
+        messages_per_s=measurement.messages / seconds if seconds > 0 else float("inf"),
+        mb_per_s=measurement.bytes / seconds / 1e6 if seconds > 0 else float("inf"),
+        p50_us=measurement.p50_us,
+        p99_us=measurement.p99_us,
+        implementation=process.implementation,
+        server_detail=process.detail,
+        server_pid=process.process.pid if process.process is not None else None,
+        server_returncode=process.process.returncode if process.process is not None else None,
+    )
+
+
+# --- Command line ----------------------------------------------------------------
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m chatcore.benchmark.echo serve ...``: run one echo server."""
+    parser = argparse.ArgumentParser(
+        prog="python -m chatcore.benchmark.echo",
+        description="Echo-server side of chatcore's loopback echo benchmark.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve_parser = commands.add_parser(
+        "serve", help="run one echo server on 127.0.0.1 (a free port, written to --port-file)")
+    serve_parser.add_argument(
+        "--server", required=True, choices=list(SERVERS + FAULT_SERVERS),
+        help="which implementation serves (fault:* misbehave on purpose, for tests)")
+    serve_parser.add_argument(
+        "--port-file", required=True,
+        help="where to write the port, as JSON with which chatcore and engine serve")
+    serve_parser.add_argument(
+        "--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+        help="exit after this many seconds whatever happens (default %g)" % DEFAULT_MAX_SECONDS)
+    serve_parser.add_argument(
+        "--ignore-stdin", action="store_true",
+        help="keep serving when stdin reaches end of file (by default that ends the server)")
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help(sys.stderr)
+        return 2
+    serve(args.server, args.port_file, args.max_seconds, watch_stdin=not args.ignore_stdin)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
