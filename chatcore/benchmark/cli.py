@@ -23,18 +23,18 @@ from . import echo, framing
 MODES = {
     # mode: framing scale, framing workloads, read sizes, passes, echo settings
     "quick": dict(
-        scale=0.05,
+        scale=0.1,
         workloads=["lines16", "smtp64k"],
         read_sizes=[65536],
-        passes=2,
+        passes=3,
         echo_modes=[("pipelined", 2, 20_000)],
     ),
     "default": dict(
-        scale=0.25,
+        scale=0.5,
         workloads=sorted(framing.WORKLOADS),
         read_sizes=list(framing.READ_SIZES),
-        passes=3,
-        echo_modes=[("pipelined", 4, 100_000), ("ping-pong", 1, 3_000)],
+        passes=4,
+        echo_modes=[("pipelined", 4, 250_000), ("ping-pong", 1, 10_000)],
     ),
     "full": dict(
         scale=1.0,
