@@ -2,10 +2,12 @@
 
 asyncore rebuilt its select()/poll() sets from scratch on every turn, so it
 could not pass 1024 descriptors (select) and paid for every idle channel twice.
-Here one poller lives for a whole ``loop()`` call: epoll on Linux, otherwise
-what ``selectors.DefaultSelector`` picks (kqueue on macOS and the BSDs, select
-on Windows).  Every turn still asks each channel ``readable()`` and
-``writable()``, as asyncore does, but only a changed answer costs a system call.
+Here each channel map keeps one kernel poller — epoll on Linux, otherwise what
+``selectors.DefaultSelector`` picks (kqueue on macOS and the BSDs, select on
+Windows) — across turns and across ``loop()``/``poll()`` calls, so the common
+``while ...: loop(count=1)`` pattern does not rebuild it every time.  Every
+turn still asks each channel ``readable()`` and ``writable()``, as asyncore
+does, but only a changed answer costs a system call.
 
 The dispatching keeps asyncore's two flavours:
 
@@ -22,9 +24,12 @@ instead of the whole loop failing.
 """
 
 import errno
+import os
 import select
 import selectors
+import threading
 import time
+from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import dispatch as _dispatch
@@ -80,23 +85,30 @@ class _Poller:
     def close(self) -> None:
         raise NotImplementedError
 
-    def sync(self, wanted: Dict[int, Tuple[Any, int]]) -> None:
-        """Make the registrations match *wanted*: fd -> (channel, poll mask)."""
+    @property
+    def registrations(self) -> Dict[int, Tuple[Any, Any, int]]:
+        """fd -> (channel, its socket, poll mask) as registered; read-only."""
+        return self._registered
+
+    def update(self, fd: int, obj: Any, mask: int) -> None:
+        """Register *obj* on *fd* for *mask*, or change what is registered there."""
         registered = self._registered
-        for fd in [fd for fd in registered if fd not in wanted]:
+        sock = getattr(obj, "socket", None)
+        current = registered.get(fd)
+        if current is not None:
+            if current[0] is obj and current[1] is sock:
+                if current[2] != mask:
+                    self._change(fd, mask)
+                    registered[fd] = (obj, sock, mask)
+                return
             self._forget(fd)
-        for fd, (obj, mask) in wanted.items():
-            sock = getattr(obj, "socket", None)
-            current = registered.get(fd)
-            if current is not None:
-                if current[0] is obj and current[1] is sock:
-                    if current[2] != mask:
-                        self._change(fd, mask)
-                        registered[fd] = (obj, sock, mask)
-                    continue
-                self._forget(fd)
-            self._register(fd, mask)
-            registered[fd] = (obj, sock, mask)
+        self._register(fd, mask)
+        registered[fd] = (obj, sock, mask)
+
+    def drop_except(self, wanted: Dict[int, int]) -> None:
+        """Unregister every descriptor that is not in *wanted*."""
+        for fd in [fd for fd in self._registered if fd not in wanted]:
+            self._forget(fd)
 
     def _register(self, fd: int, mask: int) -> None:
         try:
@@ -232,9 +244,71 @@ def new_poller() -> _Poller:
     return _SelectorsPoller()
 
 
+class _PollerCache:
+    """The kernel poller of each channel map, kept between loop()/poll() calls.
+
+    A poller is lent to one caller at a time: a second thread (or a handler
+    that calls ``loop()`` itself) gets a fresh one, so registrations are never
+    shared by two waits.  A map that runs empty gives its poller back to the
+    kernel, so a finished map is not kept alive here; otherwise the least
+    recently used pollers beyond ``MAX_MAPS`` are closed.  After ``fork()`` the
+    child starts afresh, because an epoll instance is shared with the parent.
+    """
+
+    MAX_MAPS = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pollers: "OrderedDict[int, Tuple[ChannelMap, _Poller]]" = OrderedDict()
+        self._pid = os.getpid()
+
+    def take(self, map: ChannelMap) -> _Poller:
+        """The map's poller, for the caller alone until it calls ``give_back``."""
+        with self._lock:
+            self._forget_parent_pollers()
+            entry = self._pollers.pop(id(map), None)
+        # The cache holds the map, so its id cannot have been reused.
+        return new_poller() if entry is None else entry[1]
+
+    def give_back(self, map: ChannelMap, poller: _Poller) -> None:
+        evicted = []
+        with self._lock:
+            if self._pid != os.getpid() or not map:
+                evicted.append(poller)
+            else:
+                replaced = self._pollers.pop(id(map), None)
+                if replaced is not None:
+                    evicted.append(replaced[1])
+                self._pollers[id(map)] = (map, poller)
+                while len(self._pollers) > self.MAX_MAPS:
+                    evicted.append(self._pollers.popitem(last=False)[1][1])
+        for stale in evicted:
+            stale.close()
+
+    def _forget_parent_pollers(self) -> None:
+        if self._pid != os.getpid():
+            # Closing our copy of the descriptor leaves the parent's intact.
+            for _, poller in self._pollers.values():
+                poller.close()
+            self._pollers.clear()
+            self._pid = os.getpid()
+
+    def clear(self) -> None:
+        """Close every cached poller (tests, and interpreter shutdown hygiene)."""
+        with self._lock:
+            pollers = [poller for _, poller in self._pollers.values()]
+            self._pollers.clear()
+        for poller in pollers:
+            poller.close()
+
+
+_pollers = _PollerCache()
+
+
 def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool) -> None:
     """One loop turn: ask every channel what it wants, wait, dispatch."""
-    wanted: Dict[int, Tuple[Any, int]] = {}
+    wanted: Dict[int, int] = {}
+    registered = poller.registrations
     for fd, obj in list(map.items()):
         is_r = obj.readable()
         is_w = obj.writable()
@@ -249,14 +323,20 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
             if is_r or is_w:
                 mask |= POLLPRI
         if mask:
-            wanted[fd] = (obj, mask)
+            wanted[fd] = mask
+            current = registered.get(fd)
+            # Only a change costs a system call.
+            if (current is None or current[2] != mask or current[0] is not obj
+                    or current[1] is not getattr(obj, "socket", None)):
+                poller.update(fd, obj, mask)
+    if len(registered) != len(wanted):
+        # Every wanted fd is registered now, so equal sizes mean equal sets.
+        poller.drop_except(wanted)
     if not wanted and not poll_mode:
         # asyncore's select() path sleeps when nothing is watched.
         if timeout:
             time.sleep(timeout)
-        poller.sync(wanted)
         return
-    poller.sync(wanted)
     events = poller.wait(timeout)
     if poll_mode:
         for fd, flags in events:
@@ -266,7 +346,7 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
         return
     readable, writable, exceptional = [], [], []
     for fd, flags in events:
-        mask = wanted[fd][1]
+        mask = wanted[fd]
         # select() reports errors and hang-ups as readable and writable.
         if mask & POLLIN and flags & (POLLIN | POLLHUP | POLLERR | POLLNVAL):
             readable.append(fd)
@@ -287,11 +367,11 @@ def _poll_once(timeout: Optional[float], map: Optional[ChannelMap], poll_mode: b
         map = _dispatch.socket_map
     if poll_mode and not map:
         return
-    poller = new_poller()
+    poller = _pollers.take(map)
     try:
         _turn(poller, timeout, map, poll_mode)
     finally:
-        poller.close()
+        _pollers.give_back(map, poller)
 
 
 def _poll_timeout(timeout: Optional[float]) -> Optional[float]:
@@ -331,7 +411,7 @@ def loop(
     poll_mode = bool(use_poll) and hasattr(select, "poll")
     if poll_mode:
         timeout = _poll_timeout(timeout)
-    poller = new_poller()
+    poller = _pollers.take(map)
     try:
         if count is None:
             while map:
@@ -341,4 +421,4 @@ def loop(
                 _turn(poller, timeout, map, poll_mode)
                 count -= 1
     finally:
-        poller.close()
+        _pollers.give_back(map, poller)

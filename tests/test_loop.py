@@ -292,3 +292,107 @@ def test_errors_in_handlers_go_to_handle_error_and_others_are_served(poller_kind
         chatcore.close_all(channel_map)
         bad_right.close()
         good_right.close()
+
+
+# -- one poller per map, kept between loop() calls --------------------------------
+
+
+def _cached_poller(channel_map):
+    entry = eventloop._pollers._pollers.get(id(channel_map))
+    return entry[1] if entry is not None else None
+
+
+def test_repeated_count_1_loops_reuse_one_poller(poller_kind):
+    left, right = socket.socketpair()
+    channel_map = {}
+    channel = Reader(left, channel_map)
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=1)
+        first = _cached_poller(channel_map)
+        assert first is not None
+        for _ in range(5):
+            chatcore.poll(0.001, channel_map)
+            chatcore.loop(timeout=0.001, map=channel_map, count=1)
+        assert _cached_poller(channel_map) is first
+        right.sendall(b"still works")
+        serve_until(channel_map, lambda: channel.received == b"still works")
+    finally:
+        chatcore.close_all(channel_map)
+        right.close()
+    chatcore.loop(timeout=0.001, map=channel_map, count=1)  # an empty map gives it back
+    assert _cached_poller(channel_map) is None
+
+
+def test_descriptor_reused_between_loop_calls(poller_kind):
+    channel_map = {}
+    left, right = socket.socketpair()
+    first = Reader(left, channel_map)
+    peers = [right]
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=1)
+        number = left.fileno()
+        first.close()
+        new_left, new_right = socket.socketpair()
+        peers.append(new_right)
+        second = Reader(new_left, channel_map)
+        assert new_left.fileno() == number
+        new_right.sendall(b"reused")
+        serve_until(channel_map, lambda: second.received == b"reused")
+    finally:
+        chatcore.close_all(channel_map)
+        for peer in peers:
+            peer.close()
+
+
+def test_a_nested_loop_on_the_same_map_gets_its_own_poller(poller_kind):
+    channel_map = {}
+    outer_left, outer_right = socket.socketpair()
+    inner_left, inner_right = socket.socketpair()
+
+    class Nesting(Reader):
+        def handle_read(self):
+            super().handle_read()
+            inner_right.sendall(b"inner")
+            chatcore.loop(timeout=0.01, map=channel_map, count=5)
+
+    Nesting(outer_left, channel_map)
+    inner = Reader(inner_left, channel_map)
+    try:
+        outer_right.sendall(b"outer")
+        serve_until(channel_map, lambda: inner.received == b"inner")
+    finally:
+        chatcore.close_all(channel_map)
+        outer_right.close()
+        inner_right.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_does_not_share_the_parents_poller(poller_kind):
+    channel_map = {}
+    left, right = socket.socketpair()
+    channel = Reader(left, channel_map)
+    result_read, result_write = os.pipe()
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=1)  # cache a poller
+        pid = os.fork()
+        if pid == 0:  # child: serve its own copy of the channel, report, leave
+            status = 1
+            try:
+                right.sendall(b"child")
+                for _ in range(200):
+                    chatcore.loop(timeout=0.01, map=channel_map, count=1)
+                    if channel.received:
+                        break
+                os.write(result_write, channel.received or b"-")
+                status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.read(result_read, 100) == b"child" and status == 0
+        right.sendall(b"parent")
+        serve_until(channel_map, lambda: channel.received == b"parent")
+    finally:
+        os.close(result_read)
+        os.close(result_write)
+        chatcore.close_all(channel_map)
+        right.close()
