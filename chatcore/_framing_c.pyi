@@ -25,3 +25,8 @@ def push(channel: Any, data: Any) -> None:
 
 def initiate_send(channel: Any, zero_copy: bool = ...) -> None:
     """Send from the head of ``channel.producer_fifo`` once, as stdlib does."""
+
+GATHER_LIMIT: int
+
+def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
+    """Send the plain buffers at the head of *fifo* in one ``sendmsg`` call."""

@@ -19,9 +19,11 @@ from collections import deque
 from typing import Any, Deque, Dict, Optional, Union
 
 from . import _framing
-from .dispatch import DISCONNECTED, dispatcher
+from .dispatch import _RERAISED, DISCONNECTED, dispatcher
 
 __all__ = ["async_chat", "find_prefix_at_end", "simple_producer"]
+
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
 
 Terminator = Union[bytes, str, int, None]
 
@@ -40,6 +42,51 @@ class _ReceiveBuffers(threading.local):
 
 
 _receive_buffers = _ReceiveBuffers()
+
+
+class _DeferredSends(threading.local):
+    """Channels whose pushes wait for the end of this thread's loop turn.
+
+    ``channels`` is a list while the loop dispatches events and None
+    otherwise, so a push from plain code still goes out at once.
+    """
+
+    def __init__(self) -> None:
+        self.channels: Optional[list] = None
+
+
+_deferred_sends = _DeferredSends()
+
+
+def start_deferring_sends() -> Optional[list]:
+    """Collect coalescable pushes from now on; returns what to hand to ``finish``."""
+    outer = _deferred_sends.channels
+    _deferred_sends.channels = []
+    return outer
+
+
+def finish_deferring_sends(outer: Optional[list]) -> None:
+    """Send what the turn's handlers pushed, one gathered send per channel."""
+    channels, _deferred_sends.channels = _deferred_sends.channels, outer
+    for channel in channels or ():
+        try:
+            channel._send_deferred_now()
+        except _RERAISED:
+            raise
+        except BaseException:
+            channel.handle_error()
+
+
+if hasattr(socket.socket, "sendmsg"):
+    def _gathering_send(sock: socket.socket) -> Any:
+        return sock.sendmsg
+else:  # Windows: no sendmsg; one joined send is still one call
+    def _gathering_send(sock: socket.socket) -> Any:
+        return lambda buffers: sock.send(b"".join(buffers))
+
+
+#: class -> whether its pushes may be coalesced (nothing on the send path overridden)
+_coalescing_classes: Dict[type, bool] = {}
 
 
 class async_chat(dispatcher):
@@ -65,6 +112,8 @@ class async_chat(dispatcher):
         self.incoming: list = []
         # Buffers, producers and None (= close) waiting to be sent, in order.
         self.producer_fifo: Deque[Any] = deque()
+        # Whether this channel waits in the turn's deferred-send list.
+        self._send_deferred = False
         dispatcher.__init__(self, sock, map)
 
     @property
@@ -157,15 +206,71 @@ class async_chat(dispatcher):
         )
 
     def handle_write(self) -> None:
-        self.initiate_send()
+        if self._may_coalesce():
+            self._send_gathered()
+        else:
+            self.initiate_send()
 
     def handle_close(self) -> None:
         self.close()
 
     def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        """Queue *data* for sending and try to send at once."""
+        """Queue *data* for sending.
+
+        Outside the loop's event handling it is sent at once, as stdlib does.
+        Inside a handler run by ``loop()`` it waits for the end of the turn,
+        when everything the turn pushed on this channel leaves in one
+        gathered send, unless a subclass overrides ``send`` or
+        ``initiate_send`` (then stdlib's timing is kept).
+        """
         self._engine.push(self, data)
+        pending = _deferred_sends.channels
+        if pending is not None and self._may_coalesce():
+            if not self._send_deferred:
+                self._send_deferred = True
+                pending.append(self)
+            return
         self.initiate_send()
+
+    def _may_coalesce(self) -> bool:
+        cls = type(self)
+        allowed = _coalescing_classes.get(cls)
+        if allowed is None:
+            allowed = _coalescing_classes[cls] = (
+                cls.send is dispatcher.send and cls.initiate_send is async_chat.initiate_send
+            )
+        return (
+            allowed
+            and type(self.socket) is socket.socket
+            and "send" not in self.__dict__
+            and "initiate_send" not in self.__dict__
+        )
+
+    def _send_deferred_now(self) -> None:
+        """The end-of-turn send for pushes deferred by ``push``."""
+        self._send_deferred = False
+        self._send_gathered()
+
+    def _send_gathered(self) -> None:
+        """Send queued buffers with as few gathered sends as the socket takes."""
+        fifo = self.producer_fifo
+        if not (fifo and self.connected):
+            return
+        send = _gathering_send(self.socket)
+        try:
+            while fifo and isinstance(fifo[0], _BUFFER_TYPES):
+                if self._engine.send_gathered(fifo, send, 4 * self.ac_out_buffer_size):
+                    return  # the socket is full: wait for the next write event
+        except BlockingIOError:
+            return
+        except OSError as err:
+            if err.errno in DISCONNECTED:
+                self.handle_close()
+                return
+            raise
+        if fifo and not isinstance(fifo[0], _BUFFER_TYPES):
+            # None (close when done) or a producer: stdlib's own steps.
+            self.initiate_send()
 
     def push_with_producer(self, producer: Any) -> None:
         """Queue an object with a ``more()`` method; it is drained in order."""

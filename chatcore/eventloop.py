@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import chat as _chat
 from . import dispatch as _dispatch
 from .dispatch import (
     POLLERR,
@@ -338,6 +339,15 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
             time.sleep(timeout)
         return
     events = poller.wait(timeout)
+    # Pushes made by the handlers below leave together at the end of the turn.
+    outer = _chat.start_deferring_sends()
+    try:
+        _dispatch_events(events, wanted, map, poll_mode)
+    finally:
+        _chat.finish_deferring_sends(outer)
+
+
+def _dispatch_events(events: Events, wanted: Dict[int, int], map: ChannelMap, poll_mode: bool) -> None:
     if poll_mode:
         for fd, flags in events:
             obj = map.get(fd)

@@ -23,7 +23,7 @@ from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 from cpython.object cimport PyObject
 from libc.string cimport memcmp
 
-__all__ = ["Framer", "push", "initiate_send"]
+__all__ = ["Framer", "push", "initiate_send", "send_gathered"]
 
 cdef extern from *:
     """
@@ -307,3 +307,47 @@ def initiate_send(channel, bint zero_copy=False):
             else:
                 del fifo[0]
         return
+
+
+#: Most buffers one gathered send takes: below every platform's IOV_MAX.
+GATHER_LIMIT = 512
+
+
+def send_gathered(fifo, sendmsg, Py_ssize_t max_bytes):
+    """Send the plain buffers at the head of *fifo* in one ``sendmsg`` call.
+
+    Gathers bytes, bytearray and memoryview entries (stopping at ``None``, a
+    producer, *max_bytes* or ``GATHER_LIMIT`` buffers), calls
+    ``sendmsg(buffers)`` once and removes what it sent from *fifo*; the unsent
+    rest of a bytes or memoryview head is left as a memoryview slice, of a
+    bytearray as a copy (it may be mutated or resized by its owner later).
+    Returns how many of the gathered bytes were not sent (0: all of them went,
+    so the caller may gather again); exceptions from *sendmsg* propagate with
+    *fifo* untouched.
+    """
+    cdef list buffers = []
+    cdef Py_ssize_t total = 0, sent, remaining, size, count
+    for item in fifo:
+        if not isinstance(item, (bytes, bytearray, memoryview)):
+            break
+        buffers.append(item)
+        total += len(item)
+        if total >= max_bytes or len(buffers) >= GATHER_LIMIT:
+            break
+    if not buffers:
+        return 0
+    sent = sendmsg(buffers)
+    remaining = sent
+    for _ in range(len(buffers)):
+        head = fifo[0]
+        size = len(head)
+        if remaining < size:
+            if remaining:
+                if type(head) is bytearray:
+                    fifo[0] = head[remaining:]
+                else:
+                    fifo[0] = memoryview(head)[remaining:]
+            break
+        fifo.popleft()
+        remaining -= size
+    return total - sent

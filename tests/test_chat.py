@@ -301,3 +301,145 @@ def test_find_prefix_at_end_accepts_str_and_bytes():
 def test_simple_producer():
     producer = chatcore.simple_producer(b"abcdefg", buffer_size=3)
     assert [producer.more() for _ in range(4)] == [b"abc", b"def", b"g", b""]
+
+
+# -- pushes made inside the loop's event handling leave together ----------------------
+
+
+def _echo_class(chat_class, channel_map, lines_per_message=1):
+    class Echo(chat_class):
+        def __init__(self, sock):
+            super().__init__(sock, map=channel_map)
+            self.set_terminator(b"\n")
+
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            line = self._get_data()
+            for _ in range(lines_per_message):
+                self.push(line + b"\n")
+            if line == b"bye":
+                self.close_when_done()
+
+    return Echo
+
+
+def _receive_until_eof(sock, channel_map, limit=1 << 26):
+    received = bytearray()
+    sock.setblocking(False)
+    for _ in range(20000):
+        chatcore.loop(timeout=0.01, map=channel_map, count=1)
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return bytes(received)
+        received += chunk
+        assert len(received) <= limit
+    raise AssertionError("no end of stream")
+
+
+def test_pushes_in_a_turn_leave_in_few_gathered_sends(chat_class, pair, monkeypatch):
+    from chatcore import chat as chat_module
+
+    calls = []
+    real = chat_module._gathering_send
+
+    def counting(sock):
+        send = real(sock)
+
+        def wrapper(buffers):
+            calls.append(len(buffers))
+            return send(buffers)
+
+        return wrapper
+
+    monkeypatch.setattr(chat_module, "_gathering_send", counting)
+    left, right = pair
+    channel_map = {}
+    _echo_class(chat_class, channel_map)(left)
+    try:
+        lines = [b"line %04d" % i for i in range(400)] + [b"bye"]
+        right.sendall(b"".join(line + b"\n" for line in lines))
+        assert _receive_until_eof(right, channel_map) == b"".join(line + b"\n" for line in lines)
+        assert sum(calls) == len(lines)  # every line went through a gathered send
+        assert len(calls) < len(lines) / 10
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_large_pushes_in_a_handler_arrive_whole_through_a_full_socket(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    _echo_class(chat_class, channel_map, lines_per_message=2000)(left)
+    try:
+        right.sendall(b"x" * 1000 + b"\nbye\n")
+        expected = (b"x" * 1000 + b"\n") * 2000 + b"bye\n" * 2000
+        assert _receive_until_eof(right, channel_map) == expected
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_push_outside_the_loop_is_sent_at_once(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    channel = chat_class(left, map=channel_map)
+    try:
+        channel.push(b"now")
+        assert right.recv(10) == b"now"
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_overridden_send_keeps_stdlib_timing_inside_the_loop(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    sends_during_push = []
+
+    class Recording(_echo_class(chat_class, channel_map)):
+        pushing = False
+
+        def push(self, data):
+            self.pushing = True
+            try:
+                super().push(data)
+            finally:
+                self.pushing = False
+
+        def send(self, data):
+            sends_during_push.append(self.pushing)
+            return super().send(data)
+
+    Recording(left)
+    try:
+        right.sendall(b"a\nb\nbye\n")
+        assert _receive_until_eof(right, channel_map) == b"a\nb\nbye\n"
+        assert sends_during_push[:3] == [True, True, True]
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_producers_and_pushes_keep_their_order_inside_the_loop(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+
+    class Mixed(_echo_class(chat_class, channel_map)):
+        def found_terminator(self):
+            line = self._get_data()
+            self.push(b"<" + line)
+            self.push_with_producer(chatcore.simple_producer(b"-produced-" * 50, buffer_size=7))
+            self.push(b">\n")
+            if line == b"bye":
+                self.close_when_done()
+
+    Mixed(left)
+    try:
+        right.sendall(b"one\ntwo\nbye\n")
+        body = b"-produced-" * 50
+        expected = b"".join(b"<" + word + body + b">\n" for word in (b"one", b"two", b"bye"))
+        assert _receive_until_eof(right, channel_map) == expected
+    finally:
+        chatcore.close_all(channel_map)

@@ -511,3 +511,74 @@ def test_outgoing_engines_agree(pushes, accepts, size, zero_copy):
         drain(engine, sender, zero_copy, turns=200)
         results.append((sender.calls, sender.closed, [bytes(p) for p in sender.producer_fifo if p is not None]))
     assert results[0] == results[1]
+
+
+# -- gathered sends ------------------------------------------------------------------
+
+
+class Gatherer:
+    """A sendmsg stand-in: accepts up to *accept* bytes per call, records calls."""
+
+    def __init__(self, accept=None):
+        self.accept = accept
+        self.calls = []
+        self.data = b""
+
+    def __call__(self, buffers):
+        self.calls.append([bytes(b) for b in buffers])
+        joined = b"".join(bytes(b) for b in buffers)
+        count = len(joined) if self.accept is None else min(self.accept, len(joined))
+        self.data += joined[:count]
+        return count
+
+
+def test_send_gathered_takes_buffers_up_to_a_producer_or_none(engine):
+    fifo = deque([b"ab", bytearray(b"cd"), memoryview(b"ef"), b"", None, b"after"])
+    send = Gatherer()
+    assert engine.send_gathered(fifo, send, 1 << 20) == 0
+    assert send.calls == [[b"ab", b"cd", b"ef", b""]]
+    assert list(fifo) == [None, b"after"]
+
+
+def test_send_gathered_partial_send_keeps_the_rest_in_order(engine):
+    fifo = deque([b"abc", bytearray(b"defg"), b"hij"])
+    send = Gatherer(accept=5)
+    assert engine.send_gathered(fifo, send, 1 << 20) == 5
+    head = fifo[0]
+    assert type(head) is bytearray and head == bytearray(b"fg")  # a copy, not a view
+    assert [bytes(x) for x in fifo] == [b"fg", b"hij"]
+    send.accept = 1
+    assert engine.send_gathered(fifo, send, 1 << 20) == 4  # sends "f"
+    assert engine.send_gathered(fifo, send, 1 << 20) == 3  # sends "g"
+    assert engine.send_gathered(fifo, send, 1 << 20) == 2  # sends "h"
+    remainder = fifo[0]
+    assert type(remainder) is memoryview and bytes(remainder) == b"ij"
+    send.accept = None
+    assert engine.send_gathered(fifo, send, 1 << 20) == 0
+    assert send.data == b"abcdefghij" and not fifo
+
+
+def test_send_gathered_limits(engine):
+    fifo = deque([b"x"] * (engine.GATHER_LIMIT + 10))
+    send = Gatherer()
+    engine.send_gathered(fifo, send, 1 << 20)
+    assert len(send.calls[0]) == engine.GATHER_LIMIT and len(fifo) == 10
+    fifo = deque([b"12345", b"67890", b"abc"])
+    engine.send_gathered(fifo, send, 6)
+    assert send.calls[-1] == [b"12345", b"67890"]
+
+
+def test_send_gathered_error_leaves_the_queue_alone(engine):
+    def refuse(buffers):
+        raise BlockingIOError(11, "would block")
+
+    fifo = deque([b"abc", b"def"])
+    with pytest.raises(BlockingIOError):
+        engine.send_gathered(fifo, refuse, 1 << 20)
+    assert list(fifo) == [b"abc", b"def"]
+
+
+def test_send_gathered_with_nothing_to_gather(engine):
+    for fifo in (deque(), deque([None]), deque([object()])):
+        send = Gatherer()
+        assert engine.send_gathered(fifo, send, 100) == 0 and send.calls == []
