@@ -8,7 +8,7 @@ module).
 """
 
 from ._framing import implementation
-from .chat import async_chat, find_prefix_at_end, simple_producer
+from .chat import async_chat, find_prefix_at_end, message_chat, simple_producer
 from .dispatch import (
     ExitNow,
     close_all,
@@ -34,6 +34,7 @@ __all__ = [
     "find_prefix_at_end",
     "implementation",
     "loop",
+    "message_chat",
     "poll",
     "poll2",
     "poll3",

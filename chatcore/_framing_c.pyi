@@ -19,6 +19,8 @@ class Framer:
         """True while ``feed`` is running."""
     def feed(self, channel: Any, data: Any, call_get_terminator: bool = ...) -> None:
         """Append *data* to the pending bytes and deliver every complete piece."""
+    def feed_messages(self, channel: Any, data: Any, max_size: int) -> None:
+        """Message mode: hand each complete message to ``channel.handle_message``."""
 
 def push(channel: Any, data: Any) -> None:
     """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""

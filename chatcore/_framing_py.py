@@ -53,12 +53,18 @@ class Framer:
     ``found_terminator()`` stops the processing as it would in stdlib.
     """
 
-    __slots__ = ("_data", "_pos", "_feeding")
+    __slots__ = ("_data", "_pos", "_feeding", "_message", "_count_left", "_dropping")
 
     def __init__(self) -> None:
         self._data = b""
         self._pos = 0
         self._feeding = 0
+        # Message mode only: the body so far of a message spanning reads, the
+        # bytes an integer-framed message still needs, and whether the current
+        # message overflowed and is being skipped.
+        self._message = bytearray()
+        self._count_left = 0
+        self._dropping = False
 
     @property
     def pending(self) -> bytes:
@@ -86,6 +92,23 @@ class Framer:
         overridden).  An exception from a callback propagates; bytes already
         handed to a callback count as consumed, so nothing is delivered twice.
         """
+        self._run(self._deliver, channel, data, call_get_terminator)
+
+    def feed_messages(self, channel: Any, data: Any, max_size: int) -> None:
+        """Message mode: hand each complete message to ``channel.handle_message``.
+
+        One ``bytes`` per message, terminator excluded, instead of pieces to
+        ``collect_incoming_data`` plus ``found_terminator``.  The terminator is
+        read from ``channel.terminator`` before each message: bytes frame up
+        to the next occurrence, an int frames messages of exactly that many
+        bytes (it is not counted down), None/0/b"" makes each read one message.
+        A message longer than *max_size* is never held: the framer calls
+        ``channel.handle_message_overflow()`` once, drops the message's bytes
+        up to its end, and goes on with the next message.
+        """
+        self._run(self._deliver_messages, channel, data, max_size)
+
+    def _run(self, deliver: Any, channel: Any, data: Any, option: Any) -> None:
         if type(data) is not bytes:
             data = bytes(memoryview(data))
         if self._pos < len(self._data):
@@ -94,7 +117,7 @@ class Framer:
         self._pos = 0
         self._feeding += 1
         try:
-            self._deliver(channel, call_get_terminator)
+            deliver(channel, option)
         finally:
             self._feeding -= 1
             # Keep only the unprocessed rest, as an owned object.
@@ -147,6 +170,76 @@ class Framer:
                     return
                 self._pos = end
                 channel.collect_incoming_data(data[pos:end])
+
+
+    def _deliver_messages(self, channel: Any, max_size: int) -> None:
+        message = self._message
+        while True:
+            data = self._data
+            pos = self._pos
+            end = len(data)
+            if pos >= end:
+                return
+            terminator = channel.terminator
+            if not terminator:
+                self._pos = end
+                self._complete(channel, data[pos:end], max_size)
+            elif isinstance(terminator, int):
+                if terminator < 0:
+                    raise ValueError("terminator must not be negative, got %d" % terminator)
+                if not self._count_left:
+                    self._count_left = terminator
+                    if terminator > max_size:
+                        self._overflow(channel)
+                        continue  # the handler may have replaced the buffer
+                take = min(self._count_left, end - pos)
+                self._pos = pos + take
+                self._count_left -= take
+                piece = data[pos:pos + take]
+                if self._count_left:
+                    if not self._dropping:
+                        message += piece
+                elif self._dropping:
+                    self._dropping = False
+                else:
+                    self._complete(channel, piece, max_size)
+            else:
+                needle = _terminator_bytes(terminator)
+                index = data.find(needle, pos)
+                if index >= 0:
+                    self._pos = index + len(needle)
+                    if self._dropping:
+                        self._dropping = False
+                        message.clear()
+                    else:
+                        self._complete(channel, data[pos:index], max_size)
+                    continue
+                body_end = end - _partial_terminator_length(data, pos, needle)
+                self._pos = body_end
+                if not self._dropping:
+                    if len(message) + body_end - pos > max_size:
+                        self._overflow(channel)
+                    else:
+                        message += data[pos:body_end]
+                return
+
+    def _complete(self, channel: Any, last_piece: bytes, max_size: int) -> None:
+        """Hand over the message that ends with *last_piece*, or report its overflow."""
+        message = self._message
+        if len(message) + len(last_piece) > max_size:
+            self._overflow(channel)
+            self._dropping = False  # the message has ended: nothing left to skip
+            return
+        if message:
+            message += last_piece
+            last_piece = bytes(message)
+            message.clear()
+        channel.handle_message(last_piece)
+
+    def _overflow(self, channel: Any) -> None:
+        self._message.clear()
+        self._dropping = True
+        channel.handle_message_overflow()
 
 
 def push(channel: Any, data: Any) -> None:

@@ -17,11 +17,12 @@ Memory-safety rules this file keeps:
   use, so a state change from a callback cannot turn into an out-of-bounds read.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS
 from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 from cpython.object cimport PyObject
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 __all__ = ["Framer", "push", "initiate_send", "send_gathered"]
 
@@ -92,6 +93,16 @@ cdef inline object _piece(object data, const char *ptr, Py_ssize_t start, Py_ssi
     return PyBytes_FromStringAndSize(ptr + start, length)
 
 
+cdef int _append(bytearray message, const char *ptr, Py_ssize_t length) except -1:
+    """message += ptr[:length], without an intermediate bytes object."""
+    cdef Py_ssize_t old = PyByteArray_GET_SIZE(message)
+    if length <= 0:
+        return 0
+    PyByteArray_Resize(message, old + length)
+    memcpy(PyByteArray_AS_STRING(message) + old, ptr, <size_t>length)
+    return 0
+
+
 cdef object _terminator_bytes(object terminator):
     if type(terminator) is bytes:
         return terminator
@@ -130,11 +141,20 @@ cdef class Framer:
     cdef object _data      # bytes, or a private C-contiguous byte memoryview
     cdef Py_ssize_t _pos   # first unprocessed byte of _data
     cdef int _feeding
+    # Message mode only: the body so far of a message spanning reads, the
+    # bytes an integer-framed message still needs, and whether the current
+    # message overflowed and is being skipped.
+    cdef bytearray _message
+    cdef Py_ssize_t _count_left
+    cdef bint _dropping
 
     def __cinit__(self):
         self._data = b""
         self._pos = 0
         self._feeding = 0
+        self._message = bytearray()
+        self._count_left = 0
+        self._dropping = False
 
     @property
     def pending(self):
@@ -166,22 +186,45 @@ cdef class Framer:
         overridden).  An exception from a callback propagates; bytes already
         handed to a callback count as consumed, so nothing is delivered twice.
         """
-        cdef Py_ssize_t length
+        self._start(data)
+        try:
+            self._deliver(channel, call_get_terminator)
+        finally:
+            self._finish()
+
+    def feed_messages(self, channel, data, Py_ssize_t max_size):
+        """Message mode: hand each complete message to ``channel.handle_message``.
+
+        One ``bytes`` per message, terminator excluded, instead of pieces to
+        ``collect_incoming_data`` plus ``found_terminator``.  The terminator is
+        read from ``channel.terminator`` before each message: bytes frame up
+        to the next occurrence, an int frames messages of exactly that many
+        bytes (it is not counted down), None/0/b"" makes each read one message.
+        A message longer than *max_size* is never held: the framer calls
+        ``channel.handle_message_overflow()`` once, drops the message's bytes
+        up to its end, and goes on with the next message.
+        """
+        self._start(data)
+        try:
+            self._deliver_messages(channel, max_size)
+        finally:
+            self._finish()
+
+    cdef _start(self, object data):
         data = _own_view(data)
         if self._pos < len(self._data):
             data = self.pending + bytes(data)
         self._data = data
         self._pos = 0
         self._feeding += 1
-        try:
-            self._deliver(channel, call_get_terminator)
-        finally:
-            self._feeding -= 1
-            # Keep only the unprocessed rest, as an owned bytes object, so the
-            # caller's receive buffer is free again.
-            if self._pos or type(self._data) is not bytes:
-                self._data = self.pending
-                self._pos = 0
+
+    cdef _finish(self):
+        self._feeding -= 1
+        # Keep only the unprocessed rest, as an owned bytes object, so the
+        # caller's receive buffer is free again.
+        if self._pos or type(self._data) is not bytes:
+            self._data = self.pending
+            self._pos = 0
 
     cdef int _deliver(self, object channel, bint call_get_terminator) except -1:
         cdef object data, terminator, needle
@@ -243,6 +286,94 @@ cdef class Framer:
                     return 0
                 self._pos = end
                 channel.collect_incoming_data(_piece(data, ptr, pos, available))
+
+
+    cdef int _deliver_messages(self, object channel, Py_ssize_t max_size) except -1:
+        cdef object data, terminator, needle
+        cdef const char *ptr
+        cdef const char *found
+        cdef const char *needle_ptr
+        cdef Py_ssize_t pos, end, available, count, needle_len, index, body_end, take
+        while True:
+            data = self._data
+            ptr = _buffer_pointer(data, &end)
+            pos = self._pos
+            if pos >= end:
+                return 0
+            if pos < 0:
+                raise RuntimeError("framer offset is out of range")
+            available = end - pos
+            terminator = channel.terminator
+            if terminator is None or not terminator:
+                self._pos = end
+                self._complete(channel, data, ptr, pos, available, max_size)
+            elif isinstance(terminator, int):
+                if terminator < 0:
+                    raise ValueError("terminator must not be negative, got %d" % terminator)
+                if not self._count_left:
+                    try:
+                        count = terminator
+                    except OverflowError:
+                        count = PY_SSIZE_T_MAX
+                    self._count_left = count
+                    if count > max_size:
+                        self._overflow(channel)
+                        continue  # the handler may have replaced the buffer
+                take = self._count_left if self._count_left < available else available
+                self._pos = pos + take
+                self._count_left -= take
+                if self._count_left:
+                    if not self._dropping:
+                        _append(self._message, ptr + pos, take)
+                elif self._dropping:
+                    self._dropping = False
+                else:
+                    self._complete(channel, data, ptr, pos, take, max_size)
+            else:
+                needle = _terminator_bytes(terminator)
+                needle_ptr = PyBytes_AS_STRING(needle)
+                needle_len = PyBytes_GET_SIZE(needle)
+                found = chatcore_find(ptr + pos, available, needle_ptr, needle_len)
+                if found != NULL:
+                    index = found - ptr
+                    self._pos = index + needle_len
+                    if self._dropping:
+                        self._dropping = False
+                        del self._message[:]
+                    else:
+                        self._complete(channel, data, ptr, pos, index - pos, max_size)
+                    continue
+                body_end = end - _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
+                self._pos = body_end
+                if not self._dropping:
+                    if PyByteArray_GET_SIZE(self._message) + body_end - pos > max_size:
+                        self._overflow(channel)
+                    else:
+                        _append(self._message, ptr + pos, body_end - pos)
+                return 0
+
+    cdef int _complete(self, object channel, object data, const char *ptr, Py_ssize_t start,
+                       Py_ssize_t length, Py_ssize_t max_size) except -1:
+        """Hand over the message that ends with ptr[start:start + length], or report its overflow."""
+        cdef bytearray message = self._message
+        if PyByteArray_GET_SIZE(message) + length > max_size:
+            self._overflow(channel)
+            self._dropping = False  # the message has ended: nothing left to skip
+            return 0
+        if PyByteArray_GET_SIZE(message):
+            _append(message, ptr + start, length)
+            piece = bytes(message)
+            del message[:]
+        else:
+            piece = _piece(data, ptr, start, length)
+        channel.handle_message(piece)
+        return 0
+
+    cdef int _overflow(self, object channel) except -1:
+        del self._message[:]
+        self._dropping = True
+        channel.handle_message_overflow()
+        return 0
 
 
 def push(channel, data):

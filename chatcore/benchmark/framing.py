@@ -9,6 +9,8 @@ implementation, so every row does the same work:
   run a handler whose ``found_terminator`` asks the protocol for the next
   terminator, fed through the real read path: ``handle_read()`` on a socket
   stand-in whose ``recv()`` returns the next read;
+* the ``chatcore-messages`` row runs the protocol on ``message_chat`` (one
+  ``handle_message`` call per message, the opt-in API for new code);
 * the asyncio row drives ``StreamReader.readuntil``/``readexactly`` with the
   same protocol, fed with ``feed_data`` one read at a time.
 
@@ -201,6 +203,41 @@ def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float
     return run
 
 
+def _message_handler(read_size: int) -> type:
+    """The same protocol on chatcore's one-callback-per-message API."""
+
+    class MessageHandler(chatcore.message_chat):
+        ac_in_buffer_size = read_size
+        max_message_size = 1 << 30
+
+        def __init__(self, sock: Any, protocol: Protocol):
+            chatcore.message_chat.__init__(self, sock, map={})
+            self.protocol = protocol
+            self.terminator = protocol.first_terminator
+
+        def handle_message(self, message: bytes) -> None:
+            self.terminator = self.protocol.on_message(message)
+
+    return MessageHandler
+
+
+def _message_runner() -> Callable[[List[bytes], int, Protocol], float]:
+    handlers: Dict[int, type] = {}
+
+    def run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+        handler_class = handlers.get(read_size)
+        if handler_class is None:
+            handler_class = handlers[read_size] = _message_handler(read_size)
+        channel = handler_class(_ReplayedReads(reads), protocol)
+        handle_read = channel.handle_read
+        start = time.perf_counter()
+        for _ in range(len(reads)):
+            handle_read()
+        return time.perf_counter() - start
+
+    return run
+
+
 async def _read_messages(reader: asyncio.StreamReader, protocol: Protocol) -> None:
     terminator = protocol.first_terminator
     while not protocol.done:
@@ -262,6 +299,9 @@ def implementations() -> Dict[str, Callable[[List[bytes], int, Protocol], float]
         pass
     for name, engine in engines.items():
         found[name] = _asynchat_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))
+    if hasattr(chatcore, "message_chat"):
+        # One callback per message (new code), on the default engine.
+        found["chatcore-messages"] = _message_runner()
     stdlib = _stdlib_asynchat()
     if stdlib is not None:
         found["stdlib-asynchat"] = _asynchat_runner(stdlib)
