@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Deque, Dict, Optional, Union
 
 from . import _framing
-from .dispatch import _RERAISED, DISCONNECTED, dispatcher
+from .dispatch import _RERAISED, DISCONNECTED, dispatcher, note_interest_change
 
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
 
@@ -228,6 +228,7 @@ class async_chat(dispatcher):
         ``initiate_send`` (then stdlib's timing is kept).
         """
         self._engine.push(self, data)
+        note_interest_change(self._map, self._fileno)
         pending = _deferred_sends.channels
         if pending is not None and self._may_coalesce():
             if not self._send_deferred:
@@ -257,6 +258,7 @@ class async_chat(dispatcher):
 
     def _send_gathered(self) -> None:
         """Send queued buffers with as few gathered sends as the socket takes."""
+        note_interest_change(self._map, self._fileno)
         fifo = self.producer_fifo
         if not (fifo and self.connected):
             return
@@ -279,6 +281,7 @@ class async_chat(dispatcher):
     def push_with_producer(self, producer: Any) -> None:
         """Queue an object with a ``more()`` method; it is drained in order."""
         self.producer_fifo.append(producer)
+        note_interest_change(self._map, self._fileno)
         self.initiate_send()
 
     def readable(self) -> bool:
@@ -291,16 +294,19 @@ class async_chat(dispatcher):
     def close_when_done(self) -> None:
         """Close the channel once everything queued so far has been sent."""
         self.producer_fifo.append(None)
+        note_interest_change(self._map, self._fileno)
 
     def initiate_send(self) -> None:
         zero_copy = type(self).send is dispatcher.send and "send" not in self.__dict__
         self._engine.initiate_send(self, zero_copy)
+        note_interest_change(self._map, self._fileno)
 
     def discard_buffers(self) -> None:
         """Drop all pending input and output (emergencies only)."""
         self._framer.pending = b""
         del self.incoming[:]
         self.producer_fifo.clear()
+        note_interest_change(self._map, self._fileno)
 
 
 class message_chat(async_chat):

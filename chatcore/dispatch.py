@@ -44,6 +44,17 @@ DISCONNECTED = frozenset({ECONNRESET, ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE, 
 #: The default channel map, shared by every dispatcher created without ``map=``.
 socket_map: Dict[int, Any] = {}
 
+#: id(map) -> descriptors whose channel may want other events now, for the
+#: loop's poller of that map (present only while one follows the map).
+interest_changes: Dict[int, list] = {}
+
+
+def note_interest_change(channel_map: Any, fd: Any) -> None:
+    """Tell the loop following *channel_map* to look at *fd* again next turn."""
+    pending = interest_changes.get(id(channel_map))
+    if pending is not None:
+        pending.append(fd)
+
 # poll(2) bits, spelled out because Windows' select module lacks them.
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x001, 0x002, 0x004, 0x008, 0x010, 0x020
 
@@ -193,11 +204,13 @@ class dispatcher:
         if map is None:
             map = self._map
         map[self._fileno] = self
+        note_interest_change(map, self._fileno)
 
     def del_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
         if map is None:
             map = self._map
         map.pop(self._fileno, None)
+        note_interest_change(map, self._fileno)
         self._fileno = None
 
     def create_socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> None:

@@ -69,6 +69,18 @@ class _Poller:
         # Descriptors the kernel poller refused, answered without it.
         self._always_ready: Dict[int, int] = {}
         self._invalid: Dict[int, int] = {}
+        # What each descriptor of the map wants (fd -> poll mask, 0 included),
+        # as of the last look at its channel.
+        self.wanted: Dict[int, int] = {}
+        # Channels whose readable()/writable() are their own: asked every turn.
+        self.custom: Dict[int, Any] = {}
+        # Descriptors whose channel may want something else now: reported by
+        # dispatch.note_interest_change (None when this poller is not tracking)
+        # and by the events of the last turn.
+        self.changes: Optional[List[Any]] = None
+        self.touched: List[int] = []
+        self.scanned_at = 0.0
+        self.scanned_mode: Optional[bool] = None
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -107,9 +119,13 @@ class _Poller:
         registered[fd] = (obj, sock, mask)
 
     def drop_except(self, wanted: Dict[int, int]) -> None:
-        """Unregister every descriptor that is not in *wanted*."""
-        for fd in [fd for fd in self._registered if fd not in wanted]:
+        """Unregister every descriptor that wants nothing or is not in *wanted*."""
+        for fd in [fd for fd in self._registered if not wanted.get(fd)]:
             self._forget(fd)
+
+    def drop(self, fd: int) -> None:
+        """Unregister *fd*."""
+        self._forget(fd)
 
     def _register(self, fd: int, mask: int) -> None:
         try:
@@ -261,6 +277,7 @@ class _PollerCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pollers: "OrderedDict[int, Tuple[ChannelMap, _Poller]]" = OrderedDict()
+        self._lent: Dict[int, _Poller] = {}
         self._pid = os.getpid()
 
     def take(self, map: ChannelMap) -> _Poller:
@@ -268,13 +285,25 @@ class _PollerCache:
         with self._lock:
             self._forget_parent_pollers()
             entry = self._pollers.pop(id(map), None)
-        # The cache holds the map, so its id cannot have been reused.
-        return new_poller() if entry is None else entry[1]
+            if entry is not None:
+                # The cache holds the map, so its id cannot have been reused.
+                poller = entry[1]
+            else:
+                poller = new_poller()
+                if id(map) not in self._lent:
+                    # The only poller of this map: it may follow changes
+                    # instead of asking every channel every turn.
+                    poller.changes = []
+                    _dispatch.interest_changes[id(map)] = poller.changes
+            self._lent.setdefault(id(map), poller)
+        return poller
 
     def give_back(self, map: ChannelMap, poller: _Poller) -> None:
         evicted = []
         with self._lock:
-            if self._pid != os.getpid() or not map:
+            if self._lent.get(id(map)) is poller:
+                del self._lent[id(map)]
+            if self._pid != os.getpid() or not map or poller.changes is None:
                 evicted.append(poller)
             else:
                 replaced = self._pollers.pop(id(map), None)
@@ -283,6 +312,10 @@ class _PollerCache:
                 self._pollers[id(map)] = (map, poller)
                 while len(self._pollers) > self.MAX_MAPS:
                     evicted.append(self._pollers.popitem(last=False)[1][1])
+            for stale in evicted:
+                if stale.changes is not None and (
+                        _dispatch.interest_changes.get(id(map)) is stale.changes):
+                    del _dispatch.interest_changes[id(map)]
         for stale in evicted:
             stale.close()
 
@@ -292,12 +325,16 @@ class _PollerCache:
             for _, poller in self._pollers.values():
                 poller.close()
             self._pollers.clear()
+            self._lent.clear()
+            _dispatch.interest_changes.clear()
             self._pid = os.getpid()
 
     def clear(self) -> None:
         """Close every cached poller (tests, and interpreter shutdown hygiene)."""
         with self._lock:
             pollers = [poller for _, poller in self._pollers.values()]
+            for map_id in self._pollers:
+                _dispatch.interest_changes.pop(map_id, None)
             self._pollers.clear()
         for poller in pollers:
             poller.close()
@@ -306,40 +343,119 @@ class _PollerCache:
 _pollers = _PollerCache()
 
 
-def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool) -> None:
-    """One loop turn: ask every channel what it wants, wait, dispatch."""
-    wanted: Dict[int, int] = {}
-    registered = poller.registrations
+#: How often a tracking poller still asks every channel, in seconds: the safety
+#: net for state changed behind chatcore's back (a producer_fifo filled
+#: directly, a channel put into the map without add_channel()).
+FULL_SCAN_INTERVAL = 1.0
+
+_OWN, _CUSTOM = 0, 1
+_predicate_kinds: Dict[type, int] = {}
+
+
+def _predicates(obj: Any) -> int:
+    """_OWN when obj's readable()/writable() are async_chat's, else _CUSTOM."""
+    cls = type(obj)
+    kind = _predicate_kinds.get(cls)
+    if kind is None:
+        own = (getattr(cls, "readable", None) is _chat.async_chat.readable
+               and getattr(cls, "writable", None) is _chat.async_chat.writable)
+        kind = _predicate_kinds[cls] = _OWN if own else _CUSTOM
+    if kind == _OWN:
+        instance = getattr(obj, "__dict__", None)
+        if instance and ("readable" in instance or "writable" in instance):
+            return _CUSTOM
+    return kind
+
+
+def _look_at(poller: _Poller, fd: int, obj: Any, poll_mode: bool) -> None:
+    """Ask one channel what it wants and bring its registration up to date."""
+    is_r = obj.readable()
+    is_w = obj.writable()
+    # Listening sockets are never asked to write.
+    mask = POLLOUT if is_w and not obj.accepting else 0
+    if poll_mode:
+        if is_r:
+            mask |= POLLIN | POLLPRI
+    else:
+        if is_r:
+            mask |= POLLIN
+        if is_r or is_w:
+            mask |= POLLPRI
+    poller.wanted[fd] = mask
+    if not mask:
+        if fd in poller.registrations:
+            poller.drop(fd)
+        return
+    current = poller.registrations.get(fd)
+    # Only a change costs a system call.
+    if (current is None or current[2] != mask or current[0] is not obj
+            or current[1] is not getattr(obj, "socket", None)):
+        poller.update(fd, obj, mask)
+
+
+def _scan_all(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
+    """Ask every channel, as asyncore does each turn."""
+    poller.wanted = {}
+    poller.custom = {}
+    if poller.changes is not None:
+        del poller.changes[:]
+    del poller.touched[:]
     for fd, obj in list(map.items()):
-        is_r = obj.readable()
-        is_w = obj.writable()
-        # Listening sockets are never asked to write.
-        mask = POLLOUT if is_w and not obj.accepting else 0
-        if poll_mode:
-            if is_r:
-                mask |= POLLIN | POLLPRI
+        if _predicates(obj) == _CUSTOM:
+            poller.custom[fd] = obj
+        _look_at(poller, fd, obj, poll_mode)
+    poller.drop_except(poller.wanted)
+    poller.scanned_at = time.monotonic()
+    poller.scanned_mode = poll_mode
+
+
+def _scan_changes(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
+    """Ask only the channels that may want something else than last turn."""
+    changed = set(poller.touched)
+    del poller.touched[:]
+    changes = poller.changes
+    if changes:
+        # Another thread may append meanwhile: take only what is there now.
+        count = len(changes)
+        changed.update(changes[:count])
+        del changes[:count]
+    changed.update(poller.custom)
+    for fd in changed:
+        obj = map.get(fd)
+        if obj is None:
+            poller.wanted.pop(fd, None)
+            poller.custom.pop(fd, None)
+            if fd in poller.registrations:
+                poller.drop(fd)
+            continue
+        if _predicates(obj) == _CUSTOM:
+            poller.custom[fd] = obj
         else:
-            if is_r:
-                mask |= POLLIN
-            if is_r or is_w:
-                mask |= POLLPRI
-        if mask:
-            wanted[fd] = mask
-            current = registered.get(fd)
-            # Only a change costs a system call.
-            if (current is None or current[2] != mask or current[0] is not obj
-                    or current[1] is not getattr(obj, "socket", None)):
-                poller.update(fd, obj, mask)
-    if len(registered) != len(wanted):
-        # Every wanted fd is registered now, so equal sizes mean equal sets.
-        poller.drop_except(wanted)
-    if not wanted and not poll_mode:
+            poller.custom.pop(fd, None)
+        _look_at(poller, fd, obj, poll_mode)
+
+
+def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool) -> None:
+    """One loop turn: find out what the channels want, wait, dispatch.
+
+    A poller that follows changes asks only the channels that had events,
+    reported a change (push, close, ...) or have readable()/writable() of
+    their own; any other poller asks every channel, as asyncore does.
+    """
+    if (poller.changes is None or poller.scanned_mode != poll_mode
+            or time.monotonic() - poller.scanned_at > FULL_SCAN_INTERVAL):
+        _scan_all(poller, map, poll_mode)
+    else:
+        _scan_changes(poller, map, poll_mode)
+    wanted = poller.wanted
+    if not poller.registrations and not poll_mode:
         # asyncore's select() path sleeps when nothing is watched.
         if timeout:
             time.sleep(timeout)
         return
     events = poller.wait(timeout)
     # Pushes made by the handlers below leave together at the end of the turn.
+    poller.touched.extend(fd for fd, _ in events)
     outer = _chat.start_deferring_sends()
     try:
         _dispatch_events(events, wanted, map, poll_mode)

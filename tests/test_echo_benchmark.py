@@ -297,3 +297,19 @@ def test_stop_is_safe_before_start_and_twice():
     server.stop()
     server.stop()
     assert_process_gone(server.process)
+
+
+def test_ping_pong_with_idle_connections():
+    from chatcore.benchmark.echo import run_echo
+
+    result = run_echo("chatcore", "ping-pong", 1, 50, idle_connections=300, timeout=60)
+    assert result.messages == 50 and result.idle_connections == 300
+    if sys.platform.startswith("linux"):
+        assert result.rss_per_idle_connection is not None
+
+
+def test_select_bound_servers_refuse_idle_connections():
+    from chatcore.benchmark.echo import run_echo
+
+    with pytest.raises(ValueError):
+        run_echo("stdlib", "ping-pong", 1, 5, idle_connections=2000)

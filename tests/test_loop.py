@@ -396,3 +396,135 @@ def test_forked_child_does_not_share_the_parents_poller(poller_kind):
         os.close(result_write)
         chatcore.close_all(channel_map)
         right.close()
+
+
+# -- idle channels cost nothing per turn -----------------------------------------------
+
+
+@pytest.fixture
+def counted_looks(monkeypatch):
+    """How many times the loop asks a channel what it wants."""
+    looks = []
+    real = eventloop._look_at
+
+    def counting(poller, fd, obj, poll_mode):
+        looks.append(fd)
+        return real(poller, fd, obj, poll_mode)
+
+    monkeypatch.setattr(eventloop, "_look_at", counting)
+    monkeypatch.setattr(eventloop, "FULL_SCAN_INTERVAL", 3600.0)
+    return looks
+
+
+def _idle_chats(count, channel_map):
+    peers = []
+    for _ in range(count):
+        left, right = socket.socketpair()
+        peers.append(right)
+        chatcore.async_chat(left, map=channel_map).set_terminator(b"\n")
+    return peers
+
+
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_idle_channels_are_not_asked_every_turn(counted_looks, use_poll):
+    channel_map = {}
+    peers = _idle_chats(300, channel_map)
+    try:
+        chatcore.loop(timeout=0.001, use_poll=use_poll, map=channel_map, count=1)
+        assert len(counted_looks) == 300  # the first turn asks everyone
+        del counted_looks[:]
+        chatcore.loop(timeout=0.001, use_poll=use_poll, map=channel_map, count=20)
+        assert len(counted_looks) == 0
+        # A push (even from outside the loop) is noticed without a full scan.
+        target = channel_map[sorted(channel_map)[150]]
+        target.producer_fifo.append(b"queued directly, then announced by a push\n")
+        target.push(b"pushed\n")
+        chatcore.loop(timeout=0.001, use_poll=use_poll, map=channel_map, count=5)
+        assert 1 <= len(counted_looks) <= 10
+    finally:
+        chatcore.close_all(channel_map)
+        for peer in peers:
+            peer.close()
+
+
+def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
+    channel_map = {}
+    peers = _idle_chats(50, channel_map)
+    listeners = sorted(channel_map)
+    talker_left, talker_right = socket.socketpair()
+
+    class Broadcaster(chatcore.async_chat):
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            message = self._get_data()
+            for fd in listeners:
+                channel_map[fd].push(message + b"\n")
+
+    Broadcaster(talker_left, map=channel_map).set_terminator(b"\n")
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=2)
+        talker_right.sendall(b"hello all\n")
+        deadline = 200
+        received = [b""] * len(peers)
+        while any(r != b"hello all\n" for r in received) and deadline:
+            chatcore.loop(timeout=0.01, map=channel_map, count=1)
+            for index, peer in enumerate(peers):
+                try:
+                    received[index] += peer.recv(100, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+            deadline -= 1
+        assert received == [b"hello all\n"] * len(peers)
+    finally:
+        chatcore.close_all(channel_map)
+        talker_right.close()
+        for peer in peers:
+            peer.close()
+
+
+def test_state_changed_behind_the_loops_back_is_found_by_the_periodic_scan(monkeypatch):
+    monkeypatch.setattr(eventloop, "FULL_SCAN_INTERVAL", 0.05)
+    channel_map = {}
+    peers = _idle_chats(5, channel_map)
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=2)
+        fd = sorted(channel_map)[2]
+        channel_map[fd].producer_fifo.append(b"no push() call\n")  # nobody is told
+        peer = peers[2]
+        data = None
+        for _ in range(100):
+            chatcore.loop(timeout=0.01, map=channel_map, count=1)
+            try:
+                data = peer.recv(100, socket.MSG_DONTWAIT)
+                break
+            except BlockingIOError:
+                continue
+        assert data == b"no push() call\n"
+    finally:
+        chatcore.close_all(channel_map)
+        for peer in peers:
+            peer.close()
+
+
+def test_channels_with_their_own_predicates_are_still_asked_every_turn(counted_looks):
+    channel_map = {}
+    left, right = socket.socketpair()
+
+    class Picky(chatcore.async_chat):
+        def writable(self):
+            return False
+
+    Picky(left, map=channel_map)
+    peers = _idle_chats(20, channel_map)
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=1)
+        del counted_looks[:]
+        chatcore.loop(timeout=0.001, map=channel_map, count=10)
+        assert counted_looks == [left.fileno()] * 10
+    finally:
+        chatcore.close_all(channel_map)
+        right.close()
+        for peer in peers:
+            peer.close()

@@ -34,14 +34,16 @@ MODES = {
         workloads=sorted(framing.WORKLOADS),
         read_sizes=list(framing.READ_SIZES),
         passes=4,
-        echo_modes=[("pipelined", 4, 250_000), ("ping-pong", 1, 10_000)],
+        echo_modes=[("pipelined", 4, 250_000), ("ping-pong", 1, 10_000),
+                    ("ping-pong", 1, 10_000, 2_000)],
     ),
     "full": dict(
         scale=1.0,
         workloads=sorted(framing.WORKLOADS),
         read_sizes=list(framing.READ_SIZES),
         passes=5,
-        echo_modes=[("pipelined", 4, 500_000), ("pipelined", 32, 50_000), ("ping-pong", 1, 20_000)],
+        echo_modes=[("pipelined", 4, 500_000), ("pipelined", 32, 50_000), ("ping-pong", 1, 20_000),
+                    ("ping-pong", 1, 20_000, 10_000)],
     ),
 }
 
@@ -115,16 +117,25 @@ def _framing_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> 
 
 def _echo_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> List[Row]:
     rows = []
-    for mode, connections, lines in settings["echo_modes"]:
+    for mode, connections, lines, *extra in settings["echo_modes"]:
+        idle = extra[0] if extra else 0
         benchmark = "echo %s, %d connection%s" % (mode, connections, "s" if connections > 1 else "")
+        if idle:
+            benchmark += " + %d idle" % idle
         for server in echo.available_servers():
-            result = echo.run_echo(server, mode, connections, lines)
+            if idle and server in echo.SELECT_BOUND_SERVERS:
+                progress("  %-36s %-16s skipped: select() cannot hold %d connections" % (
+                    benchmark, server, idle))
+                continue
+            result = echo.run_echo(server, mode, connections, lines, idle_connections=idle)
             row = Row("echo", benchmark, server, result.messages, result.seconds, result.bytes,
                       result.p50_us, result.p99_us)
             rows.append(row)
             latency = ""
             if result.p50_us is not None:
                 latency = "  p50 %.0f us, p99 %.0f us" % (result.p50_us, result.p99_us)
+            if result.rss_per_idle_connection is not None:
+                latency += ", server RSS %.0f B per idle connection" % result.rss_per_idle_connection
             progress("  %-36s %-16s %12s msg/s%s" % (benchmark, server, _si(row.messages_per_s), latency))
     return rows
 

@@ -87,6 +87,11 @@ PIPELINE_WINDOW = 128 * 1024
 DEFAULT_MAX_SECONDS = 300.0
 TERMINATOR = b"\n"
 LOOPBACK = "127.0.0.1"
+#: Deep enough that thousands of idle connections opened in a burst wait in
+#: the accept queue instead of having their handshakes retried.
+LISTEN_BACKLOG = 1024
+#: Servers that cannot hold descriptors above 1024 (select()).
+SELECT_BOUND_SERVERS = ("stdlib",)
 
 #: Every echo server this module knows; ``available_servers()`` says which run here.
 SERVERS = ("chatcore", "stdlib", "asyncio", "uvloop")
@@ -135,6 +140,10 @@ class EchoResult:
     server_detail: Optional[str] = None
     server_pid: Optional[int] = None
     server_returncode: Optional[int] = None
+    #: Connections held open and silent during the run, and the server's
+    #: resident memory per such connection (Linux only; None elsewhere).
+    idle_connections: int = 0
+    rss_per_idle_connection: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,7 +199,7 @@ def _listener_class(dispatcher_base: Type[Any]) -> Type[Any]:
             self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
             self.set_reuse_addr()
             self.bind((LOOPBACK, 0))
-            self.listen(128)
+            self.listen(LISTEN_BACKLOG)
 
         def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
             self.handler_class(sock, map=self.channel_map)
@@ -298,7 +307,7 @@ def _serve_asyncio_style(server: str, announce: Callable[[int, str], None]) -> N
         detail = "asyncio %s, Python %s" % (type(event_loop).__name__, sys.version.split()[0])
 
     async def serve() -> None:
-        listening = await event_loop.create_server(LineEchoProtocol, LOOPBACK, 0, backlog=128)
+        listening = await event_loop.create_server(LineEchoProtocol, LOOPBACK, 0, backlog=LISTEN_BACKLOG)
         announce(listening.sockets[0].getsockname()[1], detail)
         await event_loop.create_future()  # forever: the lifeline ends the process
 
@@ -335,6 +344,7 @@ def _start_lifeline(max_seconds: float, watch_stdin: bool) -> None:
 def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS, watch_stdin: bool = True) -> None:
     """Run echo server *server* until the process is ended; see the module docstring."""
     _start_lifeline(max_seconds, watch_stdin)
+    raise_descriptor_limit(1 << 16)
 
     def announce(port: int, detail: str) -> None:
         info = {
@@ -578,6 +588,69 @@ class ClientMeasurement:
     p99_us: Optional[float] = None
 
 
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise this process's soft descriptor limit towards *wanted* (up to the hard limit).
+
+    Returns the soft limit in force afterwards; unchanged where the platform
+    has no ``resource`` module.
+    """
+    try:
+        import resource
+    except ImportError:
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def _resident_bytes(pid: int) -> Optional[int]:
+    """A process's resident set size, from /proc (Linux); None elsewhere."""
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def open_idle_connections(port: int, count: int, deadline: float) -> List[socket.socket]:
+    """*count* connected, silent sockets to the server, opened in batches."""
+    sockets: List[socket.socket] = []
+    try:
+        for start in range(0, count, 256):
+            batch = []
+            for _ in range(min(256, count - start)):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setblocking(False)
+                sock.connect_ex((LOOPBACK, port))
+                batch.append(sock)
+            with selectors.DefaultSelector() as selector:
+                for sock in batch:
+                    selector.register(sock, selectors.EVENT_WRITE)
+                waiting = len(batch)
+                while waiting:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise EchoTimeoutError("opening %d idle connections took too long" % count)
+                    for key, _ in selector.select(remaining):
+                        error = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if error:
+                            raise OSError(error, "idle connection failed: %s" % os.strerror(error))
+                        selector.unregister(key.fileobj)
+                        waiting -= 1
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def _connect(port: int, deadline: float) -> socket.socket:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -819,6 +892,7 @@ def run_echo(
     line_size: int = 16,
     timeout: float = DEFAULT_TIMEOUT,
     on_server_started: Optional[Callable[[EchoServerProcess], None]] = None,
+    idle_connections: int = 0,
 ) -> EchoResult:
     """Start echo server *server* in a subprocess, run one client *mode* against it.
 
@@ -829,8 +903,13 @@ def run_echo(
     The server process is stopped and reaped, and every socket closed, before
     this returns or raises.  *on_server_started* is called with the
     ``EchoServerProcess`` as soon as its process exists (tests use it to
-    check the process is gone afterwards).
+    check the process is gone afterwards).  *idle_connections* silent
+    connections are opened first and held during the run (the descriptor
+    limits of both processes are raised for them).
     """
+    if idle_connections and server in SELECT_BOUND_SERVERS:
+        raise ValueError("server %r uses select() and cannot hold %d idle connections"
+                         % (server, idle_connections))
     if mode not in MODES:
         raise ValueError("mode must be one of %s, not %r" % (", ".join(MODES), mode))
     if mode == "ping-pong" and connections != 1:
@@ -841,11 +920,23 @@ def run_echo(
     # Outliving the benchmark is impossible anyway (stdin lifeline); the cap is a backstop.
     process = EchoServerProcess(server, max_seconds=max(DEFAULT_MAX_SECONDS, timeout + 60.0))
     client: Any = None
+    idle: List[socket.socket] = []
+    rss_per_idle = None
+    if idle_connections:
+        raise_descriptor_limit(idle_connections + connections + 256)
     try:
         if on_server_started is not None:
             on_server_started(process)
         process.start(startup_timeout=timeout)
         assert process.port is not None
+        if idle_connections:
+            server_pid = process.process.pid
+            before = _resident_bytes(server_pid)
+            idle = open_idle_connections(process.port, idle_connections, deadline)
+            time.sleep(0.5)  # let the server accept the last of them
+            after = _resident_bytes(server_pid)
+            if before is not None and after is not None:
+                rss_per_idle = (after - before) / idle_connections
         remaining = deadline - time.monotonic()
         if mode == "pipelined":
             client = PipelinedClient(process.port, connections, lines, line_size, timeout=remaining)
@@ -858,6 +949,8 @@ def run_echo(
     finally:
         if client is not None:
             client.close()
+        for sock in idle:
+            sock.close()
         process.stop()
     seconds = measurement.seconds
     return EchoResult(
@@ -875,6 +968,8 @@ def run_echo(
         server_detail=process.detail,
         server_pid=process.process.pid if process.process is not None else None,
         server_returncode=process.process.returncode if process.process is not None else None,
+        idle_connections=idle_connections,
+        rss_per_idle_connection=rss_per_idle,
     )
 
 
