@@ -186,13 +186,16 @@ def _framing_handler(base: type, read_size: int) -> type:
     return FramingHandler
 
 
-def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float]:
+def _handle_read_runner(
+    handler_for: Callable[[int], type],
+) -> Callable[[List[bytes], int, Protocol], float]:
+    """Times ``handle_read()`` once per read on the handler ``handler_for(read_size)``."""
     handlers: Dict[int, type] = {}
 
     def run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
         handler_class = handlers.get(read_size)
         if handler_class is None:
-            handler_class = handlers[read_size] = _framing_handler(base, read_size)
+            handler_class = handlers[read_size] = handler_for(read_size)
         channel = handler_class(_ReplayedReads(reads), protocol)
         handle_read = channel.handle_read
         start = time.perf_counter()
@@ -201,6 +204,10 @@ def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float
         return time.perf_counter() - start
 
     return run
+
+
+def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float]:
+    return _handle_read_runner(lambda read_size: _framing_handler(base, read_size))
 
 
 def _message_handler(read_size: int) -> type:
@@ -219,23 +226,6 @@ def _message_handler(read_size: int) -> type:
             self.terminator = self.protocol.on_message(message)
 
     return MessageHandler
-
-
-def _message_runner() -> Callable[[List[bytes], int, Protocol], float]:
-    handlers: Dict[int, type] = {}
-
-    def run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
-        handler_class = handlers.get(read_size)
-        if handler_class is None:
-            handler_class = handlers[read_size] = _message_handler(read_size)
-        channel = handler_class(_ReplayedReads(reads), protocol)
-        handle_read = channel.handle_read
-        start = time.perf_counter()
-        for _ in range(len(reads)):
-            handle_read()
-        return time.perf_counter() - start
-
-    return run
 
 
 async def _read_messages(reader: asyncio.StreamReader, protocol: Protocol) -> None:
@@ -301,7 +291,7 @@ def implementations() -> Dict[str, Callable[[List[bytes], int, Protocol], float]
         found[name] = _asynchat_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))
     if hasattr(chatcore, "message_chat"):
         # One callback per message (new code), on the default engine.
-        found["chatcore-messages"] = _message_runner()
+        found["chatcore-messages"] = _handle_read_runner(_message_handler)
     stdlib = _stdlib_asynchat()
     if stdlib is not None:
         found["stdlib-asynchat"] = _asynchat_runner(stdlib)
