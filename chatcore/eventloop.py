@@ -329,16 +329,6 @@ class _PollerCache:
             _dispatch.interest_changes.clear()
             self._pid = os.getpid()
 
-    def clear(self) -> None:
-        """Close every cached poller (tests, and interpreter shutdown hygiene)."""
-        with self._lock:
-            pollers = [poller for _, poller in self._pollers.values()]
-            for map_id in self._pollers:
-                _dispatch.interest_changes.pop(map_id, None)
-            self._pollers.clear()
-        for poller in pollers:
-            poller.close()
-
 
 _pollers = _PollerCache()
 
