@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Deque, Dict, Optional, Union
 
 from . import _framing
-from .dispatch import _RERAISED, DISCONNECTED, dispatcher, note_interest_change
+from .dispatch import _RERAISED, DISCONNECTED, dispatcher, inherits, note_interest_change
 
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
 
@@ -84,9 +84,6 @@ else:  # Windows: no sendmsg; one joined send is still one call
     def _gathering_send(sock: socket.socket) -> Any:
         return lambda buffers: sock.send(b"".join(buffers))
 
-
-#: class -> whether its pushes may be coalesced (nothing on the send path overridden)
-_coalescing_classes: Dict[type, bool] = {}
 
 
 class async_chat(dispatcher):
@@ -153,7 +150,7 @@ class async_chat(dispatcher):
     def handle_read(self) -> None:
         buffers = _receive_buffers
         if (
-            type(self).recv is dispatcher.recv
+            inherits(self, "recv", dispatcher.recv)
             and isinstance(self.socket, socket.socket)
             and not buffers.in_use
         ):
@@ -205,9 +202,7 @@ class async_chat(dispatcher):
 
     def _dynamic_terminator(self) -> bool:
         """Whether get_terminator() must be called (it is overridden somewhere)."""
-        return type(self).get_terminator is not async_chat.get_terminator or (
-            "get_terminator" in self.__dict__
-        )
+        return not inherits(self, "get_terminator", async_chat.get_terminator)
 
     def handle_write(self) -> None:
         if self._may_coalesce():
@@ -238,17 +233,11 @@ class async_chat(dispatcher):
         self.initiate_send()
 
     def _may_coalesce(self) -> bool:
-        cls = type(self)
-        allowed = _coalescing_classes.get(cls)
-        if allowed is None:
-            allowed = _coalescing_classes[cls] = (
-                cls.send is dispatcher.send and cls.initiate_send is async_chat.initiate_send
-            )
+        """Whether sends may be gathered: nothing on the send path is overridden."""
         return (
-            allowed
-            and type(self.socket) is socket.socket
-            and "send" not in self.__dict__
-            and "initiate_send" not in self.__dict__
+            type(self.socket) is socket.socket
+            and inherits(self, "send", dispatcher.send)
+            and inherits(self, "initiate_send", async_chat.initiate_send)
         )
 
     def _send_deferred_now(self) -> None:
@@ -297,8 +286,7 @@ class async_chat(dispatcher):
         note_interest_change(self._map, self._fileno)
 
     def initiate_send(self) -> None:
-        zero_copy = type(self).send is dispatcher.send and "send" not in self.__dict__
-        self._engine.initiate_send(self, zero_copy)
+        self._engine.initiate_send(self, inherits(self, "send", dispatcher.send))
         note_interest_change(self._map, self._fileno)
 
     def discard_buffers(self) -> None:

@@ -49,6 +49,12 @@ socket_map: Dict[int, Any] = {}
 interest_changes: Dict[int, list] = {}
 
 
+def inherits(obj: Any, name: str, original: Any) -> bool:
+    """Whether *obj*'s method *name* is *original*: overridden neither by its
+    class nor on the instance, so a fast path may stand in for calling it."""
+    return getattr(type(obj), name, None) is original and name not in getattr(obj, "__dict__", ())
+
+
 def note_interest_change(channel_map: Any, fd: Any) -> None:
     """Tell the loop following *channel_map* to look at *fd* again next turn."""
     pending = interest_changes.get(id(channel_map))

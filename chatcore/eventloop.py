@@ -42,6 +42,7 @@ from .dispatch import (
     POLLOUT,
     POLLPRI,
     _exception,
+    inherits,
     read,
     readwrite,
     write,
@@ -338,23 +339,10 @@ _pollers = _PollerCache()
 #: directly, a channel put into the map without add_channel()).
 FULL_SCAN_INTERVAL = 1.0
 
-_OWN, _CUSTOM = 0, 1
-_predicate_kinds: Dict[type, int] = {}
-
-
-def _predicates(obj: Any) -> int:
-    """_OWN when obj's readable()/writable() are async_chat's, else _CUSTOM."""
-    cls = type(obj)
-    kind = _predicate_kinds.get(cls)
-    if kind is None:
-        own = (getattr(cls, "readable", None) is _chat.async_chat.readable
-               and getattr(cls, "writable", None) is _chat.async_chat.writable)
-        kind = _predicate_kinds[cls] = _OWN if own else _CUSTOM
-    if kind == _OWN:
-        instance = getattr(obj, "__dict__", None)
-        if instance and ("readable" in instance or "writable" in instance):
-            return _CUSTOM
-    return kind
+def _asks_own_predicates(obj: Any) -> bool:
+    """Whether obj's readable()/writable() are its own, to be asked every turn."""
+    return not (inherits(obj, "readable", _chat.async_chat.readable)
+                and inherits(obj, "writable", _chat.async_chat.writable))
 
 
 def _look_at(poller: _Poller, fd: int, obj: Any, poll_mode: bool) -> None:
@@ -391,7 +379,7 @@ def _scan_all(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
         del poller.changes[:]
     del poller.touched[:]
     for fd, obj in list(map.items()):
-        if _predicates(obj) == _CUSTOM:
+        if _asks_own_predicates(obj):
             poller.custom[fd] = obj
         _look_at(poller, fd, obj, poll_mode)
     poller.drop_except(poller.wanted)
@@ -418,7 +406,7 @@ def _scan_changes(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
             if fd in poller.registrations:
                 poller.drop(fd)
             continue
-        if _predicates(obj) == _CUSTOM:
+        if _asks_own_predicates(obj):
             poller.custom[fd] = obj
         else:
             poller.custom.pop(fd, None)

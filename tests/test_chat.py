@@ -443,3 +443,22 @@ def test_producers_and_pushes_keep_their_order_inside_the_loop(chat_class, pair)
         assert _receive_until_eof(right, channel_map) == expected
     finally:
         chatcore.close_all(channel_map)
+
+
+def test_recv_replaced_on_the_instance_is_called(chat_class, pair):
+    left, right = pair
+    channel_map = {}
+    channel = make_line_channel(chat_class, left, channel_map)
+    calls = []
+
+    def recv(buffer_size):
+        calls.append(buffer_size)
+        return chatcore.async_chat.recv(channel, buffer_size).upper()
+
+    channel.recv = recv  # stdlib would call this instead of the fast path
+    try:
+        right.sendall(b"quiet\n")
+        serve_until(channel_map, lambda: channel.lines)
+        assert channel.lines == [b"QUIET"] and calls
+    finally:
+        chatcore.close_all(channel_map)
