@@ -77,6 +77,10 @@ def finish_deferring_sends(outer: Optional[list]) -> None:
             channel.handle_error()
 
 
+#: class -> whether its send path (send, initiate_send) is chatcore's own
+_coalescing_classes: Dict[type, bool] = {}
+
+
 if hasattr(socket.socket, "sendmsg"):
     def _gathering_send(sock: socket.socket) -> Any:
         return sock.sendmsg
@@ -234,10 +238,18 @@ class async_chat(dispatcher):
 
     def _may_coalesce(self) -> bool:
         """Whether sends may be gathered: nothing on the send path is overridden."""
+        # Runs on every push: the class half of inherits() is cached per class.
+        cls = type(self)
+        allowed = _coalescing_classes.get(cls)
+        if allowed is None:
+            allowed = _coalescing_classes[cls] = (
+                cls.send is dispatcher.send and cls.initiate_send is async_chat.initiate_send
+            )
         return (
-            type(self.socket) is socket.socket
-            and inherits(self, "send", dispatcher.send)
-            and inherits(self, "initiate_send", async_chat.initiate_send)
+            allowed
+            and type(self.socket) is socket.socket
+            and "send" not in self.__dict__
+            and "initiate_send" not in self.__dict__
         )
 
     def _send_deferred_now(self) -> None:
@@ -286,7 +298,9 @@ class async_chat(dispatcher):
         note_interest_change(self._map, self._fileno)
 
     def initiate_send(self) -> None:
-        self._engine.initiate_send(self, inherits(self, "send", dispatcher.send))
+        # Runs on every push outside the loop: inherits(self, "send", ...) inlined.
+        zero_copy = type(self).send is dispatcher.send and "send" not in self.__dict__
+        self._engine.initiate_send(self, zero_copy)
         note_interest_change(self._map, self._fileno)
 
     def discard_buffers(self) -> None:
