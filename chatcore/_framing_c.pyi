@@ -32,3 +32,12 @@ GATHER_LIMIT: int
 
 def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
     """Send the plain buffers at the head of *fifo* in one ``sendmsg`` call."""
+
+def set_terminator(channel: Any, term: Any) -> None:
+    """Set the input delimiter: bytes of any length, a byte count, or None."""
+
+def collect_incoming_piece(channel: Any, data: Any) -> None:
+    """Keep *data* for ``join_incoming`` (stdlib's ``_collect_incoming_data``)."""
+
+def join_incoming(channel: Any) -> bytes:
+    """The pieces kept so far as one bytes object, and forget them (``_get_data``)."""

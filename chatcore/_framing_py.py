@@ -17,7 +17,38 @@ The tests run every behaviour test against both modules; keep them in step.
 
 from typing import Any, Optional
 
-__all__ = ["Framer", "push", "initiate_send", "send_gathered"]
+__all__ = [
+    "Framer", "push", "initiate_send", "send_gathered",
+    "set_terminator", "collect_incoming_piece", "join_incoming",
+]
+
+
+# async_chat methods that legacy handlers call once or twice per message; they
+# live here so the compiled twin can speed them up.
+
+def set_terminator(channel: Any, term: Any) -> None:
+    """Set the input delimiter: bytes of any length, a byte count, or None."""
+    if type(term) is bytes:
+        channel.terminator = term
+        return
+    if isinstance(term, str) and channel.use_encoding:
+        term = bytes(term, channel.encoding)
+    elif isinstance(term, int) and term < 0:
+        raise ValueError("the number of received bytes must be positive")
+    channel.terminator = term
+
+
+def collect_incoming_piece(channel: Any, data: Any) -> None:
+    """Keep *data* for ``join_incoming`` (stdlib's ``_collect_incoming_data``)."""
+    channel.incoming.append(data)
+
+
+def join_incoming(channel: Any) -> bytes:
+    """The pieces kept so far as one bytes object, and forget them (``_get_data``)."""
+    incoming = channel.incoming
+    data = b"".join(incoming)
+    del incoming[:]
+    return data
 
 
 def _terminator_bytes(terminator: Any) -> bytes:

@@ -16,7 +16,7 @@ slices) are taken only where nothing observable changes.
 import socket
 import threading
 from collections import deque
-from typing import Any, Deque, Dict, Optional, Union
+from typing import Any, Callable, Deque, Dict, Optional, Union
 
 from . import _framing
 from .dispatch import _RERAISED, DISCONNECTED, dispatcher, inherits, note_interest_change
@@ -68,10 +68,14 @@ def start_deferring_sends() -> Optional[list]:
 def finish_deferring_sends(outer: Optional[list]) -> None:
     """Send what the turn's handlers pushed, one gathered send per channel."""
     channels, _deferred_sends.channels = _deferred_sends.channels, outer
-    for channel in channels or ():
+    channels = channels or []
+    for position, channel in enumerate(channels):
         try:
             channel._send_deferred_now()
         except _RERAISED:
+            # The channels not reached must send their pushes themselves again.
+            for skipped in channels[position + 1:]:
+                skipped._send_deferred = False
             raise
         except BaseException:
             channel.handle_error()
@@ -90,6 +94,15 @@ else:  # Windows: no sendmsg; one joined send is still one call
 
 
 
+#: async_chat method -> the engine function that implements it.
+_ENGINE_METHODS = {
+    "set_terminator": "set_terminator",
+    "_collect_incoming_data": "collect_incoming_piece",
+    "_get_data": "join_incoming",
+}
+_ENGINE_MODULES = ("chatcore._framing_c", "chatcore._framing_py")
+
+
 class async_chat(dispatcher):
     """A channel that splits input by a terminator and queues output in order.
 
@@ -106,6 +119,17 @@ class async_chat(dispatcher):
 
     #: The framing engine module; tests swap in the other implementation.
     _engine = _framing.engine
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass naming another engine gets that engine's methods too,
+        # unless it (or a class between) defines its own.
+        super().__init_subclass__(**kwargs)
+        engine = cls.__dict__.get("_engine")
+        if engine is None:
+            return
+        for method, function in _ENGINE_METHODS.items():
+            if getattr(getattr(cls, method), "__module__", None) in _ENGINE_MODULES:
+                setattr(cls, method, getattr(engine, function))
 
     def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
         self._framer = self._engine.Framer()
@@ -129,24 +153,14 @@ class async_chat(dispatcher):
     def collect_incoming_data(self, data: bytes) -> None:
         raise NotImplementedError("must be implemented in subclass")
 
-    def _collect_incoming_data(self, data: bytes) -> None:
-        self.incoming.append(data)
-
-    def _get_data(self) -> bytes:
-        data = b"".join(self.incoming)
-        del self.incoming[:]
-        return data
+    # Hot in legacy handlers, so the engine provides them (see _ENGINE_METHODS).
+    _collect_incoming_data = _framing.engine.collect_incoming_piece
+    _get_data = _framing.engine.join_incoming
 
     def found_terminator(self) -> None:
         raise NotImplementedError("must be implemented in subclass")
 
-    def set_terminator(self, term: Terminator) -> None:
-        """Set the input delimiter: bytes of any length, a byte count, or None."""
-        if isinstance(term, str) and self.use_encoding:
-            term = bytes(term, self.encoding)
-        elif isinstance(term, int) and term < 0:
-            raise ValueError("the number of received bytes must be positive")
-        self.terminator = term
+    set_terminator: Callable[["async_chat", Terminator], None] = _framing.engine.set_terminator
 
     def get_terminator(self) -> Terminator:
         return self.terminator
@@ -227,6 +241,9 @@ class async_chat(dispatcher):
         ``initiate_send`` (then stdlib's timing is kept).
         """
         self._engine.push(self, data)
+        if self._send_deferred:
+            # Already waiting for this turn's end, its interest change noted.
+            return
         note_interest_change(self._map, self._fileno)
         pending = _deferred_sends.channels
         if pending is not None and self._may_coalesce():

@@ -24,7 +24,12 @@ from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 from cpython.object cimport PyObject
 from libc.string cimport memcmp, memcpy
 
-__all__ = ["Framer", "push", "initiate_send", "send_gathered"]
+cimport cython
+
+__all__ = [
+    "Framer", "push", "initiate_send", "send_gathered",
+    "set_terminator", "collect_incoming_piece", "join_incoming",
+]
 
 cdef extern from *:
     """
@@ -59,6 +64,38 @@ cdef extern from *:
 
 cdef extern from "Python.h":
     ssize_t PY_SSIZE_T_MAX
+
+
+# async_chat methods that legacy handlers call once or twice per message.
+# Compiled, they skip a Python frame each; binding=True makes them bind to the
+# channel like methods defined in the class.
+
+@cython.binding(True)
+def set_terminator(channel, term):
+    """Set the input delimiter: bytes of any length, a byte count, or None."""
+    if type(term) is bytes:
+        channel.terminator = term
+        return
+    if isinstance(term, str) and channel.use_encoding:
+        term = bytes(term, channel.encoding)
+    elif isinstance(term, int) and term < 0:
+        raise ValueError("the number of received bytes must be positive")
+    channel.terminator = term
+
+
+@cython.binding(True)
+def collect_incoming_piece(channel, data):
+    """Keep *data* for ``join_incoming`` (stdlib's ``_collect_incoming_data``)."""
+    channel.incoming.append(data)
+
+
+@cython.binding(True)
+def join_incoming(channel):
+    """The pieces kept so far as one bytes object, and forget them (``_get_data``)."""
+    incoming = channel.incoming
+    data = b"".join(incoming)
+    del incoming[:]
+    return data
 
 
 cdef inline const char *_buffer_pointer(object buf, Py_ssize_t *length) except NULL:

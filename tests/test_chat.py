@@ -283,6 +283,33 @@ def test_argument_errors(chat_class):
     assert channel.get_terminator() == b"\r\n"
 
 
+def test_hot_helpers_come_from_the_engine_under_test(engine, chat_class):
+    assert chat_class.set_terminator is engine.set_terminator
+    assert chat_class._collect_incoming_data is engine.collect_incoming_piece
+    assert chat_class._get_data is engine.join_incoming
+    channel = chat_class(map={})
+    channel._collect_incoming_data(b"ab")
+    channel._collect_incoming_data(b"")
+    channel._collect_incoming_data(b"c")
+    assert channel._get_data() == b"abc"
+    assert channel.incoming == [] and channel._get_data() == b""
+    for terminator in (b"\r\n", 0, 7, None, b""):
+        channel.set_terminator(terminator)
+        assert channel.get_terminator() == terminator
+
+
+def test_naming_an_engine_keeps_overridden_helpers(engine):
+    class Legacy(chatcore.async_chat):
+        def set_terminator(self, term):
+            self.terminator = b"<" + term + b">"
+
+    on_engine = type("on_engine", (Legacy,), {"_engine": engine})
+    channel = on_engine(map={})
+    channel.set_terminator(b"x")
+    assert channel.terminator == b"<x>"
+    assert on_engine._get_data is engine.join_incoming
+
+
 def test_ac_in_buffer_property(chat_class):
     channel = chat_class(map={})
     assert channel.ac_in_buffer == b""
