@@ -1,10 +1,12 @@
 """Picks the framing engine: the compiled one, or its pure-Python twin.
 
 CHATCORE_NO_EXTENSIONS=1 (the same switch setup.py reads at build time) or a
-failed import of the compiled module selects ``chatcore._framing_py``.
+failed import of the compiled module selects ``chatcore._framing_py``, and so
+does a compiled module built from older sources (with a warning).
 """
 
 import os
+import warnings
 from types import ModuleType
 
 from . import _framing_py
@@ -16,6 +18,18 @@ def _load() -> "tuple[ModuleType, str]":
     try:
         from . import _framing_c
     except ImportError:
+        return _framing_py, "python"
+    missing = sorted(set(_framing_py.__all__) - set(dir(_framing_c)))
+    if missing:
+        # A build left over from an older checkout: running it would fail later
+        # and far from the cause.
+        warnings.warn(
+            "chatcore's compiled engine %s is out of date (it lacks %s); using the "
+            "pure-Python engine until it is rebuilt (pip install .)"
+            % (getattr(_framing_c, "__file__", "?"), ", ".join(missing)),
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return _framing_py, "python"
     return _framing_c, "cython"
 

@@ -37,7 +37,9 @@ class _ReceiveBuffers(threading.local):
     """
 
     def __init__(self) -> None:
-        self.buffer = bytearray()
+        # A view made once: the buffer is replaced, never resized, when it
+        # must grow, so the lasting export is harmless.
+        self.view = memoryview(bytearray())
         self.in_use = False
 
 
@@ -71,7 +73,8 @@ def finish_deferring_sends(outer: Optional[list]) -> None:
     channels = channels or []
     for position, channel in enumerate(channels):
         try:
-            channel._send_deferred_now()
+            channel._send_deferred = False
+            channel._send_gathered()
         except _RERAISED:
             # The channels not reached must send their pushes themselves again.
             for skipped in channels[position + 1:]:
@@ -187,40 +190,40 @@ class async_chat(dispatcher):
 
     def _deliver_received(self, data: Any) -> None:
         """Hand received bytes to the framing engine."""
-        self._framer.feed(self, data, self._dynamic_terminator())
+        # Whether get_terminator() is overridden: inherits() spelled out, per read.
+        self._framer.feed(self, data, not (
+            type(self).get_terminator is async_chat.get_terminator
+            and "get_terminator" not in self.__dict__))
 
     def _read_into_shared_buffer(self, buffers: _ReceiveBuffers) -> None:
         """``dispatcher.recv`` semantics, into the thread's reusable buffer."""
         size = self.ac_in_buffer_size
-        buffer = buffers.buffer
-        if len(buffer) < size:
-            buffer = buffers.buffer = bytearray(size)
+        view = buffers.view
+        if len(view) < size:
+            view = buffers.view = memoryview(bytearray(size))
         buffers.in_use = True
         try:
-            with memoryview(buffer) as view:
-                try:
-                    count = self.socket.recv_into(view, size)
-                except BlockingIOError:
-                    return
-                except OSError as err:
-                    if err.errno in DISCONNECTED:
-                        self.handle_close()
-                        count = 0
-                    else:
-                        self.handle_error()
-                        return
+            try:
+                count = self.socket.recv_into(view, size)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno in DISCONNECTED:
+                    self.handle_close()
+                    count = 0
                 else:
-                    if not count:
-                        # The peer closed; pending bytes are still processed.
-                        self.handle_close()
-                with view[:count] as received:
-                    self._deliver_received(received)
+                    self.handle_error()
+                    return
+            else:
+                if not count:
+                    # The peer closed; pending bytes are still processed.
+                    self.handle_close()
+            # Released afterwards, so no handler can keep a window on the
+            # shared buffer.
+            with view[:count] as received:
+                self._deliver_received(received)
         finally:
             buffers.in_use = False
-
-    def _dynamic_terminator(self) -> bool:
-        """Whether get_terminator() must be called (it is overridden somewhere)."""
-        return not inherits(self, "get_terminator", async_chat.get_terminator)
 
     def handle_write(self) -> None:
         if self._may_coalesce():
@@ -269,14 +272,10 @@ class async_chat(dispatcher):
             and "initiate_send" not in self.__dict__
         )
 
-    def _send_deferred_now(self) -> None:
-        """The end-of-turn send for pushes deferred by ``push``."""
-        self._send_deferred = False
-        self._send_gathered()
-
     def _send_gathered(self) -> None:
         """Send queued buffers with as few gathered sends as the socket takes."""
-        note_interest_change(self._map, self._fileno)
+        # No note_interest_change: both callers (a write event, a deferred
+        # push) have already made the loop look at this channel again.
         fifo = self.producer_fifo
         if not (fifo and self.connected):
             return

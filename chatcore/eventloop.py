@@ -30,7 +30,7 @@ import selectors
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import chat as _chat
 from . import dispatch as _dispatch
@@ -66,7 +66,9 @@ class _Poller:
     """
 
     def __init__(self) -> None:
-        self._registered: Dict[int, Tuple[Any, Any, int]] = {}
+        #: fd -> (channel, its socket, poll mask) as registered; read-only
+        #: outside this class.
+        self.registrations: Dict[int, Tuple[Any, Any, int]] = {}
         # Descriptors the kernel poller refused, answered without it.
         self._always_ready: Dict[int, int] = {}
         self._invalid: Dict[int, int] = {}
@@ -99,14 +101,9 @@ class _Poller:
     def close(self) -> None:
         raise NotImplementedError
 
-    @property
-    def registrations(self) -> Dict[int, Tuple[Any, Any, int]]:
-        """fd -> (channel, its socket, poll mask) as registered; read-only."""
-        return self._registered
-
     def update(self, fd: int, obj: Any, mask: int) -> None:
         """Register *obj* on *fd* for *mask*, or change what is registered there."""
-        registered = self._registered
+        registered = self.registrations
         sock = getattr(obj, "socket", None)
         current = registered.get(fd)
         if current is not None:
@@ -121,7 +118,7 @@ class _Poller:
 
     def drop_except(self, wanted: Dict[int, int]) -> None:
         """Unregister every descriptor that wants nothing or is not in *wanted*."""
-        for fd in [fd for fd in self._registered if not wanted.get(fd)]:
+        for fd in [fd for fd in self.registrations if not wanted.get(fd)]:
             self._forget(fd)
 
     def drop(self, fd: int) -> None:
@@ -161,7 +158,7 @@ class _Poller:
                 self._register(fd, mask)
 
     def _forget(self, fd: int) -> None:
-        del self._registered[fd]
+        del self.registrations[fd]
         if self._always_ready.pop(fd, None) is None and self._invalid.pop(fd, None) is None:
             try:
                 self._remove(fd)
@@ -238,18 +235,43 @@ class _SelectorsPoller(_Poller):
         self._selector.unregister(fd)
 
     def _wait(self, timeout: Optional[float]) -> Events:
-        if not self._selector.get_map():
-            # Nothing to watch: some selectors refuse an empty wait.
-            if timeout is None or timeout > 0:
-                time.sleep(timeout or 0)
-            return []
+        while True:
+            if not self._selector.get_map():
+                # Nothing to watch: some selectors refuse an empty wait.
+                if timeout is None or timeout > 0:
+                    time.sleep(timeout or 0)
+                return []
+            try:
+                selected = self._selector.select(timeout)
+                break
+            except OSError:
+                # select() (Windows' selector) fails as a whole when one of
+                # its descriptors was closed behind the map's back, where
+                # epoll and kqueue just forget it: set such descriptors aside
+                # as invalid, as _register does, and report them this turn.
+                if not self._set_aside_closed():
+                    raise
+                timeout = 0.0
         events = []
-        for key, ready in self._selector.select(timeout):
+        for key, ready in selected:
             flags = (POLLIN if ready & selectors.EVENT_READ else 0) | (
                 POLLOUT if ready & selectors.EVENT_WRITE else 0
             )
             events.append((key.fd, flags))
         return events
+
+    def _set_aside_closed(self) -> bool:
+        """Move registered descriptors that are no longer open to the invalid ones."""
+        closed = []
+        for fd in list(self._selector.get_map()):
+            try:
+                select.select([fd], [], [], 0)
+            except OSError:
+                closed.append(fd)
+        for fd in closed:
+            self._selector.unregister(fd)
+            self._invalid[fd] = self.registrations[fd][2]
+        return bool(closed)
 
     def close(self) -> None:
         self._selector.close()
@@ -341,8 +363,15 @@ FULL_SCAN_INTERVAL = 1.0
 
 def _asks_own_predicates(obj: Any) -> bool:
     """Whether obj's readable()/writable() are its own, to be asked every turn."""
-    return not (inherits(obj, "readable", _chat.async_chat.readable)
-                and inherits(obj, "writable", _chat.async_chat.writable))
+    # inherits() spelled out: this runs for every channel with events, every turn.
+    cls = type(obj)
+    return not (getattr(cls, "readable", None) is _STOCK_READABLE
+                and getattr(cls, "writable", None) is _STOCK_WRITABLE
+                and not ("readable" in obj.__dict__ or "writable" in obj.__dict__))
+
+
+_STOCK_READABLE = _chat.async_chat.readable
+_STOCK_WRITABLE = _chat.async_chat.writable
 
 
 def _look_at(poller: _Poller, fd: int, obj: Any, poll_mode: bool) -> None:
@@ -389,15 +418,19 @@ def _scan_all(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
 
 def _scan_changes(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
     """Ask only the channels that may want something else than last turn."""
-    changed = set(poller.touched)
-    del poller.touched[:]
+    changed: Iterable[int] = poller.touched
+    poller.touched = []
     changes = poller.changes
-    if changes:
-        # Another thread may append meanwhile: take only what is there now.
-        count = len(changes)
-        changed.update(changes[:count])
-        del changes[:count]
-    changed.update(poller.custom)
+    if changes or poller.custom:
+        changed = set(changed)
+        if changes:
+            # Another thread may append meanwhile: take only what is there now.
+            count = len(changes)
+            changed.update(changes[:count])
+            del changes[:count]
+        changed.update(poller.custom)
+    elif len(changed) > 1:
+        changed = set(changed)
     for fd in changed:
         obj = map.get(fd)
         if obj is None:
@@ -432,8 +465,8 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
             time.sleep(timeout)
         return
     events = poller.wait(timeout)
+    poller.touched.extend([fd for fd, _ in events])
     # Pushes made by the handlers below leave together at the end of the turn.
-    poller.touched.extend(fd for fd, _ in events)
     outer = _chat.start_deferring_sends()
     try:
         _dispatch_events(events, wanted, map, poll_mode)

@@ -5,6 +5,7 @@ its terminator (or do something nastier) from inside ``found_terminator``.
 """
 
 import array
+import sys
 from collections import deque
 
 import pytest
@@ -582,3 +583,19 @@ def test_send_gathered_with_nothing_to_gather(engine):
     for fifo in (deque(), deque([None]), deque([object()])):
         send = Gatherer()
         assert engine.send_gathered(fifo, send, 100) == 0 and send.calls == []
+
+
+def test_a_stale_compiled_engine_is_replaced_by_the_twin_with_a_warning(monkeypatch):
+    import types
+
+    import chatcore
+    from chatcore import _framing, _framing_py
+
+    stale = types.ModuleType("chatcore._framing_c")
+    stale.Framer = object
+    monkeypatch.setattr(chatcore, "_framing_c", stale, raising=False)
+    monkeypatch.setitem(sys.modules, "chatcore._framing_c", stale)
+    monkeypatch.delenv("CHATCORE_NO_EXTENSIONS", raising=False)
+    with pytest.warns(RuntimeWarning, match="out of date.*push"):
+        engine, implementation = _framing._load()
+    assert engine is _framing_py and implementation == "python"
