@@ -4,7 +4,7 @@ Identical in behaviour to ``chatcore._framing_py``; see that module for the
 semantics of each name.
 """
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 
 __all__: List[str]
@@ -17,7 +17,9 @@ class Framer:
     @property
     def feeding(self) -> bool:
         """True while ``feed`` is running."""
-    def feed(self, channel: Any, data: Any, call_get_terminator: bool = ...) -> None:
+    def feed(
+        self, channel: Any, data: Any, call_get_terminator: bool = ..., max_size: Optional[int] = ...
+    ) -> None:
         """Append *data* to the pending bytes and deliver every complete piece."""
     def feed_messages(self, channel: Any, data: Any, max_size: int) -> None:
         """Message mode: hand each complete message to ``channel.handle_message``."""

@@ -15,7 +15,8 @@ socket: they take bytes and a *channel* object (anything shaped like
 The tests run every behaviour test against both modules; keep them in step.
 """
 
-from typing import Any, Optional
+import operator
+from typing import Any, Optional, Tuple
 
 __all__ = [
     "Framer", "push", "initiate_send", "send_gathered",
@@ -84,18 +85,20 @@ class Framer:
     ``found_terminator()`` stops the processing as it would in stdlib.
     """
 
-    __slots__ = ("_data", "_pos", "_feeding", "_message", "_count_left", "_dropping")
+    __slots__ = ("_data", "_pos", "_feeding", "_message", "_count_left", "_dropping", "_collected")
 
     def __init__(self) -> None:
         self._data = b""
         self._pos = 0
         self._feeding = 0
-        # Message mode only: the body so far of a message spanning reads, the
-        # bytes an integer-framed message still needs, and whether the current
-        # message overflowed and is being skipped.
+        # Message mode only: the body so far of a message spanning reads and
+        # the bytes an integer-framed message still needs.
         self._message = bytearray()
         self._count_left = 0
+        # Both modes: whether the current message overflowed and is being
+        # skipped.  Collect mode: bytes of it handed over so far.
         self._dropping = False
+        self._collected = 0
 
     @property
     def pending(self) -> bytes:
@@ -112,7 +115,9 @@ class Framer:
         """True while ``feed`` is running (a handler callback re-entered it)."""
         return self._feeding > 0
 
-    def feed(self, channel: Any, data: Any, call_get_terminator: bool = True) -> None:
+    def feed(
+        self, channel: Any, data: Any, call_get_terminator: bool = True, max_size: Optional[int] = None
+    ) -> None:
         """Append *data* to the pending bytes and deliver every complete piece.
 
         Calls ``channel.collect_incoming_data(bytes)`` and
@@ -122,8 +127,18 @@ class Framer:
         ``channel.terminator`` (only correct when ``get_terminator`` is not
         overridden).  An exception from a callback propagates; bytes already
         handed to a callback count as consumed, so nothing is delivered twice.
+
+        *max_size* (None: no limit) bounds a message framed by a bytes
+        terminator: before a piece would take it past *max_size* bytes, the
+        framer calls ``channel.handle_message_overflow()`` once instead,
+        skips the message's remaining bytes up to and including its
+        terminator, and does not call ``found_terminator()`` for it.
         """
-        self._run(self._deliver, channel, data, call_get_terminator)
+        if max_size is not None:
+            max_size = operator.index(max_size)
+            if max_size < 0:
+                raise ValueError("max_size must not be negative, got %d" % max_size)
+        self._run(self._deliver, channel, data, (call_get_terminator, max_size))
 
     def feed_messages(self, channel: Any, data: Any, max_size: int) -> None:
         """Message mode: hand each complete message to ``channel.handle_message``.
@@ -156,7 +171,8 @@ class Framer:
                 self._data = self._data[self._pos:]
                 self._pos = 0
 
-    def _deliver(self, channel: Any, call_get_terminator: bool) -> None:
+    def _deliver(self, channel: Any, options: Tuple[bool, Optional[int]]) -> None:
+        call_get_terminator, max_size = options
         while True:
             # A callback may have replaced the buffer: re-read it every step.
             data = self._data
@@ -169,11 +185,13 @@ class Framer:
             else:
                 terminator = channel.terminator
             if not terminator:
+                self._dropping = False
                 self._pos = end
                 channel.collect_incoming_data(data[pos:end])
             elif isinstance(terminator, int):
                 if terminator < 0:
                     raise ValueError("terminator must not be negative, got %d" % terminator)
+                self._dropping = False
                 available = end - pos
                 if available < terminator:
                     self._pos = end
@@ -183,24 +201,40 @@ class Framer:
                     self._pos = pos + terminator
                     channel.collect_incoming_data(data[pos:pos + terminator])
                     channel.terminator = 0
+                    self._collected = 0
                     channel.found_terminator()
             else:
                 needle = _terminator_bytes(terminator)
                 index = data.find(needle, pos)
                 if index >= 0:
                     self._pos = index + len(needle)
-                    if index > pos:
-                        channel.collect_incoming_data(data[pos:index])
-                    channel.found_terminator()
+                    collected, self._collected = self._collected, 0
+                    if self._dropping:
+                        self._dropping = False
+                    elif max_size is not None and collected + index - pos > max_size:
+                        # The message has ended: nothing left to skip.
+                        channel.handle_message_overflow()
+                    else:
+                        if index > pos:
+                            channel.collect_incoming_data(data[pos:index])
+                        channel.found_terminator()
                     continue
                 partial = _partial_terminator_length(data, pos, needle)
-                if partial:
-                    if partial != end - pos:
-                        self._pos = end - partial
-                        channel.collect_incoming_data(data[pos:end - partial])
+                body_end = end - partial
+                if body_end == pos:
                     return
-                self._pos = end
-                channel.collect_incoming_data(data[pos:end])
+                self._pos = body_end
+                if self._dropping:
+                    return
+                if max_size is not None and self._collected + body_end - pos > max_size:
+                    self._dropping = True
+                    self._collected = 0
+                    channel.handle_message_overflow()
+                    continue  # the handler may have replaced the buffer
+                self._collected += body_end - pos
+                channel.collect_incoming_data(data[pos:body_end])
+                if partial:
+                    return
 
 
     def _deliver_messages(self, channel: Any, max_size: int) -> None:

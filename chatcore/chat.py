@@ -116,6 +116,13 @@ class async_chat(dispatcher):
     ac_in_buffer_size = 65536
     ac_out_buffer_size = 65536
 
+    #: The most bytes one message framed by a bytes terminator may hold before
+    #: ``handle_message_overflow()`` runs; None for no limit (stdlib's
+    #: behaviour, and the default in ``chatcore.compat.asynchat``).
+    ac_max_message_size: Optional[int] = 1 << 20
+    # Which attribute holds the limit, for handle_message_overflow's log line.
+    _size_limit_name = "ac_max_message_size"
+
     # Encoding str data silently hides application bugs, so it is opt-in.
     use_encoding = 0
     encoding = "latin-1"
@@ -193,7 +200,7 @@ class async_chat(dispatcher):
         # Whether get_terminator() is overridden: inherits() spelled out, per read.
         self._framer.feed(self, data, not (
             type(self).get_terminator is async_chat.get_terminator
-            and "get_terminator" not in self.__dict__))
+            and "get_terminator" not in self.__dict__), self.ac_max_message_size)
 
     def _read_into_shared_buffer(self, buffers: _ReceiveBuffers) -> None:
         """``dispatcher.recv`` semantics, into the thread's reusable buffer."""
@@ -233,6 +240,24 @@ class async_chat(dispatcher):
 
     def handle_close(self) -> None:
         self.close()
+
+    def handle_message_overflow(self) -> None:
+        """A message outgrew the size limit; the default logs the peer and closes.
+
+        Runs once per such message, before the byte that would cross the
+        limit is handed over.  The rest of the message, up to and including
+        its terminator, is skipped without a ``found_terminator()`` call, so an
+        override that keeps the channel open should drop what it has collected
+        of the message so far.
+        """
+        self.log_info(
+            "message from %r longer than %s (%s bytes): closing"
+            % (self.addr, self._size_limit_name, getattr(self, self._size_limit_name)),
+            "error",
+        )
+        # Nothing more of this read reaches the handlers.
+        self._framer.pending = b""
+        self.handle_close()
 
     def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue *data* for sending.
@@ -350,13 +375,7 @@ class message_chat(async_chat):
     def handle_message(self, message: bytes) -> None:
         raise NotImplementedError("must be implemented in subclass")
 
-    def handle_message_overflow(self) -> None:
-        self.log_info(
-            "message from %r longer than max_message_size (%d bytes): closing"
-            % (self.addr, self.max_message_size),
-            "error",
-        )
-        self.handle_close()
+    _size_limit_name = "max_message_size"
 
     def _deliver_received(self, data: Any) -> None:
         self._framer.feed_messages(self, data, self.max_message_size)

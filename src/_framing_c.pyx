@@ -21,6 +21,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS
 from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
+from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from libc.string cimport memcmp, memcpy
 
@@ -164,6 +165,17 @@ cdef Py_ssize_t _partial_terminator_length(const char *data, Py_ssize_t availabl
     return 0
 
 
+cdef Py_ssize_t _size_limit(object max_size) except -2:
+    """*max_size* as a C size: an int >= 0; larger than memory means no limit."""
+    max_size = PyNumber_Index(max_size)
+    if max_size < 0:
+        raise ValueError("max_size must not be negative, got %d" % max_size)
+    try:
+        return max_size
+    except OverflowError:
+        return PY_SSIZE_T_MAX
+
+
 cdef class Framer:
     """Incoming terminator engine for one channel.
 
@@ -178,12 +190,14 @@ cdef class Framer:
     cdef object _data      # bytes, or a private C-contiguous byte memoryview
     cdef Py_ssize_t _pos   # first unprocessed byte of _data
     cdef int _feeding
-    # Message mode only: the body so far of a message spanning reads, the
-    # bytes an integer-framed message still needs, and whether the current
-    # message overflowed and is being skipped.
+    # Message mode only: the body so far of a message spanning reads and the
+    # bytes an integer-framed message still needs.
     cdef bytearray _message
     cdef Py_ssize_t _count_left
+    # Both modes: whether the current message overflowed and is being
+    # skipped.  Collect mode: bytes of it handed over so far.
     cdef bint _dropping
+    cdef Py_ssize_t _collected
 
     def __cinit__(self):
         self._data = b""
@@ -192,6 +206,7 @@ cdef class Framer:
         self._message = bytearray()
         self._count_left = 0
         self._dropping = False
+        self._collected = 0
 
     @property
     def pending(self):
@@ -212,7 +227,7 @@ cdef class Framer:
         """True while ``feed`` is running (a handler callback re-entered it)."""
         return self._feeding > 0
 
-    def feed(self, channel, data, bint call_get_terminator=True):
+    def feed(self, channel, data, bint call_get_terminator=True, max_size=None):
         """Append *data* to the pending bytes and deliver every complete piece.
 
         Calls ``channel.collect_incoming_data(bytes)`` and
@@ -222,10 +237,17 @@ cdef class Framer:
         ``channel.terminator`` (only correct when ``get_terminator`` is not
         overridden).  An exception from a callback propagates; bytes already
         handed to a callback count as consumed, so nothing is delivered twice.
+
+        *max_size* (None: no limit) bounds a message framed by a bytes
+        terminator: before a piece would take it past *max_size* bytes, the
+        framer calls ``channel.handle_message_overflow()`` once instead,
+        skips the message's remaining bytes up to and including its
+        terminator, and does not call ``found_terminator()`` for it.
         """
+        cdef Py_ssize_t limit = -1 if max_size is None else _size_limit(max_size)
         self._start(data)
         try:
-            self._deliver(channel, call_get_terminator)
+            self._deliver(channel, call_get_terminator, limit)
         finally:
             self._finish()
 
@@ -263,12 +285,13 @@ cdef class Framer:
             self._data = self.pending
             self._pos = 0
 
-    cdef int _deliver(self, object channel, bint call_get_terminator) except -1:
+    cdef int _deliver(self, object channel, bint call_get_terminator, Py_ssize_t max_size) except -1:
+        # max_size < 0: no limit.
         cdef object data, terminator, needle
         cdef const char *ptr
         cdef const char *found
         cdef const char *needle_ptr
-        cdef Py_ssize_t pos, end, available, count, needle_len, index, partial
+        cdef Py_ssize_t pos, end, available, count, needle_len, index, partial, collected
         while True:
             # A callback may have replaced the buffer: re-derive everything.
             data = self._data
@@ -284,11 +307,13 @@ cdef class Framer:
             else:
                 terminator = channel.terminator
             if terminator is None or not terminator:
+                self._dropping = False
                 self._pos = end
                 channel.collect_incoming_data(_piece(data, ptr, pos, available))
             elif isinstance(terminator, int):
                 if terminator < 0:
                     raise ValueError("terminator must not be negative, got %d" % terminator)
+                self._dropping = False
                 try:
                     count = terminator
                 except OverflowError:
@@ -301,6 +326,7 @@ cdef class Framer:
                     self._pos = pos + count
                     channel.collect_incoming_data(_piece(data, ptr, pos, count))
                     channel.terminator = 0
+                    self._collected = 0
                     channel.found_terminator()
             else:
                 needle = _terminator_bytes(terminator)
@@ -310,18 +336,34 @@ cdef class Framer:
                 if found != NULL:
                     index = found - ptr
                     self._pos = index + needle_len
-                    if index > pos:
-                        channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, index - pos))
-                    channel.found_terminator()
+                    collected = self._collected
+                    self._collected = 0
+                    if self._dropping:
+                        self._dropping = False
+                    elif max_size >= 0 and index - pos > max_size - collected:
+                        # The message has ended: nothing left to skip.
+                        channel.handle_message_overflow()
+                    else:
+                        if index > pos:
+                            channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, index - pos))
+                        channel.found_terminator()
                     continue
                 partial = _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
-                if partial:
-                    if partial != available:
-                        self._pos = end - partial
-                        channel.collect_incoming_data(
-                            PyBytes_FromStringAndSize(ptr + pos, available - partial))
+                if partial == available:
                     return 0
-                self._pos = end
+                self._pos = end - partial
+                if self._dropping:
+                    return 0
+                if max_size >= 0 and available - partial > max_size - self._collected:
+                    self._dropping = True
+                    self._collected = 0
+                    channel.handle_message_overflow()
+                    continue  # the handler may have replaced the buffer
+                self._collected += available - partial
+                if partial:
+                    channel.collect_incoming_data(
+                        PyBytes_FromStringAndSize(ptr + pos, available - partial))
+                    return 0
                 channel.collect_incoming_data(_piece(data, ptr, pos, available))
 
 

@@ -89,6 +89,12 @@ MAX_DRAIN_TURNS = 10_000
 _SUPPRESSED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
+@pytest.fixture(scope="session")
+def chat_class(chat_class):
+    """conftest's class with stdlib's unbounded input (chatcore's limit is tested elsewhere)."""
+    return type("async_chat", (chat_class,), {"ac_max_message_size": None})
+
+
 def random_bytes(size, seed):
     return random.Random(seed).randbytes(size)
 

@@ -41,11 +41,14 @@ class Recorder:
         elif self.script:
             self.terminator = self.script.pop(0)
 
+    def handle_message_overflow(self):
+        self.events.append(("overflow", self.terminator))
 
-def feed_all(engine, recorder, chunks, framer=None):
+
+def feed_all(engine, recorder, chunks, framer=None, max_size=None):
     framer = framer or engine.Framer()
     for chunk in chunks:
-        framer.feed(recorder, chunk)
+        framer.feed(recorder, chunk, True, max_size)
     return framer
 
 
@@ -320,14 +323,15 @@ streams = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"xyz"]),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
     first=terminators,
     script=st.lists(terminators, max_size=40),
+    max_size=st.one_of(st.none(), st.integers(min_value=0, max_value=40)),
 )
-def test_compiled_engine_matches_its_twin(stream, cuts, first, script):
+def test_compiled_engine_matches_its_twin(stream, cuts, first, script, max_size):
     bounds = sorted(set(cut for cut in cuts if cut <= len(stream)))
     chunks = [stream[a:b] for a, b in zip([0] + bounds, bounds + [len(stream)])]
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
         recorder = Recorder(first, script)
-        framer = feed_all(engine, recorder, chunks)
+        framer = feed_all(engine, recorder, chunks, max_size=max_size)
         results.append((recorder.events, recorder.terminator, framer.pending))
     assert results[0] == results[1]
 

@@ -10,3 +10,5 @@ from ..chat import find_prefix_at_end, simple_producer
 class async_chat(_core_async_chat, asyncore.dispatcher):
     __module__ = "asynchat"
     __doc__ = _core_async_chat.__doc__
+    # Legacy code never asked for a limit: keep stdlib's unbounded input.
+    ac_max_message_size = None

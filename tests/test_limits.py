@@ -1,0 +1,258 @@
+"""Input limits: ``ac_max_message_size`` and ``handle_message_overflow``.
+
+The engine-level tests drive ``Framer.feed(..., max_size)`` directly (both
+engines); the channel-level ones run ``async_chat`` over socketpairs and check
+that a hostile peer costs at most the limit, that its channel alone is closed,
+and that the compat module keeps stdlib's unbounded input.
+"""
+
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chatcore
+from chatcore.compat import asynchat as compat_asynchat
+
+from test_framing import Recorder, feed_all, split_every
+
+TERMINATOR = b"\r\n"
+
+
+def framed(events):
+    """Per message: ("message", bytes) or ("overflow", bytes delivered before it)."""
+    messages, collected = [], b""
+    for kind, value in events:
+        if kind == "data":
+            collected += value
+        elif kind == "found":
+            messages.append(("message", collected))
+            collected = b""
+        else:
+            messages.append(("overflow", collected))
+            collected = b""
+    return messages, collected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=40), max_size=20),
+    limit=st.integers(min_value=0, max_value=30),
+    read_size=st.integers(min_value=1, max_value=50),
+    tail=st.integers(min_value=0, max_value=40),
+)
+def test_each_message_is_delivered_or_reported_once(engine, sizes, limit, read_size, tail):
+    messages = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+    stream = b"".join(message + TERMINATOR for message in messages) + b"z" * tail
+    recorder = Recorder(TERMINATOR)
+    framer = feed_all(engine, recorder, split_every(stream, read_size), max_size=limit)
+    outcome, unfinished = framed(recorder.events)
+    if tail > limit:
+        # The unterminated tail outgrew the limit: reported once, at the end.
+        kind, delivered = outcome.pop()
+        assert kind == "overflow" and len(delivered) <= limit and unfinished == b""
+    assert len(outcome) == len(messages)
+    for message, (kind, delivered) in zip(messages, outcome):
+        if len(message) <= limit:
+            assert (kind, delivered) == ("message", message)
+        else:
+            # Reported once, and never more than the limit handed over first.
+            assert kind == "overflow"
+            assert len(delivered) <= limit and message.startswith(delivered)
+    # A tail within the limit is simply being collected.
+    assert len(unfinished) <= limit and len(framer.pending) <= 1
+
+
+def test_limit_boundaries(engine):
+    recorder = Recorder(b"\n")
+    feed_all(engine, recorder, [b"12345\n123456\nabc\n"], max_size=5)
+    assert recorder.events == [
+        ("data", b"12345"), ("found", b"\n"),
+        ("overflow", b"\n"),
+        ("data", b"abc"), ("found", b"\n"),
+    ]
+
+
+def test_overflow_skips_to_a_terminator_split_across_reads(engine):
+    recorder = Recorder(b"\r\n.\r\n")
+    reads = [b"x" * 10, b"y" * 10 + b"\r\n", b".\r", b"\nnext\r\n.\r\n"]
+    feed_all(engine, recorder, reads, max_size=8)
+    assert recorder.events == [
+        ("overflow", b"\r\n.\r\n"),
+        ("data", b"next"), ("found", b"\r\n.\r\n"),
+    ]
+
+
+def test_counted_and_collect_all_terminators_are_not_limited(engine):
+    recorder = Recorder(100, script=[None])
+    feed_all(engine, recorder, split_every(b"a" * 150, 7), max_size=10)
+    assert recorder.events == [("data", b"a" * 100), ("found", 0), ("data", b"a" * 50)]
+
+
+def test_no_limit_by_default(engine):
+    recorder = Recorder(b"\n")
+    feed_all(engine, recorder, split_every(b"q" * 5000 + b"\n", 100))
+    assert recorder.events == [("data", b"q" * 5000), ("found", b"\n")]
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("10", TypeError)])
+def test_bad_limits_are_rejected(engine, bad, error):
+    with pytest.raises(error):
+        engine.Framer().feed(Recorder(b"\n"), b"abc\n", True, bad)
+
+
+def test_a_huge_limit_means_no_limit(engine):
+    recorder = Recorder(b"\n")
+    feed_all(engine, recorder, [b"abc\n"], max_size=1 << 80)
+    assert recorder.events == [("data", b"abc"), ("found", b"\n")]
+
+
+# -- async_chat over sockets ---------------------------------------------------------
+
+
+def line_collector(chat_class, channel_map, limit):
+    class Lines(chat_class):
+        ac_max_message_size = limit
+
+        def __init__(self, sock):
+            super().__init__(sock, map=channel_map)
+            self.set_terminator(TERMINATOR)
+            self.lines = []
+            self.largest_held = 0
+
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+            self.largest_held = max(self.largest_held, sum(map(len, self.incoming)))
+
+        def found_terminator(self):
+            line = self._get_data()
+            self.lines.append(line)
+            self.push(line + TERMINATOR)
+
+    return Lines
+
+
+def serve_until(channel_map, done, turns=2000):
+    for _ in range(turns):
+        if done():
+            return
+        chatcore.loop(timeout=0.01, map=channel_map, count=1)
+    raise AssertionError("condition not reached in %d loop turns" % turns)
+
+
+def receive_exactly(sock, size):
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+@pytest.fixture
+def socket_pairs():
+    pairs = []
+
+    def make():
+        pair = socket.socketpair()
+        for end in pair:
+            end.settimeout(10)
+        pairs.append(pair)
+        return pair
+
+    yield make
+    for pair in pairs:
+        for end in pair:
+            end.close()
+
+
+def test_a_hostile_peer_is_closed_alone_and_costs_at_most_the_limit(chat_class, socket_pairs, capsys):
+    channel_map = {}
+    limit = 64 * 1024
+    Lines = line_collector(chat_class, channel_map, limit)
+    hostile_server, hostile_peer = socket_pairs()
+    honest_server, honest_peer = socket_pairs()
+    hostile = Lines(hostile_server)
+    honest = Lines(honest_server)
+    try:
+        honest_peer.sendall(b"before\r\n")
+        # 4 MiB without a terminator, written while the loop reads it.
+        flood = b"A" * (1 << 16)
+        hostile_peer.setblocking(False)
+        sent = 0
+        while sent < (4 << 20) and hostile.connected:
+            try:
+                sent += hostile_peer.send(flood)
+            except BlockingIOError:
+                chatcore.loop(timeout=0.01, map=channel_map, count=1)
+            except OSError:
+                break  # the server closed the hostile connection
+        serve_until(channel_map, lambda: not hostile.connected)
+        honest_peer.sendall(b"after\r\n")
+        serve_until(channel_map, lambda: honest.lines == [b"before", b"after"])
+        assert receive_exactly(honest_peer, 15) == b"before\r\nafter\r\n"
+        assert hostile.lines == [] and hostile.largest_held <= limit
+        assert honest.connected and hostile_server.fileno() == -1
+        assert "longer than ac_max_message_size (65536 bytes)" in capsys.readouterr().out
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_the_default_limit_is_one_mebibyte(chat_class):
+    assert chatcore.async_chat.ac_max_message_size == 1 << 20
+    assert chat_class.ac_max_message_size == 1 << 20
+
+
+def test_an_override_can_keep_the_channel_open(chat_class, socket_pairs):
+    channel_map = {}
+
+    class Forgiving(line_collector(chat_class, channel_map, 10)):
+        overflows = 0
+
+        def handle_message_overflow(self):
+            self.overflows += 1
+            self._get_data()  # drop what was collected of the long line
+
+    server, peer = socket_pairs()
+    channel = Forgiving(server)
+    try:
+        peer.sendall(b"short\r\n" + b"L" * 50 + b"\r\nok\r\n")
+        serve_until(channel_map, lambda: channel.lines == [b"short", b"ok"])
+        assert channel.overflows == 1 and channel.connected
+        assert receive_exactly(peer, 11) == b"short\r\nok\r\n"
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_compat_asynchat_keeps_stdlib_unbounded_input(socket_pairs):
+    assert compat_asynchat.async_chat.ac_max_message_size is None
+    channel_map = {}
+
+    class Legacy(compat_asynchat.async_chat):
+        def __init__(self, sock):
+            super().__init__(sock, map=channel_map)
+            self.set_terminator(TERMINATOR)
+            self.lines = []
+
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            self.lines.append(len(self._get_data()))
+
+    server, peer = socket_pairs()
+    channel = Legacy(server)
+    try:
+        peer.setblocking(False)
+        payload = memoryview(b"B" * (3 << 20) + TERMINATOR)
+        while payload:
+            try:
+                payload = payload[peer.send(payload):]
+            except BlockingIOError:
+                chatcore.loop(timeout=0.01, map=channel_map, count=1)
+        serve_until(channel_map, lambda: channel.lines == [3 << 20])
+        assert channel.connected
+    finally:
+        chatcore.close_all(channel_map)
