@@ -216,7 +216,13 @@ class Framer:
                         channel.handle_message_overflow()
                     else:
                         if index > pos:
+                            # The piece counts as consumed, its terminator not
+                            # yet: if the handler raises, the message boundary
+                            # stays for the next read.
+                            self._pos = index
                             channel.collect_incoming_data(data[pos:index])
+                            if self._data is data and self._pos == index:
+                                self._pos = index + len(needle)
                         channel.found_terminator()
                     continue
                 partial = _partial_terminator_length(data, pos, needle)

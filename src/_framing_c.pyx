@@ -345,7 +345,13 @@ cdef class Framer:
                         channel.handle_message_overflow()
                     else:
                         if index > pos:
+                            # The piece counts as consumed, its terminator not
+                            # yet: if the handler raises, the message boundary
+                            # stays for the next read.
+                            self._pos = index
                             channel.collect_incoming_data(PyBytes_FromStringAndSize(ptr + pos, index - pos))
+                            if self._data is data and self._pos == index:
+                                self._pos = index + needle_len
                         channel.found_terminator()
                     continue
                 partial = _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
