@@ -447,6 +447,8 @@ def test_idle_channels_are_not_asked_every_turn(counted_looks, use_poll):
             peer.close()
 
 
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
+                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
     channel_map = {}
     peers = _idle_chats(50, channel_map)
@@ -484,6 +486,8 @@ def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
             peer.close()
 
 
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
+                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_state_changed_behind_the_loops_back_is_found_by_the_periodic_scan(monkeypatch):
     monkeypatch.setattr(eventloop, "FULL_SCAN_INTERVAL", 0.05)
     channel_map = {}

@@ -175,6 +175,8 @@ def test_message_mode_matches_split_for_any_chunking(bodies, read_size):
         assert channel.messages == bodies
 
 
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
+                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_message_chat_over_a_socket_and_default_overflow(engine, capsys):
     class Lines(chatcore.message_chat):
         _engine = engine
