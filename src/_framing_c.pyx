@@ -187,6 +187,9 @@ cdef class Framer:
     ``found_terminator()`` stops the processing as it would in stdlib.
     """
 
+    # Without the GIL (free-threaded builds) the methods touching this state
+    # hold the object's critical section: two threads feeding one channel then
+    # interleave between callbacks, as under the GIL, never inside a memcpy.
     cdef object _data      # bytes, or a private C-contiguous byte memoryview
     cdef Py_ssize_t _pos   # first unprocessed byte of _data
     cdef int _feeding
@@ -209,6 +212,7 @@ cdef class Framer:
         self._collected = 0
 
     @property
+    @cython.critical_section
     def pending(self):
         """Received bytes not yet handed to the channel (stdlib's ``ac_in_buffer``)."""
         cdef Py_ssize_t length
@@ -218,6 +222,7 @@ cdef class Framer:
         return PyBytes_FromStringAndSize(ptr + self._pos, length - self._pos)
 
     @pending.setter
+    @cython.critical_section
     def pending(self, value):
         self._data = bytes(memoryview(value))
         self._pos = 0
@@ -227,6 +232,7 @@ cdef class Framer:
         """True while ``feed`` is running (a handler callback re-entered it)."""
         return self._feeding > 0
 
+    @cython.critical_section
     def feed(self, channel, data, bint call_get_terminator=True, max_size=None):
         """Append *data* to the pending bytes and deliver every complete piece.
 
@@ -251,6 +257,7 @@ cdef class Framer:
         finally:
             self._finish()
 
+    @cython.critical_section
     def feed_messages(self, channel, data, Py_ssize_t max_size):
         """Message mode: hand each complete message to ``channel.handle_message``.
 

@@ -36,6 +36,8 @@ STOP_ALLOWANCE = 20.0
 
 def assert_process_gone(process: "subprocess.Popen[bytes]") -> None:
     assert process.returncode is not None, "the server process was not reaped"
+    if os.name == "nt":
+        return  # os.kill(pid, 0) would terminate a live process there
     with pytest.raises(ProcessLookupError):
         os.kill(process.pid, 0)
 
