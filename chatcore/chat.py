@@ -241,6 +241,14 @@ class async_chat(dispatcher):
     def handle_close(self) -> None:
         self.close()
 
+    def close(self) -> None:
+        if self._send_deferred:
+            # Stdlib would have sent these pushes already: a reply pushed just
+            # before close() (or before an error closes us) must still go.
+            self._send_deferred = False
+            self._send_gathered()
+        dispatcher.close(self)
+
     def handle_message_overflow(self) -> None:
         """A message outgrew the size limit; the default logs the peer and closes.
 

@@ -1,0 +1,590 @@
+"""Fault tolerance of ``async_chat`` with fake sockets, against stdlib 3.11 as the oracle.
+
+A fake socket scripts every ``recv``/``send`` result: random partial sends,
+EAGAIN/EWOULDBLOCK, EINTR, the "peer is gone" errnos, plus producers and
+handlers that raise.  Each scenario is a function of an implementation (stdlib
+``asynchat``/``asyncore``, or chatcore on the engine of the ``chat_class``
+fixture) returning everything observable: callbacks in order, bytes sent,
+``handle_error``/``handle_close`` calls, what is left queued.  chatcore must
+give the outcome written in the test; on Python 3.11 the same scenario runs on
+stdlib first and must give it too, so every expectation here is stdlib's
+(``test_stdlib_oracle_is_available`` reports when it cannot run).
+
+The fake is not a ``socket.socket``, so chatcore takes stdlib's code paths
+(``recv()``, ``initiate_send()``/``send()``); its fast paths (``recv_into``
+into a shared buffer, gathered ``sendmsg``) are faulted over real sockets in
+``test_faults_loopback.py``, which imports the helpers below.
+"""
+
+import errno
+import itertools
+import os
+import sys
+import warnings
+from collections import deque
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import chatcore
+from chatcore import dispatch
+
+# -- the implementations ------------------------------------------------------------
+
+STDLIB_MISSING = (
+    "stdlib asynchat/asyncore, the oracle, were removed in Python 3.12 (running %s)"
+    % sys.version.split()[0]
+)
+
+
+def _is_chatcore(module):
+    return "chatcore" in (getattr(module, "__name__", "") or "") or "chatcore" in (
+        getattr(module, "__file__", "") or "")
+
+
+def _import_stdlib():
+    """The standard library's (asynchat, asyncore), never chatcore.compat's; or None."""
+    names = ("asynchat", "asyncore")
+    # chatcore.compat.install() may have put chatcore's modules under these names.
+    displaced = {name: sys.modules.pop(name) for name in names
+                 if name in sys.modules and _is_chatcore(sys.modules[name])}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import asynchat
+            import asyncore
+    except ImportError:
+        return None
+    finally:
+        sys.modules.update(displaced)
+    if _is_chatcore(asynchat) or _is_chatcore(asyncore):  # pragma: no cover - defensive
+        return None
+    return asynchat, asyncore
+
+
+class Impl:
+    """One implementation of the programming model, as a scenario uses it."""
+
+    def __init__(self, name, async_chat, simple_producer, core):
+        self.name = name
+        self.async_chat = async_chat
+        self.simple_producer = simple_producer
+        # read/write/readwrite: the wrappers through which the loop delivers
+        # events (they turn exceptions into handle_error/handle_close).
+        self.read = core.read
+        self.write = core.write
+        self.readwrite = core.readwrite
+        self.loop = core.loop
+
+    def __repr__(self):
+        return "<Impl %s>" % self.name
+
+
+_stdlib_modules = _import_stdlib()
+STDLIB = None if _stdlib_modules is None else Impl(
+    "stdlib", _stdlib_modules[0].async_chat, _stdlib_modules[0].simple_producer,
+    _stdlib_modules[1])
+
+
+class _ChatcoreCore:
+    read = staticmethod(dispatch.read)
+    write = staticmethod(dispatch.write)
+    readwrite = staticmethod(dispatch.readwrite)
+    loop = staticmethod(chatcore.loop)
+
+
+def chatcore_impl(chat_class):
+    return Impl("chatcore-" + chat_class._engine.__name__.rsplit("_", 1)[-1],
+                chat_class, chatcore.simple_producer, _ChatcoreCore)
+
+
+def check(scenario, chat_class, expected, *args, **kwargs):
+    """Run *scenario* on stdlib (when present) and chatcore; both must give *expected*."""
+    if STDLIB is not None:
+        reference = scenario(STDLIB, *args, **kwargs)
+        assert reference == expected, "stdlib does not do what this test expects"
+    actual = scenario(chatcore_impl(chat_class), *args, **kwargs)
+    assert actual == expected
+    return actual
+
+
+def test_stdlib_oracle_is_available():
+    if STDLIB is None:
+        pytest.skip(STDLIB_MISSING + ": only the written expectations are checked")
+    assert STDLIB.async_chat.__module__ == "asynchat"
+
+
+# -- fakes and recorders ----------------------------------------------------------------
+
+
+def err(code):
+    """A fresh OSError for errno *code* (the constructor picks the subclass)."""
+    return OSError(code, os.strerror(code))
+
+
+class FakeSocket:
+    """A connected non-blocking socket whose recv/send results are scripted.
+
+    ``reads``: bytes to return or exceptions to raise, one per ``recv``; then
+    EAGAIN.  ``sends``: per ``send`` call, how many bytes to accept at most
+    (int >= 1) or an exception to raise; then everything is accepted.
+    """
+
+    _fds = itertools.count(30_000)
+
+    def __init__(self, reads=(), sends=()):
+        self._fd = next(self._fds)
+        self.reads = deque(reads)
+        self.sends = deque(sends)
+        self.sent = bytearray()
+        self.send_sizes = []
+        self.closed = False
+        self.sent_at_close = None
+        self.used_after_close = 0
+
+    def fileno(self):
+        return self._fd
+
+    def setblocking(self, flag):
+        pass
+
+    def getpeername(self):
+        return ("127.0.0.1", 4242)
+
+    def recv(self, size):
+        if self.closed:
+            self.used_after_close += 1
+            raise err(errno.EBADF)
+        if not self.reads:
+            raise BlockingIOError(errno.EAGAIN, "nothing scripted")
+        item = self.reads.popleft()
+        if isinstance(item, BaseException):
+            raise item
+        assert len(item) <= size, "test bug: scripted read larger than the buffer"
+        return item
+
+    def send(self, data):
+        if self.closed:
+            self.used_after_close += 1
+            raise err(errno.EBADF)
+        self.send_sizes.append(len(data))
+        item = self.sends.popleft() if self.sends else None
+        if isinstance(item, BaseException):
+            raise item
+        count = len(data) if item is None else min(item, len(data))
+        self.sent += bytes(data[:count])
+        return count
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.sent_at_close = len(self.sent)
+
+
+class HandlerBug(Exception):
+    """What the test handlers raise."""
+
+
+_recorders = {}
+
+
+def recorder(base):
+    """*base* recording its callbacks; handlers can be told to raise."""
+    if base in _recorders:
+        return _recorders[base]
+
+    class Recorder(base):
+        # handle_error: "close" runs the inherited one (log, handle_close);
+        # "keep" records and leaves the channel open, as some servers do.
+        on_error = "close"
+        fail_found = fail_collect = None  # predicates on the current message
+
+        def __init__(self, sock, terminator=b"\n", channel_map=None, **options):
+            self.events = []
+            self.logged = []
+            self.message = b""
+            self.__dict__.update(options)
+            base.__init__(self, sock, map={} if channel_map is None else channel_map)
+            self.set_terminator(terminator)
+
+        def collect_incoming_data(self, data):
+            data = bytes(data)
+            self.events.append(("data", data))
+            self.message += data
+            if self.fail_collect is not None and self.fail_collect(data):
+                raise HandlerBug("collect_incoming_data")
+
+        def found_terminator(self):
+            message, self.message = self.message, b""
+            self.events.append(("term",))
+            if self.fail_found is not None and self.fail_found(message):
+                raise HandlerBug("found_terminator")
+            self.found(message)
+
+        def found(self, message):
+            """Subclasses answer here."""
+
+        def handle_error(self):
+            self.events.append(("error", sys.exc_info()[0].__name__))
+            if self.on_error == "close":
+                base.handle_error(self)
+
+        def handle_close(self):
+            self.events.append(("close",))
+            base.handle_close(self)
+
+        def log_info(self, message, type="info"):
+            self.logged.append(type)
+
+        @property
+        def gone(self):
+            """Closed: the loop would no longer deliver events to it."""
+            return self._fileno is None
+
+    _recorders[base] = Recorder
+    return Recorder
+
+
+def merged(events):
+    """*events* with consecutive ("data", b) entries joined: independent of read sizes."""
+    out = []
+    for event in events:
+        if event[0] == "data" and out and out[-1][0] == "data":
+            out[-1] = ("data", out[-1][1] + event[1])
+        elif event != ("data", b""):
+            out.append(event)
+    return out
+
+
+def data_of(events):
+    return b"".join(event[1] for event in events if event[0] == "data")
+
+
+# -- random partial sends -------------------------------------------------------------------
+
+
+class ChunkProducer:
+    """A custom producer: its chunks (bytes or bytearray), then b""."""
+
+    def __init__(self, chunks):
+        self.chunks = deque(chunks)
+
+    def more(self):
+        return self.chunks.popleft() if self.chunks else b""
+
+
+_payload = st.binary(max_size=2500)
+_operation = st.one_of(
+    st.tuples(st.just("push"), st.sampled_from([bytes, bytearray, memoryview]), _payload),
+    st.tuples(st.just("simple_producer"), _payload, st.integers(1, 700)),
+    st.tuples(st.just("producer"), st.lists(st.binary(min_size=1, max_size=600), max_size=5),
+              st.sampled_from([bytes, bytearray])),
+    st.just(("write",)),
+)
+_send_step = st.one_of(st.integers(1, 900), st.just("eagain"))
+
+
+def play_sends(impl, operations, sends, out_buffer_size):
+    """Queue *operations*, close_when_done(), then write events until closed."""
+    script = [BlockingIOError(errno.EAGAIN, "full") if step == "eagain" else step
+              for step in sends]
+    sock = FakeSocket(sends=script)
+    channel = recorder(impl.async_chat)(sock)
+    channel.ac_out_buffer_size = out_buffer_size
+    pushed = bytearray()
+    for operation in operations:
+        if operation[0] == "push":
+            _, kind, data = operation
+            channel.push(kind(data))
+            pushed += data
+        elif operation[0] == "simple_producer":
+            channel.push_with_producer(impl.simple_producer(operation[1], operation[2]))
+            pushed += operation[1]
+        elif operation[0] == "producer":
+            chunks = [operation[2](chunk) for chunk in operation[1]]
+            channel.push_with_producer(ChunkProducer(chunks))
+            pushed += b"".join(operation[1])
+        else:
+            impl.write(channel)
+    channel.close_when_done()
+    for _ in range(20_000):
+        if channel.gone:
+            break
+        impl.write(channel)
+    return {
+        "pushed": bytes(pushed), "sent": bytes(sock.sent), "events": channel.events,
+        "sent_at_close": sock.sent_at_close, "used_after_close": sock.used_after_close,
+        "send_sizes": sock.send_sizes,
+    }
+
+
+@settings(deadline=None, max_examples=60,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(_operation, max_size=10),
+       sends=st.lists(_send_step, max_size=60),
+       out_buffer_size=st.one_of(st.sampled_from([1, 512, 65536]), st.integers(1, 3000)))
+def test_random_partial_sends_deliver_the_pushed_stream_then_close(
+        chat_class, operations, sends, out_buffer_size):
+    outcome = play_sends(chatcore_impl(chat_class), operations, sends, out_buffer_size)
+    # Everything pushed, in order, once; the close right after the last byte.
+    assert outcome["sent"] == outcome["pushed"]
+    assert outcome["events"] == [("close",)]
+    assert outcome["sent_at_close"] == len(outcome["pushed"])
+    assert outcome["used_after_close"] == 0
+    if STDLIB is not None:
+        reference = play_sends(STDLIB, operations, sends, out_buffer_size)
+        assert reference["sent"] == outcome["sent"]
+        assert reference["send_sizes"] == outcome["send_sizes"]
+
+
+# -- recv faults ------------------------------------------------------------------------------
+
+# errno -> what stdlib 3.11 does when recv() raises it: dispatcher.recv() turns
+# _DISCONNECTED into handle_close(); async_chat.handle_read() ignores
+# BlockingIOError and sends any other OSError to handle_error().
+IGNORED, CLOSED, ERROR = "ignored", "closed", "error"
+RECV_FAULTS = {
+    "EAGAIN": (errno.EAGAIN, IGNORED),
+    "EWOULDBLOCK": (errno.EWOULDBLOCK, IGNORED),
+    "EINTR": (errno.EINTR, ERROR),
+    "ECONNRESET": (errno.ECONNRESET, CLOSED),
+    "EPIPE": (errno.EPIPE, CLOSED),
+    "ENOTCONN": (errno.ENOTCONN, CLOSED),
+    "ESHUTDOWN": (errno.ESHUTDOWN, CLOSED),
+    "ECONNABORTED": (errno.ECONNABORTED, CLOSED),
+    "EBADF": (errno.EBADF, CLOSED),
+    "ETIMEDOUT": (errno.ETIMEDOUT, ERROR),
+}
+EXCEPTION_NAMES = {code: type(err(code)).__name__ for code, _ in RECV_FAULTS.values()}
+
+# "tw" is the start of a message when the fault comes; "\r" a partial terminator.
+READS_BEFORE = [b"one\r\ntw", b"o\r"]
+READS_AFTER = [b"\nthree\r\n"]
+
+
+def expected_after_recv_fault(code, kind, on_error):
+    before = [("data", b"one"), ("term",), ("data", b"tw"), ("data", b"o")]
+    rest = [("term",), ("data", b"three"), ("term",)]
+    if kind == IGNORED:
+        return {"events": before + rest, "pending": b""}
+    if kind == CLOSED:
+        # The partial terminator is still processed, but is only a prefix.
+        return {"events": before + [("close",)], "pending": b"\r"}
+    if on_error == "close":
+        return {"events": before + [("error", EXCEPTION_NAMES[code]), ("close",)],
+                "pending": b"\r"}
+    return {"events": before + [("error", EXCEPTION_NAMES[code])] + rest, "pending": b""}
+
+
+def play_recv_fault(impl, code, on_error):
+    sock = FakeSocket(reads=READS_BEFORE + [err(code)] + READS_AFTER)
+    channel = recorder(impl.async_chat)(sock, b"\r\n", on_error=on_error)
+    for _ in range(len(sock.reads) + 2):
+        if channel.gone:
+            break
+        impl.read(channel)
+    return {"events": channel.events, "pending": bytes(channel.ac_in_buffer)}
+
+
+# (fault, what handle_error does): "keep" only where handle_error is called.
+FAULT_CASES = [(fault, "close") for fault in sorted(RECV_FAULTS)] + [
+    (fault, "keep") for fault in sorted(RECV_FAULTS) if RECV_FAULTS[fault][1] == ERROR]
+
+
+@pytest.mark.parametrize("fault, on_error", FAULT_CASES)
+def test_recv_fault_is_handled_as_stdlib(chat_class, fault, on_error):
+    code, kind = RECV_FAULTS[fault]
+    check(play_recv_fault, chat_class, expected_after_recv_fault(code, kind, on_error),
+          code, on_error)
+
+
+# -- send faults ------------------------------------------------------------------------------
+
+# dispatcher.send() returns 0 on EWOULDBLOCK (== EAGAIN here) and calls
+# handle_close() on _DISCONNECTED; async_chat.initiate_send() sends any other
+# OSError (EINTR included) to handle_error().
+SEND_FAULTS = RECV_FAULTS
+
+
+def play_send_fault(impl, code, on_error):
+    sock = FakeSocket(sends=[3, err(code)])
+    channel = recorder(impl.async_chat)(sock, on_error=on_error)
+    channel.push(b"hello\n")                      # "hel" goes at once
+    impl.write(channel)                           # the fault
+    channel.push(b"after\n")
+    for _ in range(10):
+        if channel.gone or not channel.producer_fifo:
+            break
+        impl.write(channel)
+    return {"events": channel.events, "sent": bytes(sock.sent),
+            "queued": b"".join(bytes(item) for item in channel.producer_fifo),
+            "used_after_close": sock.used_after_close}
+
+
+def expected_after_send_fault(code, kind, on_error):
+    everything = {"sent": b"hello\nafter\n", "queued": b"", "used_after_close": 0}
+    if kind == IGNORED:
+        return dict(everything, events=[])
+    error = [("error", EXCEPTION_NAMES[code])]
+    if kind == ERROR and on_error == "keep":
+        return dict(everything, events=error)
+    # Closed: nothing more leaves, what was queued stays queued.
+    return {"events": (error if kind == ERROR else []) + [("close",)], "sent": b"hel",
+            "queued": b"lo\nafter\n", "used_after_close": 0}
+
+
+@pytest.mark.parametrize("fault, on_error", FAULT_CASES)
+def test_send_fault_is_handled_as_stdlib(chat_class, fault, on_error):
+    code, kind = SEND_FAULTS[fault]
+    check(play_send_fault, chat_class, expected_after_send_fault(code, kind, on_error),
+          code, on_error)
+
+
+@pytest.mark.parametrize("fault", ["ECONNRESET", "EPIPE", "EINTR"])
+def test_fault_inside_close_when_done_drain(chat_class, fault):
+    """A fault while draining towards close_when_done: one close, nothing sent after."""
+    code = SEND_FAULTS[fault][0]
+
+    def play(impl):
+        sock = FakeSocket(sends=[4, 4, err(code)])
+        channel = recorder(impl.async_chat)(sock)
+        channel.push(b"0123456789")
+        channel.push_with_producer(impl.simple_producer(b"abcdef", 2))
+        channel.close_when_done()
+        for _ in range(20):
+            if channel.gone:
+                break
+            impl.write(channel)
+        return {"events": channel.events, "sent": bytes(sock.sent),
+                "used_after_close": sock.used_after_close}
+
+    events = ([("error", EXCEPTION_NAMES[code])] if fault == "EINTR" else []) + [("close",)]
+    check(play, chat_class, {"events": events, "sent": b"01234567", "used_after_close": 0})
+
+
+# -- a producer whose more() raises -----------------------------------------------------------
+
+
+class ProducerBug(Exception):
+    pass
+
+
+class FailingProducer:
+    """Returns its chunks, then raises from more() every time."""
+
+    def __init__(self, chunks):
+        self.chunks = deque(chunks)
+        self.calls = 0
+
+    def more(self):
+        self.calls += 1
+        if self.chunks:
+            return self.chunks.popleft()
+        raise ProducerBug("more() failed")
+
+
+def play_failing_producer(impl, on_error, first_fails):
+    sock = FakeSocket(sends=[2])
+    channel = recorder(impl.async_chat)(sock, on_error=on_error)
+    producer = FailingProducer([] if first_fails else [b"p1|", b"p2|"])
+    escaped = []
+    channel.push(b"head|")
+    for call in (lambda: channel.push_with_producer(producer),
+                 lambda: channel.push(b"tail|")):
+        try:
+            call()
+        except ProducerBug:
+            escaped.append("raised")    # stdlib lets it out of push*() itself
+        else:
+            escaped.append("ok")
+    for _ in range(6):
+        if channel.gone:
+            break
+        impl.write(channel)
+    return {"events": channel.events, "sent": bytes(sock.sent), "escaped": escaped,
+            "more_calls": producer.calls, "used_after_close": sock.used_after_close}
+
+
+@pytest.mark.parametrize("first_fails", [False, True], ids=["after-chunks", "at-once"])
+@pytest.mark.parametrize("on_error", ["close", "keep"])
+def test_failing_producer_is_handled_as_stdlib(chat_class, on_error, first_fails):
+    # The first send takes 2 bytes of "head|", so push_with_producer() sends
+    # the rest and push("tail|") is the first to reach the producer: when
+    # more() fails at once, the exception leaves push() itself (no
+    # handle_error), as in stdlib.  Bytes before the failure leave exactly
+    # once; the producer stays at the head of the queue, so "tail|" is never
+    # sent and each write event asks more() again (one handle_error per write
+    # event while the channel stays open).
+    expected = {
+        (False, "close"): {"events": [("error", "ProducerBug"), ("close",)],
+                           "sent": b"head|p1|p2|", "escaped": ["ok", "ok"], "more_calls": 3},
+        (False, "keep"): {"events": [("error", "ProducerBug")] * 5,
+                          "sent": b"head|p1|p2|", "escaped": ["ok", "ok"], "more_calls": 7},
+        (True, "close"): {"events": [("error", "ProducerBug"), ("close",)],
+                          "sent": b"head|", "escaped": ["ok", "raised"], "more_calls": 2},
+        (True, "keep"): {"events": [("error", "ProducerBug")] * 6,
+                         "sent": b"head|", "escaped": ["ok", "raised"], "more_calls": 7},
+    }[first_fails, on_error]
+    expected["used_after_close"] = 0
+    check(play_failing_producer, chat_class, expected, on_error, first_fails)
+
+
+# -- a handler that raises --------------------------------------------------------------------
+
+HANDLER_READS = [b"a\nb\nc\nd", b"\ne\n"]
+
+
+def play_raising_handler(impl, where, on_error):
+    sock = FakeSocket(reads=list(HANDLER_READS))
+    options = {"on_error": on_error}
+    if where == "found_terminator":
+        options["fail_found"] = lambda message: message == b"b"
+    else:
+        options["fail_collect"] = lambda data: data == b"b"
+    channel = recorder(impl.async_chat)(sock, b"\n", **options)
+    for _ in range(len(HANDLER_READS)):
+        if channel.gone:
+            break
+        impl.read(channel)
+    return {"events": channel.events, "pending": bytes(channel.ac_in_buffer)}
+
+
+def test_raising_found_terminator_loses_nothing(chat_class):
+    """The rest of the read stays in ac_in_buffer and is processed with the next
+    read: every message is delivered once, in order, as in stdlib."""
+    front = [("data", b"a"), ("term",), ("data", b"b"), ("term",), ("error", "HandlerBug")]
+    check(play_raising_handler, chat_class,
+          {"events": front + [("close",)], "pending": b"c\nd"}, "found_terminator", "close")
+    rest = [("data", b"c"), ("term",), ("data", b"d"), ("term",), ("data", b"e"), ("term",)]
+    check(play_raising_handler, chat_class, {"events": front + rest, "pending": b""},
+          "found_terminator", "keep")
+
+
+def test_raising_collect_incoming_data_delivers_each_byte_once(chat_class):
+    """README, "differs on purpose": a piece whose collect_incoming_data() raised
+    counts as consumed, where stdlib hands it over again with the next read
+    (and, with a handle_error that keeps the channel open, fails on it again)."""
+    front = [("data", b"a"), ("term",), ("data", b"b"), ("error", "HandlerBug")]
+    impl = chatcore_impl(chat_class)
+    closed = play_raising_handler(impl, "collect_incoming_data", "close")
+    assert closed["events"] == front + [("close",)]
+    assert closed["pending"] == b"\nc\nd"   # "b" is not kept for re-delivery, its "\n" is
+    kept = play_raising_handler(impl, "collect_incoming_data", "keep")
+    assert kept["events"][:4] == front and kept["pending"] == b""
+    assert data_of(kept["events"]) == b"abcde"   # every byte once, in order
+    if STDLIB is not None:
+        reference = play_raising_handler(STDLIB, "collect_incoming_data", "close")
+        assert reference == {"events": front + [("close",)], "pending": b"b\nc\nd"}
+        reference = play_raising_handler(STDLIB, "collect_incoming_data", "keep")
+        assert reference["events"] == front + [("data", b"b"), ("error", "HandlerBug")]
+
+
+def test_raising_collect_incoming_data_keeps_the_message_boundary(chat_class):
+    """The piece's terminator is consumed only once collect_incoming_data() has
+    returned: found_terminator() still ends that message with the next read, so
+    it does not merge with the following one."""
+    kept = play_raising_handler(chatcore_impl(chat_class), "collect_incoming_data", "keep")
+    assert merged(kept["events"]) == [
+        ("data", b"a"), ("term",), ("data", b"b"), ("error", "HandlerBug"), ("term",),
+        ("data", b"c"), ("term",), ("data", b"d"), ("term",), ("data", b"e"), ("term",)]
