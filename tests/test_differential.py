@@ -89,12 +89,6 @@ MAX_DRAIN_TURNS = 10_000
 _SUPPRESSED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
-@pytest.fixture(scope="session")
-def chat_class(chat_class):
-    """conftest's class with stdlib's unbounded input (chatcore's limit is tested elsewhere)."""
-    return type("async_chat", (chat_class,), {"ac_max_message_size": None})
-
-
 def random_bytes(size, seed):
     return random.Random(seed).randbytes(size)
 
@@ -170,6 +164,9 @@ def reader_class(base):
         pass
 
     class Reader(base):
+        # Stdlib's unbounded input (chatcore's limit is tested in test_limits.py).
+        ac_max_message_size = None
+
         def __init__(
             self, sock, initial, script, use_encoding, in_buffer_size, cycle, edits=()
         ):
