@@ -6,6 +6,10 @@ Run it and talk to it with any line-based client::
     nc 127.0.0.1 7000
 
 With ``--port 0`` (the default) the kernel picks a free port, which is printed.
+A line longer than ``--max-line`` bytes (64 KiB by default) closes that one
+connection, so a client that never sends a newline cannot make the server
+buffer without bound; ``--max-seconds`` stops serving after that long (the
+soak run in ``benchmarks/soak.py`` uses it so the server cannot outlive it).
 The server classes live in ``chatcore.demo`` (``python -m chatcore demo`` uses
 the same ones); ``start_echo_server`` builds a server on any channel map, so
 tests can serve from their own loop.
@@ -13,30 +17,61 @@ tests can serve from their own loop.
 
 import argparse
 import sys
+import time
 from typing import List, Optional
 
 import chatcore
 from chatcore.demo import EchoHandler, Listener, start_echo_server
 
-__all__ = ["EchoHandler", "Listener", "main", "start_echo_server"]
+__all__ = ["EchoHandler", "Listener", "limited_handler", "main", "start_echo_server"]
+
+#: Longest line (terminator excluded) a client may send by default: lines are
+#: short in any line protocol, and each connection may hold one line in memory.
+DEFAULT_MAX_LINE = 64 * 1024
+
+
+def limited_handler(max_line: int) -> type:
+    """An EchoHandler that closes a connection whose line grows past *max_line* bytes."""
+    return type("EchoHandler", (EchoHandler,), {
+        "ac_max_message_size": max_line,  # chatcore's input limit: logs the peer and closes
+        "max_line_length": max_line,  # EchoHandler's own check, kept in step
+    })
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive, got %s" % text)
+    return value
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Line-echo server on chatcore.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default)")
+    parser.add_argument("--max-line", type=int, default=DEFAULT_MAX_LINE, metavar="BYTES",
+                        help="close a connection whose line grows past this many bytes (default %(default)s)")
+    parser.add_argument("--max-seconds", type=_positive, default=None, metavar="SECONDS",
+                        help="stop serving after this many seconds (default: until interrupted)")
     args = parser.parse_args(argv)
+    if args.max_line < 1:
+        parser.error("--max-line must be at least 1")
 
     channel_map: dict = {}
     try:
         try:
-            server = start_echo_server(channel_map, args.host, args.port)
+            server = start_echo_server(channel_map, args.host, args.port, limited_handler(args.max_line))
         except OSError as error:
             print("cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
             return 1
         host, port = server.address
         print("echo server listening on %s:%d (engine: %s)" % (host, port, chatcore.implementation), flush=True)
-        chatcore.loop(timeout=1.0, map=channel_map)
+        if args.max_seconds is None:
+            chatcore.loop(timeout=1.0, map=channel_map)
+        else:
+            deadline = time.monotonic() + args.max_seconds
+            while channel_map and time.monotonic() < deadline:
+                chatcore.loop(timeout=min(1.0, args.max_seconds), map=channel_map, count=1)
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,0 +1,110 @@
+"""benchmarks/soak.py at a small size: it passes on the example server, and it notices a broken one.
+
+Each test runs the soak script as a subprocess (its own server subprocess
+included) with a short load phase; every run is bounded by the script's own
+deadlines and, should those fail, by the subprocess timeout here.  The broken
+servers are the example with one thing changed, written to a temporary file:
+one corrupts an echo now and then, one ignores the line limit, one dies.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOAK = ROOT / "benchmarks" / "soak.py"
+EXAMPLE = ROOT / "examples" / "echo_server.py"
+#: Far above a normal run (about 5 s): reached only when the script's own deadlines fail.
+TIMEOUT = 180
+
+pytestmark = pytest.mark.skipif(not SOAK.exists() or not EXAMPLE.exists(),
+                                reason="benchmarks/ or examples/ not shipped with these tests")
+
+
+def run_soak(extra: List[str], server: Optional[Path] = None) -> Tuple[int, Dict[str, Any], str]:
+    command = [sys.executable, str(SOAK), "--json", "--progress", "0"] + extra
+    if server is not None:
+        command += ["--server", str(server)]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               timeout=TIMEOUT, cwd=str(ROOT))
+    stderr = completed.stderr.decode("utf-8", "replace")
+    assert completed.stdout, "no summary; stderr:\n" + stderr
+    return completed.returncode, json.loads(completed.stdout), stderr
+
+
+def broken_server(tmp_path: Path, patch: str) -> Path:
+    """The example server with *patch* (Python source) run before its main()."""
+    script = tmp_path / "broken_echo_server.py"
+    script.write_text(
+        "import os, runpy, sys, threading\n"
+        "example = runpy.run_path(%r, run_name='soak_example')\n"
+        "EchoHandler = example['EchoHandler']\n"
+        "%s\n"
+        "sys.exit(example['main']())\n" % (str(EXAMPLE), patch))
+    return script
+
+
+def test_small_soak_passes_with_every_behaviour():
+    returncode, summary, stderr = run_soak(["--connections", "40", "--seconds", "3", "--seed", "7"])
+    assert summary["failures"] == [], stderr
+    assert summary["verdict"] == "pass" and returncode == 0
+    assert summary["wrong_echoes"] == 0
+    assert summary["connections"]["opened"] >= 40
+    assert summary["messages_verified"] > 0 and summary["bytes_verified"] > 0
+    behaviours = summary["behaviours"]
+    # Each behaviour happened, and ended the way it should.
+    assert behaviours["echo"]["outcome: ok"] > 0
+    assert behaviours["echo"]["messages"] > 0
+    assert behaviours["slow"].get("outcome: ok", 0) + behaviours["slow"].get("outcome: ok, deep", 0) > 0
+    assert behaviours["slow"]["messages"] > 0
+    assert behaviours["reset"]["outcome: ok"] > 0
+    assert sum(count for name, count in behaviours["half-close"].items() if name.startswith("outcome: closed")) > 0
+    assert behaviours["garbage"]["outcome: ok"] > 0
+    closed = behaviours["oversized"]["outcome: closed by the server"]
+    assert closed > 0
+    # And it was the line limit that closed them: one overflow logged each.
+    assert summary["server"]["overflows_logged"] == closed
+    assert summary["server"]["uncaptured_exceptions"] == 0
+    assert summary["server"]["exit_status"] == 0
+    if sys.platform.startswith("linux"):
+        rss = summary["rss"]
+        assert rss["available"] and rss["start"] > 0 and rss["max"] >= rss["start"]
+
+
+def test_soak_fails_on_a_wrong_echo(tmp_path):
+    server = broken_server(tmp_path, (
+        "pushes = [0]\n"
+        "original_push = EchoHandler.push\n"
+        "def push(self, data):\n"
+        "    pushes[0] += 1\n"
+        "    if pushes[0] % 200 == 0:\n"
+        "        data = b'X' + bytes(data)\n"
+        "    original_push(self, data)\n"
+        "EchoHandler.push = push\n"))
+    returncode, summary, _ = run_soak(["--connections", "20", "--seconds", "2"], server)
+    assert returncode == 1 and summary["verdict"] == "fail"
+    assert summary["wrong_echoes"] > 0
+    assert any("wrong echo" in failure for failure in summary["failures"])
+
+
+def test_soak_fails_when_oversized_lines_are_not_closed(tmp_path):
+    # The server is told a limit far above what the soak's oversized lines reach.
+    server = broken_server(tmp_path, (
+        "index = sys.argv.index('--max-line')\n"
+        "sys.argv[index + 1] = str(1 << 30)\n"))
+    returncode, summary, _ = run_soak(
+        ["--connections", "20", "--seconds", "2", "--close-timeout", "2", "--behaviours", "echo,oversized"], server)
+    assert returncode == 1 and summary["verdict"] == "fail"
+    assert any("did not close" in failure for failure in summary["failures"])
+
+
+def test_soak_fails_when_the_server_dies(tmp_path):
+    server = broken_server(tmp_path, "threading.Timer(1.5, os._exit, (7,)).start()\n")
+    returncode, summary, _ = run_soak(["--connections", "20", "--seconds", "3"], server)
+    assert returncode == 1 and summary["verdict"] == "fail"
+    assert any("server exited with status 7" in failure for failure in summary["failures"])
+    assert summary["server"]["exit_status"] == 7
