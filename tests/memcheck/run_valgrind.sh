@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run the compiled engine's tests under valgrind memcheck, on a debug build.
 #
-#   PYTHON=python3.13 tests/memcheck/run_valgrind.sh [pytest arguments...]
+#   PYTHON=/path/to/python3.13 tests/memcheck/run_valgrind.sh [pytest arguments...]
 #
 # 1. copies the source tree (tracked and new files, no build products) to a
 #    temporary directory, so the checkout's own build is never touched;
@@ -27,7 +27,7 @@
 #   CHATCORE_MEMCHECK_EXAMPLES  cap on hypothesis examples per test (default 50;
 #                               0 = each test's own number)
 #   MEMCHECK_LOG_DIR            where valgrind's logs go, one per process
-#                               (default: ./memcheck-logs)
+#                               (default: /tmp/chatcore-memcheck-logs)
 #   MEMCHECK_NO_BUILD_ISOLATION=1  build with the installed setuptools and Cython
 #                               instead of fetching the pinned ones
 set -eu
@@ -35,7 +35,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 python=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')
-logs=${MEMCHECK_LOG_DIR:-$(pwd)/memcheck-logs}
+logs=${MEMCHECK_LOG_DIR:-${TMPDIR:-/tmp}/chatcore-memcheck-logs}
 export CHATCORE_MEMCHECK_EXAMPLES=${CHATCORE_MEMCHECK_EXAMPLES:-50}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/chatcore-memcheck.XXXXXX")
