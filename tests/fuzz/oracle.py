@@ -41,7 +41,7 @@ except ImportError:  # a CHATCORE_NO_EXTENSIONS=1 build
 
 __all__ = [
     "Boom", "Mismatch", "Unexpected", "TwinDriver", "run_program",
-    "ALPHABET", "WRAPS", "WHERES", "supports_max_size", "compiled",
+    "ALPHABET", "WRAPS", "WHERES", "compiled",
 ]
 
 compiled = _framing_c
@@ -64,15 +64,6 @@ class Mismatch(AssertionError):
 
 class Unexpected(AssertionError):
     """A feed raised something no scripted operation can cause."""
-
-
-def supports_max_size(engine: Any) -> bool:
-    """Whether ``engine.Framer.feed`` takes *max_size* (the collect-mode input limit)."""
-    try:
-        engine.Framer().feed(object(), b"", True, None)  # nothing pending: no callback
-    except TypeError:
-        return False
-    return True
 
 
 def wrap(data: bytes, how: str) -> Any:
@@ -136,13 +127,12 @@ class Channel:
     """The slice of a channel both framing modes talk to, recording every call."""
 
     def __init__(self, engine: Any, mode: str, terminator: Any, max_size: Optional[int],
-                 call_get_terminator: bool, limit_supported: bool):
+                 call_get_terminator: bool):
         self.framer = engine.Framer()
         self.mode = mode
         self.terminator = terminator
         self.max_size = max_size
         self.call_get_terminator = call_get_terminator
-        self.limit_supported = limit_supported
         self.events: List[tuple] = []
         self.actions = {where: deque() for where in WHERES}
 
@@ -172,10 +162,8 @@ class Channel:
     def feed(self, data: Any) -> None:
         if self.mode == "messages":
             self.framer.feed_messages(self, data, self.max_size)
-        elif self.limit_supported:
-            self.framer.feed(self, data, self.call_get_terminator, self.max_size)
         else:
-            self.framer.feed(self, data, self.call_get_terminator)
+            self.framer.feed(self, data, self.call_get_terminator, self.max_size)
 
     def _act(self, where: str) -> None:
         queue = self.actions[where]
@@ -221,13 +209,9 @@ class TwinDriver:
             engines = (compiled, _framing_py)
         if mode == "messages" and max_size is None:
             max_size = 1 << 20
-        self.limit_supported = all(supports_max_size(engine) for engine in engines)
-        if mode == "collect" and not self.limit_supported:
-            max_size = None
         self.mode = mode
         self.channels = [
-            Channel(engine, mode, _copy(terminator), max_size, call_get_terminator,
-                    self.limit_supported)
+            Channel(engine, mode, _copy(terminator), max_size, call_get_terminator)
             for engine in engines
         ]
         self.steps = [
@@ -275,8 +259,6 @@ class TwinDriver:
     def set_max_size(self, value: Optional[int]) -> None:
         if self.mode == "messages" and value is None:
             value = 1 << 20
-        if self.mode == "collect" and not self.limit_supported:
-            value = None
         self.steps.append("driver.set_max_size(%r)" % (value,))
         for channel in self.channels:
             channel.max_size = value
