@@ -1,10 +1,14 @@
 """chatcore.compat as a drop-in for ``import asyncore, asynchat``."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import chatcore
+import oracle
 from chatcore.compat import asynchat as compat_asynchat
 from chatcore.compat import asyncore as compat_asyncore
 
@@ -97,32 +101,25 @@ class _DummySocket:
         self.closed = True
 
 
-def test_every_stdlib_name_exists_where_stdlib_has_it():
-    import pytest
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        stdlib_asyncore = pytest.importorskip("asyncore", reason="stdlib asyncore removed in 3.12")
-        stdlib_asynchat = pytest.importorskip("asynchat", reason="stdlib asynchat removed in 3.12")
-    if stdlib_asyncore is compat_asyncore:
-        pytest.skip("chatcore.compat is installed as asyncore in this process")
+def test_every_oracle_name_exists_where_the_oracle_has_it():
+    oracle.require()
+    reference_asyncore, reference_asynchat = oracle.asyncore, oracle.asynchat
     pairs = [
-        (stdlib_asyncore, compat_asyncore),
-        (stdlib_asynchat, compat_asynchat),
-        (stdlib_asyncore.dispatcher, compat_asyncore.dispatcher),
-        (stdlib_asyncore.dispatcher_with_send, compat_asyncore.dispatcher_with_send),
-        (stdlib_asynchat.async_chat, compat_asynchat.async_chat),
-        (stdlib_asynchat.simple_producer, compat_asynchat.simple_producer),
+        (reference_asyncore, compat_asyncore),
+        (reference_asynchat, compat_asynchat),
+        (reference_asyncore.dispatcher, compat_asyncore.dispatcher),
+        (reference_asyncore.dispatcher_with_send, compat_asyncore.dispatcher_with_send),
+        (reference_asynchat.async_chat, compat_asynchat.async_chat),
+        (reference_asynchat.simple_producer, compat_asynchat.simple_producer),
     ]
-    if hasattr(stdlib_asyncore, "file_dispatcher"):
+    if hasattr(reference_asyncore, "file_dispatcher"):
         pairs += [
-            (stdlib_asyncore.file_dispatcher, compat_asyncore.file_dispatcher),
-            (stdlib_asyncore.file_wrapper, compat_asyncore.file_wrapper),
+            (reference_asyncore.file_dispatcher, compat_asyncore.file_dispatcher),
+            (reference_asyncore.file_wrapper, compat_asyncore.file_wrapper),
         ]
-    # Module plumbing that is not API.
+    # Module plumbing that is not API (__path__: pyasyncore/pyasynchat are packages).
     ignored = {"_DEPRECATION_MSG", "_deprecated", "__file__", "__cached__", "__spec__",
-               "__loader__", "__builtins__", "__warningregistry__"}
+               "__loader__", "__builtins__", "__warningregistry__", "__path__"}
     for reference, ours in pairs:
         missing = sorted(set(dir(reference)) - set(dir(ours)) - ignored)
         assert not missing, (reference, missing)
@@ -130,3 +127,105 @@ def test_every_stdlib_name_exists_where_stdlib_has_it():
     chat = compat_asynchat.async_chat(map={})
     for name in ("ac_in_buffer", "incoming", "producer_fifo", "_map", "_fileno", "socket"):
         assert hasattr(chat, name), name
+
+
+# -- the oracle helper (tests/oracle.py) ----------------------------------------------
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _run(program):
+    """Run *program* in a child interpreter with tests/ importable; its stdout, split."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n" % TESTS_DIR
+         + textwrap.dedent(program)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, universal_newlines=True,
+    )
+    assert out.returncode == 0, out.stdout
+    return out.stdout.split()
+
+
+def test_oracle_is_found_where_the_test_extra_installs_it():
+    """Stdlib's modules up to 3.11; on 3.12+ pyasynchat's whenever it is installed."""
+    if sys.version_info >= (3, 12):
+        from importlib import metadata
+
+        try:
+            metadata.distribution("pyasynchat")
+        except metadata.PackageNotFoundError:
+            pytest.skip("pyasynchat is not installed here (pip install -e \".[test]\")")
+        assert oracle.SOURCE.startswith("pyasyncore "), oracle.SOURCE
+    else:
+        assert oracle.SOURCE.startswith("stdlib "), oracle.SOURCE
+    assert oracle.MISSING is None
+    assert not oracle.is_chatcore(oracle.asynchat) and not oracle.is_chatcore(oracle.asyncore)
+    assert oracle.asynchat.asyncore is oracle.asyncore
+
+
+def test_oracle_is_never_chatcores_stand_in_and_leaves_sys_modules_alone():
+    names = _run(
+        """
+        import chatcore.compat
+        chatcore.compat.install()
+        import oracle
+        import asynchat, asyncore
+        print(oracle.MISSING is None, oracle.is_chatcore(oracle.asynchat),
+              oracle.is_chatcore(oracle.asynchat.asyncore), asynchat.__name__, asyncore.__name__)
+        """
+    )
+    assert names == ["True", "False", "False", "chatcore.compat.asynchat",
+                     "chatcore.compat.asyncore"]
+    # Imported first, the oracle does not stay in sys.modules, so install() still works.
+    names = _run(
+        """
+        import oracle
+        import sys
+        print(oracle.MISSING is None, "asyncore" in sys.modules, "asynchat" in sys.modules)
+        import chatcore.compat
+        chatcore.compat.install()
+        import asynchat
+        print(asynchat.__name__)
+        """
+    )
+    assert names == ["True", "False", "False", "chatcore.compat.asynchat"]
+
+
+def test_a_missing_oracle_skips_with_its_reason():
+    names = _run(
+        """
+        import sys
+        sys.modules["asynchat"] = None  # what an interpreter without it does on import
+        import pytest
+        import oracle
+        assert oracle.asynchat is None and oracle.SOURCE is None, oracle.SOURCE
+        try:
+            oracle.require()
+        except pytest.skip.Exception as skip:
+            print(skip.msg == oracle.MISSING, sys.modules["asynchat"] is None)
+            print(oracle.MISSING)
+        """
+    )
+    assert names[:2] == ["True", "True"]
+    reason = " ".join(names[2:])
+    assert "cannot be imported" in reason if sys.version_info < (3, 12) else (
+        "pyasynchat" in reason and ".[test]" in reason), reason
+
+
+def test_install_refuses_to_run_beside_the_real_modules():
+    """install() after the real asyncore was imported would split the program in two."""
+    oracle.require()
+    names = _run(
+        """
+        import warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import asyncore
+        import chatcore.compat
+        try:
+            chatcore.compat.install()
+        except RuntimeError as exc:
+            print("RuntimeError", "asyncore" in str(exc))
+        else:
+            print("installed", sys.modules["asyncore"].__name__)
+        """
+    )
+    assert names == ["RuntimeError", "True"]

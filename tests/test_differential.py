@@ -1,7 +1,8 @@
-"""Differential property tests: chatcore's ``async_chat`` against CPython 3.11's.
+"""Differential property tests: chatcore's ``async_chat`` against the real asynchat.
 
-Hypothesis draws one scenario, and the same scenario is played on the standard
-library's ``asynchat.async_chat`` and on ``chatcore.async_chat`` (both framing
+Hypothesis draws one scenario, and the same scenario is played on the oracle's
+``asynchat.async_chat`` (stdlib's on Python <= 3.11, PyPI's verbatim copy
+``pyasynchat`` on 3.12+: see ``oracle.py``) and on ``chatcore.async_chat`` (both framing
 engines, through the ``chat_class`` fixture); everything the application can
 observe must be identical:
 
@@ -19,8 +20,9 @@ observe must be identical:
   calls are compared;
 * argument errors of ``push`` and ``set_terminator``.
 
-Stdlib ``asynchat`` exists only up to Python 3.11: elsewhere the module is
-skipped.  Every channel gets a private map, so nothing reaches ``socket_map``.
+Without the oracle (``pip install -e ".[test]"`` installs it) the module is
+skipped, with the reason.  Every channel gets a private map, so nothing
+reaches ``socket_map``.
 """
 
 import errno
@@ -28,7 +30,6 @@ import random
 import select
 import socket
 import sys
-import warnings
 from collections import deque
 
 import pytest
@@ -36,40 +37,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chatcore
+import oracle
 
-_SKIP_REASON = (
-    "the reference, stdlib asynchat, is not importable: it was removed in Python 3.12 "
-    "(running %s)" % sys.version.split()[0]
-)
-
-
-def _is_chatcore(module):
-    return (getattr(module, "__name__", "") or "").startswith("chatcore") or "chatcore" in (
-        getattr(module, "__file__", "") or ""
-    )
-
-
-def _import_stdlib_asynchat():
-    """The standard library's asynchat (never chatcore.compat's stand-in), or skip."""
-    names = ("asynchat", "asyncore")
-    # chatcore.compat.install() may have put chatcore's modules under these names.
-    displaced = {
-        name: sys.modules.pop(name)
-        for name in names
-        if name in sys.modules and _is_chatcore(sys.modules[name])
-    }
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = pytest.importorskip("asynchat", reason=_SKIP_REASON)
-    finally:
-        sys.modules.update(displaced)
-    if _is_chatcore(module):  # pragma: no cover - defensive
-        pytest.skip(_SKIP_REASON, allow_module_level=True)
-    return module
-
-
-stdlib_asynchat = _import_stdlib_asynchat()
+# The reference: stdlib's asynchat on <= 3.11, pyasynchat on 3.12+ (see oracle.py).
+oracle.require()
+oracle_asynchat = oracle.asynchat
 
 # Bytes that terminators are made of; the streams are biased towards them.
 TERMINATOR_ALPHABET = b"\r\n.A"
@@ -271,12 +243,12 @@ def assert_same(what, expected, actual):
         for index, (left, right) in enumerate(zip(expected, actual)):
             if left != right:
                 pytest.fail(
-                    "%s differ at index %d (stdlib has %d entries, chatcore %d):\n"
-                    "  stdlib:   %s\n  chatcore: %s"
+                    "%s differ at index %d (the oracle has %d entries, chatcore %d):\n"
+                    "  oracle:   %s\n  chatcore: %s"
                     % (what, index, len(expected), len(actual), _short(left), _short(right))
                 )
         pytest.fail(
-            "%s: one is a prefix of the other (stdlib has %d entries, chatcore %d); "
+            "%s: one is a prefix of the other (the oracle has %d entries, chatcore %d); "
             "first extra entry: %s"
             % (
                 what,
@@ -291,8 +263,8 @@ def assert_same(what, expected, actual):
             min(len(expected), len(actual)),
         )
         pytest.fail(
-            "%s differ from byte %d (stdlib %d bytes, chatcore %d):\n"
-            "  stdlib:   %s\n  chatcore: %s"
+            "%s differ from byte %d (the oracle %d bytes, chatcore %d):\n"
+            "  oracle:   %s\n  chatcore: %s"
             % (
                 what,
                 index,
@@ -303,7 +275,7 @@ def assert_same(what, expected, actual):
             )
         )
     pytest.fail(
-        "%s differ:\n  stdlib:   %s\n  chatcore: %s" % (what, _short(expected), _short(actual))
+        "%s differ:\n  oracle:   %s\n  chatcore: %s" % (what, _short(expected), _short(actual))
     )
 
 
@@ -532,8 +504,8 @@ def feed_socketpair(base, case):
 
 @settings(deadline=None, max_examples=300, suppress_health_check=_SUPPRESSED)
 @given(case=incoming_cases())
-def test_incoming_matches_stdlib(chat_class, case):
-    expected = feed_fake(stdlib_asynchat.async_chat, case)
+def test_incoming_matches_oracle(chat_class, case):
+    expected = feed_fake(oracle_asynchat.async_chat, case)
     actual = feed_fake(chat_class, case)
     merged = merge_data(expected["events"])
     assert_same("merged callback sequences", merged, merge_data(actual["events"]))
@@ -563,11 +535,11 @@ _buffer_edit = st.one_of(st.none(), st.just("discard_buffers"), st.integers(0, 8
 
 @settings(deadline=None, max_examples=150, suppress_health_check=_SUPPRESSED)
 @given(case=incoming_cases(), edits=st.lists(_buffer_edit, min_size=1, max_size=8))
-def test_incoming_buffer_edits_match_stdlib(chat_class, case, edits):
+def test_incoming_buffer_edits_match_oracle(chat_class, case, edits):
     """A handler that rewrites ac_in_buffer inside found_terminator() steers the rest of
     the read as in stdlib.  (What it drops depends on the read boundaries, so only the
     fake socket, with identical reads on both sides, is used.)"""
-    expected = feed_fake(stdlib_asynchat.async_chat, case, edits)
+    expected = feed_fake(oracle_asynchat.async_chat, case, edits)
     actual = feed_fake(chat_class, case, edits)
     assert_same("callback sequences", expected["events"], actual["events"])
     assert_same(
@@ -590,7 +562,7 @@ def test_terminator_switch_to_str_and_collect_all(chat_class, use_encoding, coll
         initial = initial.decode("latin-1")
     case = IncomingCase([stream], [1, 3, 2, 7], initial, script, use_encoding, 3)
     case.cycle = False
-    expected = feed_fake(stdlib_asynchat.async_chat, case)
+    expected = feed_fake(oracle_asynchat.async_chat, case)
     actual = feed_fake(chat_class, case)
     assert actual["events"] == expected["events"]
     assert actual["pending_seen"] == expected["pending_seen"]
@@ -755,13 +727,13 @@ def play_outgoing(base, simple_producer, case):
     send_script=st.lists(_send_behaviour, max_size=40),
     out_buffer_size=st.one_of(st.integers(1, 64), st.integers(1, 70000)),
 )
-def test_outgoing_matches_stdlib(chat_class, operations, send_script, out_buffer_size):
+def test_outgoing_matches_oracle(chat_class, operations, send_script, out_buffer_size):
     case = {
         "operations": operations,
         "send_script": send_script,
         "out_buffer_size": out_buffer_size,
     }
-    expected = play_outgoing(stdlib_asynchat.async_chat, stdlib_asynchat.simple_producer, case)
+    expected = play_outgoing(oracle_asynchat.async_chat, oracle_asynchat.simple_producer, case)
     actual = play_outgoing(chat_class, chatcore.simple_producer, case)
     assert_same("bytes sent", expected["sent"], actual["sent"])
     assert_same("handle_close() turns", expected["closes"], actual["closes"])
@@ -780,7 +752,7 @@ def test_outgoing_matches_stdlib(chat_class, operations, send_script, out_buffer
 
 
 def _both(chat_class):
-    return [("stdlib", stdlib_asynchat.async_chat), ("chatcore", chat_class)]
+    return [("oracle", oracle_asynchat.async_chat), ("chatcore", chat_class)]
 
 
 @pytest.mark.parametrize("bad", ["str", 10], ids=["str", "int"])
@@ -805,7 +777,7 @@ def test_set_terminator_rejects_negative(chat_class):
 def test_unusable_terminator_raises_typeerror_in_handle_read(chat_class, bad):
     """Both raise TypeError from handle_read() and keep the unprocessed bytes."""
     outcomes = []
-    for base in (stdlib_asynchat.async_chat, chat_class):
+    for base in (oracle_asynchat.async_chat, chat_class):
         sock = FakeSocket(chunks=[b"a\nb\nc"])
         channel = reader_class(base)(sock, b"\n", [bad], 0, FAKE_IN_BUFFER_SIZE, False)
         try:

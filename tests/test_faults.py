@@ -1,14 +1,16 @@
-"""Fault tolerance of ``async_chat`` with fake sockets, against stdlib 3.11 as the oracle.
+"""Fault tolerance of ``async_chat`` with fake sockets, the real asynchat as the oracle.
 
 A fake socket scripts every ``recv``/``send`` result: random partial sends,
 EAGAIN/EWOULDBLOCK, EINTR, the "peer is gone" errnos, plus producers and
-handlers that raise.  Each scenario is a function of an implementation (stdlib
-``asynchat``/``asyncore``, or chatcore on the engine of the ``chat_class``
-fixture) returning everything observable: callbacks in order, bytes sent,
-``handle_error``/``handle_close`` calls, what is left queued.  chatcore must
-give the outcome written in the test; on Python 3.11 the same scenario runs on
-stdlib first and must give it too, so every expectation here is stdlib's
-(``test_stdlib_oracle_is_available`` reports when it cannot run).
+handlers that raise.  Each scenario is a function of an implementation (the
+oracle's ``asynchat``/``asyncore``: stdlib's on <= 3.11, pyasynchat and
+pyasyncore on 3.12+, see ``oracle.py``; or chatcore on the engine of the
+``chat_class`` fixture) returning everything observable: callbacks in order,
+bytes sent, ``handle_error``/``handle_close`` calls, what is left queued.
+chatcore must give the outcome written in the test; the same scenario runs on
+the oracle first and must give it too, so every expectation here is the real
+asynchat's (``test_oracle_is_available`` reports when the oracle is missing:
+then only the written expectations are checked).
 
 The fake is not a ``socket.socket``, so chatcore takes stdlib's code paths
 (``recv()``, ``initiate_send()``/``send()``); its fast paths (``recv_into``
@@ -20,7 +22,6 @@ import errno
 import itertools
 import os
 import sys
-import warnings
 from collections import deque
 
 import pytest
@@ -28,39 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chatcore
+import oracle
 from chatcore import dispatch
 
 # -- the implementations ------------------------------------------------------------
-
-STDLIB_MISSING = (
-    "stdlib asynchat/asyncore, the oracle, were removed in Python 3.12 (running %s)"
-    % sys.version.split()[0]
-)
-
-
-def _is_chatcore(module):
-    return "chatcore" in (getattr(module, "__name__", "") or "") or "chatcore" in (
-        getattr(module, "__file__", "") or "")
-
-
-def _import_stdlib():
-    """The standard library's (asynchat, asyncore), never chatcore.compat's; or None."""
-    names = ("asynchat", "asyncore")
-    # chatcore.compat.install() may have put chatcore's modules under these names.
-    displaced = {name: sys.modules.pop(name) for name in names
-                 if name in sys.modules and _is_chatcore(sys.modules[name])}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import asynchat
-            import asyncore
-    except ImportError:
-        return None
-    finally:
-        sys.modules.update(displaced)
-    if _is_chatcore(asynchat) or _is_chatcore(asyncore):  # pragma: no cover - defensive
-        return None
-    return asynchat, asyncore
 
 
 class Impl:
@@ -81,10 +53,9 @@ class Impl:
         return "<Impl %s>" % self.name
 
 
-_stdlib_modules = _import_stdlib()
-STDLIB = None if _stdlib_modules is None else Impl(
-    "stdlib", _stdlib_modules[0].async_chat, _stdlib_modules[0].simple_producer,
-    _stdlib_modules[1])
+#: The oracle as an Impl, or None where it is not installed (see oracle.py).
+ORACLE = None if oracle.MISSING else Impl(
+    "oracle", oracle.asynchat.async_chat, oracle.asynchat.simple_producer, oracle.asyncore)
 
 
 class _ChatcoreCore:
@@ -100,19 +71,19 @@ def chatcore_impl(chat_class):
 
 
 def check(scenario, chat_class, expected, *args, **kwargs):
-    """Run *scenario* on stdlib (when present) and chatcore; both must give *expected*."""
-    if STDLIB is not None:
-        reference = scenario(STDLIB, *args, **kwargs)
-        assert reference == expected, "stdlib does not do what this test expects"
+    """Run *scenario* on the oracle (when present) and chatcore; both must give *expected*."""
+    if ORACLE is not None:
+        reference = scenario(ORACLE, *args, **kwargs)
+        assert reference == expected, "the oracle does not do what this test expects"
     actual = scenario(chatcore_impl(chat_class), *args, **kwargs)
     assert actual == expected
     return actual
 
 
-def test_stdlib_oracle_is_available():
-    if STDLIB is None:
-        pytest.skip(STDLIB_MISSING + ": only the written expectations are checked")
-    assert STDLIB.async_chat.__module__ == "asynchat"
+def test_oracle_is_available():
+    if ORACLE is None:
+        pytest.skip(oracle.MISSING + ": only the written expectations are checked")
+    assert ORACLE.async_chat.__module__ == "asynchat"
 
 
 # -- fakes and recorders ----------------------------------------------------------------
@@ -332,8 +303,8 @@ def test_random_partial_sends_deliver_the_pushed_stream_then_close(
     assert outcome["events"] == [("close",)]
     assert outcome["sent_at_close"] == len(outcome["pushed"])
     assert outcome["used_after_close"] == 0
-    if STDLIB is not None:
-        reference = play_sends(STDLIB, operations, sends, out_buffer_size)
+    if ORACLE is not None:
+        reference = play_sends(ORACLE, operations, sends, out_buffer_size)
         assert reference["sent"] == outcome["sent"]
         assert reference["send_sizes"] == outcome["send_sizes"]
 
@@ -573,10 +544,10 @@ def test_raising_collect_incoming_data_delivers_each_byte_once(chat_class):
     kept = play_raising_handler(impl, "collect_incoming_data", "keep")
     assert kept["events"][:4] == front and kept["pending"] == b""
     assert data_of(kept["events"]) == b"abcde"   # every byte once, in order
-    if STDLIB is not None:
-        reference = play_raising_handler(STDLIB, "collect_incoming_data", "close")
+    if ORACLE is not None:
+        reference = play_raising_handler(ORACLE, "collect_incoming_data", "close")
         assert reference == {"events": front + [("close",)], "pending": b"b\nc\nd"}
-        reference = play_raising_handler(STDLIB, "collect_incoming_data", "keep")
+        reference = play_raising_handler(ORACLE, "collect_incoming_data", "keep")
         assert reference["events"] == front + [("data", b"b"), ("error", "HandlerBug")]
 
 

@@ -4,9 +4,11 @@ These reach what the fake sockets of ``test_faults.py`` cannot: chatcore's
 ``recv_into`` fast path (faulted through a ``socket.socket`` subclass), its
 gathered ``sendmsg`` path (faulted by wrapping ``chat._gathering_send``), real
 EPIPE, RST, FIN and half-close, and the loop's dispatch in select and poll
-mode.  Each scenario runs on stdlib 3.11 (its own ``asyncore.loop``) as the
-oracle where it can and on chatcore over both engines.  Every socket is closed
-and every wait is bounded by a number of loop turns of 10 ms.
+mode.  Each scenario runs on the oracle (the real asyncore/asynchat, with
+its own ``asyncore.loop``: stdlib's on <= 3.11, pyasyncore/pyasynchat on
+3.12+, see ``oracle.py``) where it is installed, and on chatcore over both
+engines.  Every socket is closed and every wait is bounded by a number of
+loop turns of 10 ms.
 """
 
 import errno
@@ -17,6 +19,7 @@ import struct
 import pytest
 
 import chatcore
+import oracle
 from chatcore import chat as chat_module
 from test_faults import (
     CLOSED,
@@ -25,7 +28,7 @@ from test_faults import (
     FAULT_CASES,
     IGNORED,
     RECV_FAULTS,
-    STDLIB,
+    ORACLE,
     ChunkProducer,
     FailingProducer,
     chatcore_impl,
@@ -138,11 +141,11 @@ def echo_class(impl, producer=False):
 
 
 def impls(chat_class):
-    return ([STDLIB] if STDLIB is not None else []) + [chatcore_impl(chat_class)]
+    return ([ORACLE] if ORACLE is not None else []) + [chatcore_impl(chat_class)]
 
 
 def same_on_all(chat_class, scenario, *args):
-    """The scenario's outcome, the same on stdlib (when present) and chatcore."""
+    """The scenario's outcome, the same on the oracle (when present) and chatcore."""
     outcomes = [(impl.name, scenario(impl, *args)) for impl in impls(chat_class)]
     for name, outcome in outcomes[1:]:
         assert outcome == outcomes[0][1], "%s differs from %s" % (name, outcomes[0][0])
@@ -165,7 +168,7 @@ def play_recv_fault(impl, code, on_error, use_poll):
         serve(impl, channel_map, lambda: channel.gone or channel.events[-1:] == [("term",)]
               and b"three" in data_of(channel.events), use_poll)
         impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=2)
-        if impl is not STDLIB:
+        if impl is not ORACLE:
             assert sock.calls["recv_into"] and not sock.calls["recv"]  # the fast path
         return {"events": merged(channel.events), "pending": bytes(channel.ac_in_buffer)}
     finally:
@@ -478,10 +481,9 @@ def play_push_then_fail(impl, how):
 
 
 @pytest.mark.parametrize("how", ["close", "raise"])
-def test_reply_pushed_before_close_or_error_reaches_the_peer_in_stdlib(how):
-    if STDLIB is None:
-        pytest.skip("stdlib asynchat/asyncore, the oracle, were removed in Python 3.12")
-    assert play_push_then_fail(STDLIB, how) == b"request\n"
+def test_reply_pushed_before_close_or_error_reaches_the_peer_on_the_oracle(how):
+    oracle.require()
+    assert play_push_then_fail(ORACLE, how) == b"request\n"
 
 
 @pytest.mark.parametrize("how", ["close", "raise"])

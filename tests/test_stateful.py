@@ -15,19 +15,19 @@
    seen the same ``pending`` inside each, raised the same, and hold the same
    ``pending`` and terminator.
 
-2. ``test_async_chat_matches_stdlib``: chatcore's ``async_chat`` (both engines)
-   against stdlib ``asynchat.async_chat``, reads through ``handle_read`` from
-   the fake socket of tests/test_differential.py, with terminator changes,
+2. ``test_async_chat_matches_oracle``: chatcore's ``async_chat`` (both engines)
+   against the real ``asynchat.async_chat`` (stdlib's on <= 3.11, pyasynchat
+   on 3.12+: tests/oracle.py), reads through ``handle_read`` from the fake
+   socket of tests/test_differential.py, with terminator changes,
    ``ac_in_buffer`` edits, ``discard_buffers()``, pushes and exceptions from
    inside the callbacks, and writes against a scripted ``send()``.  Skipped,
-   with the reason, where stdlib asynchat is not importable (Python 3.12+).
+   with the reason, only where the oracle is not installed.
 
 Bounded for CI (about 10 s here): at most 300 and 60 examples, or the loaded
 hypothesis profile's ``max_examples`` if lower.  Raise the numbers in
 ``_bounded(...)`` locally for a longer search.
 """
 
-import sys
 from collections import deque
 
 import pytest
@@ -42,6 +42,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+import oracle
 from fuzz.oracle import ALPHABET, WHERES, WRAPS, Boom, TwinDriver, compiled
 
 # -- strategies ------------------------------------------------------------------
@@ -173,7 +174,7 @@ TestFramerTwins = pytest.mark.skipif(
 )(FramerTwins.TestCase)
 
 
-# -- 2. async_chat against stdlib asynchat -------------------------------------------
+# -- 2. async_chat against the oracle's asynchat -----------------------------------------
 
 # Terminators set_terminator() accepts on both (str needs use_encoding: covered
 # by test_differential.py).
@@ -269,8 +270,8 @@ def _snapshot(fifo):
     return [entry if entry is None else bytes(entry) for entry in fifo]
 
 
-class ChatVsStdlib(RuleBasedStateMachine):
-    """Stdlib's async_chat (first) and chatcore's (second) driven by the same steps.
+class ChatVsOracle(RuleBasedStateMachine):
+    """The oracle's async_chat (first) and chatcore's (second) driven by the same steps.
 
     ``bases`` and ``FakeSocket`` are filled in per engine by the test below.
     """
@@ -301,7 +302,7 @@ class ChatVsStdlib(RuleBasedStateMachine):
                 outcomes.append((type(exc).__name__, str(exc)))
             else:
                 outcomes.append(None)
-        assert outcomes[1] == outcomes[0], "stdlib %r, chatcore %r" % tuple(outcomes)
+        assert outcomes[1] == outcomes[0], "oracle %r, chatcore %r" % tuple(outcomes)
 
     def connected(self):
         return all(channel.connected for channel in self.channels)
@@ -368,30 +369,20 @@ class ChatVsStdlib(RuleBasedStateMachine):
         names = ("events", "ac_in_buffer", "terminator", "connected", "producer_fifo",
                  "bytes sent", "send() lengths")
         for name, left, right in zip(names, expected, actual):
-            assert right == left, "%s differ:\n  stdlib:   %r\n  chatcore: %r" % (name, left, right)
+            assert right == left, "%s differ:\n  oracle:   %r\n  chatcore: %r" % (name, left, right)
 
     def teardown(self):
         for channel in self.channels:
             channel.close()
 
 
-def test_async_chat_matches_stdlib(chat_class):
-    # Skips, with its reason, where stdlib asynchat is gone (3.12+).
-    differential = pytest.importorskip("test_differential")
+def test_async_chat_matches_oracle(chat_class):
+    oracle.require()  # skips, with its reason, where the oracle is not installed
+    from test_differential import FakeSocket
+
     machine = type(
-        "ChatVsStdlib",
-        (ChatVsStdlib,),
-        {
-            "bases": (differential.stdlib_asynchat.async_chat, chat_class),
-            "FakeSocket": differential.FakeSocket,
-        },
+        "ChatVsOracle",
+        (ChatVsOracle,),
+        {"bases": (oracle.asynchat.async_chat, chat_class), "FakeSocket": FakeSocket},
     )
     run_state_machine_as_test(machine, settings=_bounded(60, 25))
-
-
-def test_stdlib_machine_skip_reason_is_explicit():
-    """Where the module above skips, it says why (not a bare ImportError)."""
-    if sys.version_info < (3, 12):
-        pytest.skip("stdlib asynchat is importable here; nothing to check")
-    with pytest.raises(pytest.skip.Exception, match="removed in Python 3.12"):
-        pytest.importorskip("test_differential")
