@@ -18,8 +18,11 @@ import threading
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Optional, Union
 
-from . import _framing
-from .dispatch import _RERAISED, DISCONNECTED, dispatcher, inherits, note_interest_change
+from . import _framing, coalesce
+from .dispatch import dispatcher, inherits
+from .eventloop import note_interest_change, track_predicates
+from .events import _RERAISED, DISCONNECTED
+from .outqueue import OutputQueue
 
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
 
@@ -44,44 +47,6 @@ class _ReceiveBuffers(threading.local):
 
 
 _receive_buffers = _ReceiveBuffers()
-
-
-class _DeferredSends(threading.local):
-    """Channels whose pushes wait for the end of this thread's loop turn.
-
-    ``channels`` is a list while the loop dispatches events and None
-    otherwise, so a push from plain code still goes out at once.
-    """
-
-    def __init__(self) -> None:
-        self.channels: Optional[list] = None
-
-
-_deferred_sends = _DeferredSends()
-
-
-def start_deferring_sends() -> Optional[list]:
-    """Collect coalescable pushes from now on; returns what to hand to ``finish``."""
-    outer = _deferred_sends.channels
-    _deferred_sends.channels = []
-    return outer
-
-
-def finish_deferring_sends(outer: Optional[list]) -> None:
-    """Send what the turn's handlers pushed, one gathered send per channel."""
-    channels, _deferred_sends.channels = _deferred_sends.channels, outer
-    channels = channels or []
-    for position, channel in enumerate(channels):
-        try:
-            channel._send_deferred = False
-            channel._send_gathered()
-        except _RERAISED:
-            # The channels not reached must send their pushes themselves again.
-            for skipped in channels[position + 1:]:
-                skipped._send_deferred = False
-            raise
-        except BaseException:
-            channel.handle_error()
 
 
 #: class -> whether its send path (send, initiate_send) is chatcore's own
@@ -123,6 +88,16 @@ class async_chat(dispatcher):
     # Which attribute holds the limit, for handle_message_overflow's log line.
     _size_limit_name = "ac_max_message_size"
 
+    #: Whether pushes made while ``loop()`` dispatches a turn's events wait for
+    #: the end of that turn and leave together, in gathered sends (see
+    #: ``push()``).  False (the default in ``chatcore.compat.asynchat``) keeps
+    #: stdlib's timing: every push is handed to the socket before it returns.
+    ac_coalesce_sends = True
+
+    # Whether this channel's pushes wait for the current turn's end
+    # (chatcore.coalesce sets and clears it).
+    _send_deferred = False
+
     # Encoding str data silently hides application bugs, so it is opt-in.
     use_encoding = 0
     encoding = "latin-1"
@@ -146,9 +121,8 @@ class async_chat(dispatcher):
         # Where _get_data()/_collect_incoming_data() accumulate pieces.
         self.incoming: list = []
         # Buffers, producers and None (= close) waiting to be sent, in order.
-        self.producer_fifo: Deque[Any] = deque()
-        # Whether this channel waits in the turn's deferred-send list.
-        self._send_deferred = False
+        self.producer_fifo: Deque[Any] = OutputQueue()
+        self.producer_fifo.set_owner(self)
         dispatcher.__init__(self, sock, map)
 
     @property
@@ -242,12 +216,32 @@ class async_chat(dispatcher):
         self.close()
 
     def close(self) -> None:
-        if self._send_deferred:
-            # Stdlib would have sent these pushes already: a reply pushed just
-            # before close() (or before an error closes us) must still go.
-            self._send_deferred = False
-            self._send_gathered()
+        # Stdlib would have sent coalesced pushes already: a reply pushed
+        # just before close() (or before an error closes us) must still go.
+        coalesce.flush(self)
         dispatcher.close(self)
+
+    def del_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
+        # Coalesced pushes belong to the socket they were pushed on, which a
+        # STARTTLS-style swap (del_channel, wrap, set_socket) replaces.
+        coalesce.flush(self)
+        dispatcher.del_channel(self, map)
+
+    def set_socket(self, sock: Any, map: Optional[Dict[int, Any]] = None) -> None:
+        coalesce.flush(self)
+        dispatcher.set_socket(self, sock, map)
+
+    def handle_error(self) -> None:
+        if self._send_deferred:
+            # What the handler pushed before it failed would have been sent
+            # by stdlib; the error being handled is the one to report.
+            try:
+                coalesce.flush(self)
+            except _RERAISED:
+                raise
+            except BaseException:
+                pass
+        dispatcher.handle_error(self)
 
     def handle_message_overflow(self) -> None:
         """A message outgrew the size limit; the default logs the peer and closes.
@@ -270,24 +264,36 @@ class async_chat(dispatcher):
     def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue *data* for sending.
 
-        Outside the loop's event handling it is sent at once, as stdlib does.
-        Inside a handler run by ``loop()`` it waits for the end of the turn,
-        when everything the turn pushed on this channel leaves in one
-        gathered send, unless a subclass overrides ``send`` or
-        ``initiate_send`` (then stdlib's timing is kept).
+        With ``ac_coalesce_sends`` false (compat's default) it is handed to
+        the socket at once, as far as the socket takes it, as stdlib does.
+        With it true (chatcore's default), a push made while ``loop()``
+        dispatches a turn's events waits for the end of that turn, when
+        everything the turn pushed on this channel leaves in gathered sends;
+        a push from anywhere else is sent at once.  A subclass that
+        overrides ``send`` or ``initiate_send`` keeps stdlib's timing
+        either way.  ``flush_sends()`` sends a waiting push now.
         """
         self._engine.push(self, data)
+        if type(self.producer_fifo) is not OutputQueue:
+            # A queue put in place by the application reports nothing itself.
+            note_interest_change(self._map, self._fileno)
         if self._send_deferred:
-            # Already waiting for this turn's end, its interest change noted.
             return
-        note_interest_change(self._map, self._fileno)
-        pending = _deferred_sends.channels
-        if pending is not None and self._may_coalesce():
-            if not self._send_deferred:
-                self._send_deferred = True
-                pending.append(self)
+        if self.ac_coalesce_sends and self._may_coalesce() and coalesce.defer(self):
             return
         self.initiate_send()
+
+    def flush_sends(self) -> None:
+        """Send what this channel has queued now, not at the end of the turn.
+
+        Does what a write event does: with nothing on the send path
+        overridden, gathered sends of the queued buffers as far as the
+        socket takes them (then stdlib's steps for a producer or a
+        ``close_when_done()`` at the head); otherwise one ``initiate_send()``.
+        What the socket does not take waits for write events, as always.
+        """
+        self._send_deferred = False
+        async_chat.handle_write(self)
 
     def _may_coalesce(self) -> bool:
         """Whether sends may be gathered: nothing on the send path is overridden."""
@@ -331,7 +337,6 @@ class async_chat(dispatcher):
     def push_with_producer(self, producer: Any) -> None:
         """Queue an object with a ``more()`` method; it is drained in order."""
         self.producer_fifo.append(producer)
-        note_interest_change(self._map, self._fileno)
         self.initiate_send()
 
     def readable(self) -> bool:
@@ -344,7 +349,8 @@ class async_chat(dispatcher):
     def close_when_done(self) -> None:
         """Close the channel once everything queued so far has been sent."""
         self.producer_fifo.append(None)
-        note_interest_change(self._map, self._fileno)
+        if type(self.producer_fifo) is not OutputQueue:
+            note_interest_change(self._map, self._fileno)
 
     def initiate_send(self) -> None:
         # Runs on every push outside the loop: inherits(self, "send", ...) inlined.
@@ -358,6 +364,12 @@ class async_chat(dispatcher):
         del self.incoming[:]
         self.producer_fifo.clear()
         note_interest_change(self._map, self._fileno)
+
+
+# async_chat's readable()/writable() answers change only through calls that
+# report it (pushes, queue additions, close, add/del_channel), so the loop may
+# skip idle channels that keep them.
+track_predicates(async_chat.readable, async_chat.writable)
 
 
 class message_chat(async_chat):

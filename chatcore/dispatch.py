@@ -14,17 +14,25 @@ from errno import (
     EALREADY,
     EBADF,
     ECONNABORTED,
-    ECONNRESET,
     EINPROGRESS,
     EINVAL,
     EISCONN,
     ENOTCONN,
-    EPIPE,
-    ESHUTDOWN,
     EWOULDBLOCK,
     errorcode,
 )
 from typing import Any, Dict, Optional, Tuple
+
+from .eventloop import forget_channel, note_interest_change, release_pollers, socket_map
+from .events import (
+    _RERAISED,
+    DISCONNECTED,
+    ExitNow,
+    _exception,
+    read,
+    readwrite,
+    write,
+)
 
 __all__ = [
     "ExitNow",
@@ -38,16 +46,6 @@ __all__ = [
     "write",
 ]
 
-#: errno values that mean "the peer is gone": send/recv turn them into handle_close().
-DISCONNECTED = frozenset({ECONNRESET, ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE, EBADF})
-
-#: The default channel map, shared by every dispatcher created without ``map=``.
-socket_map: Dict[int, Any] = {}
-
-#: id(map) -> descriptors whose channel may want other events now, for the
-#: loop's poller of that map (present only while one follows the map).
-interest_changes: Dict[int, list] = {}
-
 
 def inherits(obj: Any, name: str, original: Any) -> bool:
     """Whether *obj*'s method *name* is *original*: overridden neither by its
@@ -55,74 +53,11 @@ def inherits(obj: Any, name: str, original: Any) -> bool:
     return getattr(type(obj), name, None) is original and name not in getattr(obj, "__dict__", ())
 
 
-def note_interest_change(channel_map: Any, fd: Any) -> None:
-    """Tell the loop following *channel_map* to look at *fd* again next turn."""
-    pending = interest_changes.get(id(channel_map))
-    if pending is not None:
-        pending.append(fd)
-
-# poll(2) bits, spelled out because Windows' select module lacks them.
-POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x001, 0x002, 0x004, 0x008, 0x010, 0x020
-
-
 def _strerror(err: int) -> str:
     try:
         return os.strerror(err)
     except (ValueError, OverflowError, NameError):
         return errorcode.get(err, "Unknown error %s" % err)
-
-
-class ExitNow(Exception):
-    """Raised by a handler to leave ``loop()``: it is never turned into handle_error()."""
-
-
-_RERAISED = (ExitNow, KeyboardInterrupt, SystemExit)
-
-
-def _deliver(obj: Any, event_handler: str) -> None:
-    """Call one event handler; any exception but ExitNow & co. goes to handle_error()."""
-    try:
-        getattr(obj, event_handler)()
-    except _RERAISED:
-        raise
-    except BaseException:
-        obj.handle_error()
-
-
-def read(obj: Any) -> None:
-    """Deliver a read event to *obj*."""
-    _deliver(obj, "handle_read_event")
-
-
-def write(obj: Any) -> None:
-    """Deliver a write event to *obj*."""
-    _deliver(obj, "handle_write_event")
-
-
-def _exception(obj: Any) -> None:
-    _deliver(obj, "handle_expt_event")
-
-
-def readwrite(obj: Any, flags: int) -> None:
-    """Deliver poll(2)-style *flags*; a peer-gone OSError becomes handle_close()."""
-    try:
-        if flags & POLLIN:
-            obj.handle_read_event()
-        if flags & POLLOUT:
-            obj.handle_write_event()
-        if flags & POLLPRI:
-            obj.handle_expt_event()
-        if flags & (POLLHUP | POLLERR | POLLNVAL):
-            obj.handle_close()
-    except OSError as err:
-        if err.errno in DISCONNECTED:
-            obj.handle_close()
-        else:
-            obj.handle_error()
-    except _RERAISED:
-        raise
-    except BaseException:
-        obj.handle_error()
 
 
 def compact_traceback() -> Tuple[Tuple[str, str, str], Any, Any, str]:
@@ -155,6 +90,9 @@ def close_all(map: Optional[Dict[int, Any]] = None, ignore_all: bool = False) ->
             if not ignore_all:
                 raise
     map.clear()
+    # Nothing is left to watch: the map's kernel poller goes now, not when
+    # the map is next looped (which may be never).
+    release_pollers(map)
 
 
 class dispatcher:
@@ -167,6 +105,11 @@ class dispatcher:
     closing = False
     addr: Any = None
     ignore_log_types = frozenset({"warning"})
+
+    #: The module whose ``socket``, ``os`` and ``sys`` globals the methods
+    #: read when they run, as asyncore's read its own: ``chatcore.compat.asyncore``
+    #: names itself, so a test that replaces ``asyncore.socket`` is honoured.
+    _namespace: Any = sys.modules[__name__]
 
     def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
         self._map = self._default_map() if map is None else map
@@ -215,13 +158,16 @@ class dispatcher:
     def del_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
         if map is None:
             map = self._map
-        map.pop(self._fileno, None)
-        note_interest_change(map, self._fileno)
+        fd = self._fileno
+        # Before the socket can be closed: see forget_channel().
+        forget_channel(map, fd, self)
+        map.pop(fd, None)
+        note_interest_change(map, fd)
         self._fileno = None
 
     def create_socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> None:
         self.family_and_type = family, type
-        sock = socket.socket(family, type)
+        sock = self._namespace.socket.socket(family, type)
         sock.setblocking(False)
         self.set_socket(sock)
 
@@ -231,6 +177,7 @@ class dispatcher:
         self.add_channel(map)
 
     def set_reuse_addr(self) -> None:
+        socket = self._namespace.socket
         try:
             flag = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, flag | 1)
@@ -249,7 +196,7 @@ class dispatcher:
 
     def listen(self, num: int) -> None:
         self.accepting = True
-        if os.name == "nt" and num > 5:
+        if self._namespace.os.name == "nt" and num > 5:
             num = 5
         return self.socket.listen(num)
 
@@ -261,7 +208,8 @@ class dispatcher:
         self.connected = False
         self.connecting = True
         err = self.socket.connect_ex(address)
-        if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (err == EINVAL and os.name == "nt"):
+        if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (
+                err == EINVAL and self._namespace.os.name == "nt"):
             self.addr = address
             return
         if err in (0, EISCONN):
@@ -323,7 +271,7 @@ class dispatcher:
     # Logging: log() is for hits, log_info() for information and errors.
 
     def log(self, message: Any) -> None:
-        sys.stderr.write("log: %s\n" % str(message))
+        self._namespace.sys.stderr.write("log: %s\n" % str(message))
 
     def log_info(self, message: Any, type: str = "info") -> None:
         if type not in self.ignore_log_types:
@@ -343,6 +291,7 @@ class dispatcher:
             self.handle_read()
 
     def handle_connect_event(self) -> None:
+        socket = self._namespace.socket
         err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             raise OSError(err, _strerror(err))
@@ -360,6 +309,7 @@ class dispatcher:
 
     def handle_expt_event(self) -> None:
         # Either a socket error or out-of-band data: look at the error first.
+        socket = self._namespace.socket
         err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             self.handle_close()
@@ -435,8 +385,11 @@ if os.name == "posix":
     class file_wrapper:
         """Just enough of a socket around a file descriptor (which it dup()s)."""
 
+        # As dispatcher._namespace: where ``os`` is read at call time.
+        _namespace: Any = sys.modules[__name__]
+
         def __init__(self, fd: int):
-            self.fd = os.dup(fd)
+            self.fd = self._namespace.os.dup(fd)
 
         def __del__(self) -> None:
             if self.fd >= 0:
@@ -444,12 +397,13 @@ if os.name == "posix":
             self.close()
 
         def recv(self, *args: Any) -> bytes:
-            return os.read(self.fd, *args)
+            return self._namespace.os.read(self.fd, *args)
 
         def send(self, *args: Any) -> int:
-            return os.write(self.fd, *args)
+            return self._namespace.os.write(self.fd, *args)
 
         def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
+            socket = self._namespace.socket
             if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
                 return 0
             raise NotImplementedError("Only asyncore specific behaviour implemented.")
@@ -461,7 +415,7 @@ if os.name == "posix":
             if self.fd < 0:
                 return
             fd, self.fd = self.fd, -1
-            os.close(fd)
+            self._namespace.os.close(fd)
 
         def fileno(self) -> int:
             return self.fd
@@ -477,9 +431,9 @@ if os.name == "posix":
             except AttributeError:
                 pass
             self.set_file(fd)
-            os.set_blocking(fd, False)
+            self._namespace.os.set_blocking(fd, False)
 
         def set_file(self, fd: int) -> None:
-            self.socket = file_wrapper(fd)
+            self.socket = self._namespace.file_wrapper(fd)
             self._fileno = self.socket.fileno()
             self.add_channel()

@@ -32,9 +32,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import chat as _chat
-from . import dispatch as _dispatch
-from .dispatch import (
+from . import coalesce
+from .events import (
     POLLERR,
     POLLHUP,
     POLLIN,
@@ -42,18 +41,31 @@ from .dispatch import (
     POLLOUT,
     POLLPRI,
     _exception,
-    inherits,
     read,
     readwrite,
     write,
 )
 
-__all__ = ["loop", "poll", "poll2", "poll3"]
+__all__ = ["loop", "poll", "poll2", "poll3", "socket_map"]
 
 ChannelMap = Dict[Any, Any]
 Events = List[Tuple[int, int]]
 
 _REPORTED = POLLIN | POLLPRI | POLLOUT | POLLERR | POLLHUP | POLLNVAL
+
+#: The default channel map, shared by every dispatcher created without ``map=``.
+socket_map: ChannelMap = {}
+
+#: id(map) -> descriptors whose channel may want other events now, for the
+#: loop's poller of that map (present only while one follows the map).
+interest_changes: Dict[int, list] = {}
+
+
+def note_interest_change(channel_map: Any, fd: Any) -> None:
+    """Tell the loop following *channel_map* to look at *fd* again next turn."""
+    pending = interest_changes.get(id(channel_map))
+    if pending is not None:
+        pending.append(fd)
 
 
 class _Poller:
@@ -84,6 +96,8 @@ class _Poller:
         self.touched: List[int] = []
         self.scanned_at = 0.0
         self.scanned_mode: Optional[bool] = None
+        # What an empty select-mode turn sleeps with.
+        self.sleep = time.sleep
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -239,7 +253,7 @@ class _SelectorsPoller(_Poller):
             if not self._selector.get_map():
                 # Nothing to watch: some selectors refuse an empty wait.
                 if timeout is None or timeout > 0:
-                    time.sleep(timeout or 0)
+                    self.sleep(timeout or 0)
                 return []
             try:
                 selected = self._selector.select(timeout)
@@ -277,6 +291,53 @@ class _SelectorsPoller(_Poller):
         self._selector.close()
 
 
+class _ModulePoller(_Poller):
+    """asyncore's own system calls, made through a select module given at run time.
+
+    For a program (typically a test) that replaced the compat module's
+    ``select`` or ``time``: select mode calls ``select_module.select()`` on
+    the wanted descriptors, poll mode a ``select_module.poll()`` object, and
+    an empty select set sleeps with ``time_module.sleep`` — what asyncore
+    calls.  Such a poller lives for one turn and follows no changes, so each
+    turn asks every channel, as asyncore does.
+    """
+
+    def __init__(self, select_module: Any, time_module: Any, poll_mode: bool) -> None:
+        super().__init__()
+        self._select = select_module
+        self.sleep = time_module.sleep
+        self._pollster = select_module.poll() if poll_mode else None
+        self._masks: Dict[int, int] = {}
+
+    def _add(self, fd: int, mask: int) -> None:
+        self._masks[fd] = mask
+        if self._pollster is not None:
+            self._pollster.register(fd, mask)
+
+    def _modify(self, fd: int, mask: int) -> None:
+        self._masks[fd] = mask
+        if self._pollster is not None:
+            self._pollster.modify(fd, mask)
+
+    def _remove(self, fd: int) -> None:
+        del self._masks[fd]
+        if self._pollster is not None:
+            self._pollster.unregister(fd)
+
+    def _wait(self, timeout: Optional[float]) -> Events:
+        if self._pollster is not None:
+            return list(self._pollster.poll(None if timeout is None else round(timeout * 1000)))
+        masks = self._masks
+        r = [fd for fd, mask in masks.items() if mask & POLLIN]
+        w = [fd for fd, mask in masks.items() if mask & POLLOUT]
+        e = [fd for fd, mask in masks.items() if mask & POLLPRI]
+        r, w, e = self._select.select(r, w, e, timeout)
+        return [(fd, POLLIN) for fd in r] + [(fd, POLLOUT) for fd in w] + [(fd, POLLPRI) for fd in e]
+
+    def close(self) -> None:
+        pass
+
+
 def new_poller() -> _Poller:
     """The best poller this platform has."""
     if hasattr(select, "epoll"):
@@ -300,7 +361,8 @@ class _PollerCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pollers: "OrderedDict[int, Tuple[ChannelMap, _Poller]]" = OrderedDict()
-        self._lent: Dict[int, _Poller] = {}
+        # id(map) -> the pollers lent out for it, the tracking one first.
+        self._lent: Dict[int, List[_Poller]] = {}
         self._pid = os.getpid()
 
     def take(self, map: ChannelMap) -> _Poller:
@@ -308,24 +370,28 @@ class _PollerCache:
         with self._lock:
             self._forget_parent_pollers()
             entry = self._pollers.pop(id(map), None)
+            lent = self._lent.setdefault(id(map), [])
             if entry is not None:
                 # The cache holds the map, so its id cannot have been reused.
                 poller = entry[1]
             else:
                 poller = new_poller()
-                if id(map) not in self._lent:
+                if not lent:
                     # The only poller of this map: it may follow changes
                     # instead of asking every channel every turn.
                     poller.changes = []
-                    _dispatch.interest_changes[id(map)] = poller.changes
-            self._lent.setdefault(id(map), poller)
+                    interest_changes[id(map)] = poller.changes
+            lent.append(poller)
         return poller
 
     def give_back(self, map: ChannelMap, poller: _Poller) -> None:
         evicted = []
         with self._lock:
-            if self._lent.get(id(map)) is poller:
-                del self._lent[id(map)]
+            lent = self._lent.get(id(map), [])
+            if poller in lent:
+                lent.remove(poller)
+            if not lent:
+                self._lent.pop(id(map), None)
             if self._pid != os.getpid() or not map or poller.changes is None:
                 evicted.append(poller)
             else:
@@ -335,12 +401,33 @@ class _PollerCache:
                 self._pollers[id(map)] = (map, poller)
                 while len(self._pollers) > self.MAX_MAPS:
                     evicted.append(self._pollers.popitem(last=False)[1][1])
-            for stale in evicted:
-                if stale.changes is not None and (
-                        _dispatch.interest_changes.get(id(map)) is stale.changes):
-                    del _dispatch.interest_changes[id(map)]
+            self._stop_tracking(map, evicted)
         for stale in evicted:
             stale.close()
+
+    def release(self, map: ChannelMap) -> None:
+        """Close the poller kept for *map* (``close_all()`` emptied it)."""
+        with self._lock:
+            entry = self._pollers.pop(id(map), None)
+            evicted = [] if entry is None else [entry[1]]
+            self._stop_tracking(map, evicted)
+        for stale in evicted:
+            stale.close()
+
+    def pollers_of(self, map: ChannelMap) -> List[_Poller]:
+        """Every poller that holds registrations for *map* now, kept or lent."""
+        with self._lock:
+            pollers = list(self._lent.get(id(map), ()))
+            entry = self._pollers.get(id(map))
+            if entry is not None:
+                pollers.append(entry[1])
+        return pollers
+
+    @staticmethod
+    def _stop_tracking(map: ChannelMap, evicted: List[_Poller]) -> None:
+        for stale in evicted:
+            if stale.changes is not None and interest_changes.get(id(map)) is stale.changes:
+                del interest_changes[id(map)]
 
     def _forget_parent_pollers(self) -> None:
         if self._pid != os.getpid():
@@ -349,29 +436,62 @@ class _PollerCache:
                 poller.close()
             self._pollers.clear()
             self._lent.clear()
-            _dispatch.interest_changes.clear()
+            interest_changes.clear()
             self._pid = os.getpid()
 
 
 _pollers = _PollerCache()
 
 
+def forget_channel(channel_map: ChannelMap, fd: Any, obj: Any) -> None:
+    """Unregister *obj*'s descriptor from the pollers of *channel_map*, now.
+
+    ``del_channel()`` calls this while the socket is still open.  Waiting for
+    the next turn would be too late: once the descriptor is closed the kernel
+    cannot be asked to forget it, and if the socket was ``dup()``ed the epoll
+    registration outlives the close and reports the other copy's events
+    under a number a new socket may reuse.
+    """
+    for poller in _pollers.pollers_of(channel_map):
+        registered = poller.registrations.get(fd)
+        if registered is not None and registered[0] is obj:
+            poller.drop(fd)
+
+
+def release_pollers(channel_map: ChannelMap) -> None:
+    """Give the kernel poller kept for *channel_map* back (the map was emptied)."""
+    _pollers.release(channel_map)
+
+
 #: How often a tracking poller still asks every channel, in seconds: the safety
-#: net for state changed behind chatcore's back (a producer_fifo filled
-#: directly, a channel put into the map without add_channel()).
+#: net for state changed behind chatcore's back (a channel put into the map
+#: without add_channel(), a ``connected`` flag set by hand).
 FULL_SCAN_INTERVAL = 1.0
+
+# The readable()/writable() pair whose answers change only in ways their
+# channels report through note_interest_change(); chatcore.chat registers
+# async_chat's with track_predicates().
+_TRACKED_READABLE: Any = None
+_TRACKED_WRITABLE: Any = None
+
+
+def track_predicates(readable: Any, writable: Any) -> None:
+    """Let the loop skip channels whose readable()/writable() are these functions.
+
+    Such a channel is asked again only when it had events or reported a
+    change with ``note_interest_change()`` (and at every full scan).
+    """
+    global _TRACKED_READABLE, _TRACKED_WRITABLE
+    _TRACKED_READABLE, _TRACKED_WRITABLE = readable, writable
+
 
 def _asks_own_predicates(obj: Any) -> bool:
     """Whether obj's readable()/writable() are its own, to be asked every turn."""
     # inherits() spelled out: this runs for every channel with events, every turn.
     cls = type(obj)
-    return not (getattr(cls, "readable", None) is _STOCK_READABLE
-                and getattr(cls, "writable", None) is _STOCK_WRITABLE
+    return not (getattr(cls, "readable", None) is _TRACKED_READABLE
+                and getattr(cls, "writable", None) is _TRACKED_WRITABLE
                 and not ("readable" in obj.__dict__ or "writable" in obj.__dict__))
-
-
-_STOCK_READABLE = _chat.async_chat.readable
-_STOCK_WRITABLE = _chat.async_chat.writable
 
 
 def _look_at(poller: _Poller, fd: int, obj: Any, poll_mode: bool) -> None:
@@ -462,16 +582,17 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
     if not poller.registrations and not poll_mode:
         # asyncore's select() path sleeps when nothing is watched.
         if timeout:
-            time.sleep(timeout)
+            poller.sleep(timeout)
         return
     events = poller.wait(timeout)
     poller.touched.extend([fd for fd, _ in events])
-    # Pushes made by the handlers below leave together at the end of the turn.
-    outer = _chat.start_deferring_sends()
+    # Channels that coalesce send what the handlers pushed once all of the
+    # turn's events have been dispatched.
+    outer = coalesce.begin_turn()
     try:
         _dispatch_events(events, wanted, map, poll_mode)
     finally:
-        _chat.finish_deferring_sends(outer)
+        coalesce.end_turn(outer)
 
 
 def _dispatch_events(events: Events, wanted: Dict[int, int], map: ChannelMap, poll_mode: bool) -> None:
@@ -499,10 +620,22 @@ def _dispatch_events(events: Events, wanted: Dict[int, int], map: ChannelMap, po
                 handler(obj)
 
 
-def _poll_once(timeout: Optional[float], map: Optional[ChannelMap], poll_mode: bool) -> None:
+def _patched_modules(system: Any) -> bool:
+    """Whether *system* (a module namespace) has another select or time than ours."""
+    return system is not None and (system.select is not select or system.time is not time)
+
+
+def poll_once(timeout: Optional[float], map: Optional[ChannelMap], poll_mode: bool,
+              system: Any = None) -> None:
+    """One turn, with poll semantics or select's; *system* as for ``run_loop``."""
     if map is None:
-        map = _dispatch.socket_map
-    if poll_mode and not map:
+        map = socket_map
+    if poll_mode:
+        if not map:
+            return
+        timeout = _poll_timeout(timeout)
+    if _patched_modules(system):
+        _turn(_ModulePoller(system.select, system.time, poll_mode), timeout, map, poll_mode)
         return
     poller = _pollers.take(map)
     try:
@@ -521,12 +654,12 @@ def _poll_timeout(timeout: Optional[float]) -> Optional[float]:
 
 def poll(timeout: Optional[float] = 0.0, map: Optional[ChannelMap] = None) -> None:
     """One turn with select semantics."""
-    _poll_once(timeout, map, poll_mode=False)
+    poll_once(timeout, map, False)
 
 
 def poll2(timeout: Optional[float] = 0.0, map: Optional[ChannelMap] = None) -> None:
     """One turn with poll semantics (flags handed to ``readwrite``)."""
-    _poll_once(_poll_timeout(timeout), map, poll_mode=True)
+    poll_once(timeout, map, True)
 
 
 poll3 = poll2
@@ -543,8 +676,27 @@ def loop(
     *use_poll* selects poll semantics where the platform has poll(), as in
     asyncore; the kernel poller is the same either way.
     """
+    run_loop(timeout, use_poll, map, count)
+
+
+def run_loop(timeout: Optional[float], use_poll: bool, map: Optional[ChannelMap],
+             count: Optional[int], system: Any = None) -> None:
+    """``loop()``; *system* is a module whose ``select`` and ``time`` to honour.
+
+    ``chatcore.compat.asyncore`` passes itself: when a program has replaced
+    its ``select`` or ``time`` global (as tests do), the turns are made with
+    those modules' calls, as asyncore makes them, instead of the kernel
+    poller.
+    """
     if map is None:
-        map = _dispatch.socket_map
+        map = socket_map
+    if _patched_modules(system):
+        poll_mode = bool(use_poll) and hasattr(system.select, "poll")
+        while map and (count is None or count > 0):
+            poll_once(timeout, map, poll_mode, system)
+            if count is not None:
+                count -= 1
+        return
     poll_mode = bool(use_poll) and hasattr(select, "poll")
     if poll_mode:
         timeout = _poll_timeout(timeout)

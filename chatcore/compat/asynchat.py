@@ -12,3 +12,7 @@ class async_chat(_core_async_chat, asyncore.dispatcher):
     __doc__ = _core_async_chat.__doc__
     # Legacy code never asked for a limit: keep stdlib's unbounded input.
     ac_max_message_size = None
+    # Legacy handlers push and then block, fork or swap the socket: every
+    # push is handed to the socket at once, as stdlib does (install() can
+    # opt in to coalescing).
+    ac_coalesce_sends = False

@@ -1,8 +1,12 @@
 """chatcore as a drop-in ``asyncore`` module.
 
-Module-level names match CPython 3.11's ``asyncore``; ``socket_map`` is read
-when a function runs (as asyncore does), so code that swaps the module's map
-keeps working; dispatchers print as ``<asyncore.dispatcher ...>``.
+Module-level names match CPython 3.11's ``asyncore``.  The module's globals
+are read when a function or method runs, as asyncore reads its own, so code
+that swaps them keeps working: a new ``socket_map``, a mock ``socket`` module
+that ``create_socket()`` then builds sockets from, a fake ``select`` or
+``time`` that ``poll()``/``loop()`` then call as asyncore does (instead of
+chatcore's kernel poller), an ``os`` whose ``name`` says "nt".  Dispatchers
+print as ``<asyncore.dispatcher ...>``.
 """
 
 import os
@@ -45,17 +49,22 @@ from ..dispatch import (
 #: Shared with chatcore's own default map until a program assigns its own.
 socket_map: Dict[int, Any] = _core.socket_map
 
+# This module, whose globals (socket_map, socket, select, time, os, sys) the
+# functions and classes below read when they run, as asyncore's do: tests
+# replace them (``asyncore.socket = mock_socket``) and expect to be obeyed.
+_this = sys.modules[__name__]
+
 
 def _resolve(map: Optional[Dict[int, Any]]) -> Dict[int, Any]:
     return socket_map if map is None else map
 
 
 def poll(timeout: Optional[float] = 0.0, map: Optional[Dict[int, Any]] = None) -> None:
-    _loop.poll(timeout, _resolve(map))
+    _loop.poll_once(timeout, _resolve(map), False, _this)
 
 
 def poll2(timeout: Optional[float] = 0.0, map: Optional[Dict[int, Any]] = None) -> None:
-    _loop.poll2(timeout, _resolve(map))
+    _loop.poll_once(timeout, _resolve(map), True, _this)
 
 
 poll3 = poll2
@@ -67,7 +76,7 @@ def loop(
     map: Optional[Dict[int, Any]] = None,
     count: Optional[int] = None,
 ) -> None:
-    _loop.loop(timeout, use_poll, _resolve(map), count)
+    _loop.run_loop(timeout, use_poll, _resolve(map), count, _this)
 
 
 def close_all(map: Optional[Dict[int, Any]] = None, ignore_all: bool = False) -> None:
@@ -77,6 +86,7 @@ def close_all(map: Optional[Dict[int, Any]] = None, ignore_all: bool = False) ->
 class dispatcher(_core.dispatcher):
     __module__ = "asyncore"
     __doc__ = _core.dispatcher.__doc__
+    _namespace = _this
 
     @staticmethod
     def _default_map() -> Dict[int, Any]:
@@ -89,7 +99,11 @@ class dispatcher_with_send(_core.dispatcher_with_send, dispatcher):
 
 
 if os.name == "posix":
-    file_wrapper = _core.file_wrapper
+
+    class file_wrapper(_core.file_wrapper):
+        __module__ = "asyncore"
+        __doc__ = _core.file_wrapper.__doc__
+        _namespace = _this
 
     class file_dispatcher(_core.file_dispatcher, dispatcher):
         __module__ = "asyncore"

@@ -1,0 +1,82 @@
+"""``producer_fifo``'s type: a deque that tells the loop when something is queued.
+
+The loop asks a channel ``writable()`` again only when told its answer may
+have changed (see ``chatcore.eventloop.note_interest_change``).  Legacy relays
+append to another channel's ``producer_fifo`` directly instead of calling
+``push()``; stdlib's loop, which asks every channel every turn, sends such
+data on the next turn, and so does chatcore because every way of adding to
+this deque reports it.  Reading and removing stay deque's own C methods.
+"""
+
+import weakref
+from collections import deque
+from typing import Any, Iterable, Optional
+
+from .eventloop import note_interest_change
+
+__all__ = ["OutputQueue"]
+
+_append = deque.append
+_appendleft = deque.appendleft
+_extend = deque.extend
+_extendleft = deque.extendleft
+_insert = deque.insert
+_iadd = deque.__iadd__
+
+
+class OutputQueue(deque):
+    """A deque of buffers, producers and None (close) that reports additions.
+
+    ``owner`` is the channel whose map and descriptor to report (held
+    weakly, so channel and queue do not form a reference cycle); a queue
+    without one, such as a copy, is a plain deque in behaviour.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, iterable: Iterable[Any] = (), maxlen: Optional[int] = None) -> None:
+        super().__init__(iterable, maxlen)
+        self._owner: Any = None
+
+    def set_owner(self, channel: Any) -> None:
+        self._owner = weakref.ref(channel)
+
+    def _queued(self) -> None:
+        owner = self._owner
+        channel = owner() if owner is not None else None
+        if channel is not None:
+            note_interest_change(channel._map, channel._fileno)
+
+    def append(self, item: Any) -> None:
+        _append(self, item)
+        self._queued()
+
+    def appendleft(self, item: Any) -> None:
+        _appendleft(self, item)
+        self._queued()
+
+    def extend(self, items: Iterable[Any]) -> None:
+        _extend(self, items)
+        self._queued()
+
+    def extendleft(self, items: Iterable[Any]) -> None:
+        _extendleft(self, items)
+        self._queued()
+
+    def insert(self, index: int, item: Any) -> None:
+        _insert(self, index, item)
+        self._queued()
+
+    def __iadd__(self, items: Iterable[Any]) -> "OutputQueue":
+        _iadd(self, items)
+        self._queued()
+        return self
+
+    def __repr__(self) -> str:
+        # Logged by legacy code as stdlib's deque prints.
+        return "deque(%r)" % (list(self),) if self.maxlen is None else (
+            "deque(%r, maxlen=%d)" % (list(self), self.maxlen))
+
+    def __reduce__(self) -> Any:
+        # Copies and pickles are plain deques: they belong to no channel.
+        return deque, (list(self), self.maxlen)
