@@ -4,6 +4,7 @@ Every test runs on each poller this platform has (epoll here, and the
 ``selectors`` fallback used elsewhere), in select and poll mode where it matters.
 """
 
+import collections
 import os
 import socket
 import sys
@@ -495,7 +496,8 @@ def test_state_changed_behind_the_loops_back_is_found_by_the_periodic_scan(monke
     try:
         chatcore.loop(timeout=0.001, map=channel_map, count=2)
         fd = sorted(channel_map)[2]
-        channel_map[fd].producer_fifo.append(b"no push() call\n")  # nobody is told
+        # A queue put in place by hand: nobody is told.
+        channel_map[fd].producer_fifo = collections.deque([b"no push() call\n"])
         peer = peers[2]
         data = None
         for _ in range(100):
@@ -532,3 +534,98 @@ def test_channels_with_their_own_predicates_are_still_asked_every_turn(counted_l
         right.close()
         for peer in peers:
             peer.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
+                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
+@pytest.mark.parametrize("how", ["append", "appendleft", "extend", "insert", "iadd"])
+def test_a_direct_producer_fifo_addition_is_sent_on_the_next_turn(counted_looks, how):
+    # A legacy relay: A's handler queues bytes on B's producer_fifo without push().
+    channel_map = {}
+    peers = _idle_chats(3, channel_map)
+    target_fd = sorted(channel_map)[1]
+    relay_left, relay_right = socket.socketpair()
+
+    class Relay(chatcore.async_chat):
+        def collect_incoming_data(self, data):
+            self._collect_incoming_data(data)
+
+        def found_terminator(self):
+            fifo = channel_map[target_fd].producer_fifo
+            line = self._get_data() + b"\n"
+            if how == "append":
+                fifo.append(line)
+            elif how == "appendleft":
+                fifo.appendleft(line)
+            elif how == "extend":
+                fifo.extend([line])
+            elif how == "insert":
+                fifo.insert(0, line)
+            else:
+                fifo += [line]
+
+    Relay(relay_left, map=channel_map).set_terminator(b"\n")
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=2)
+        relay_right.sendall(b"relayed\n")
+        # Turn 1 reads the line, turn 2 must send it: a miss would wait the
+        # whole 5 s timeout for nothing (the full scan is an hour away here).
+        chatcore.loop(timeout=5.0, map=channel_map, count=2)
+        assert peers[1].recv(100, socket.MSG_DONTWAIT) == b"relayed\n"
+    finally:
+        chatcore.close_all(channel_map)
+        relay_right.close()
+        for peer in peers:
+            peer.close()
+
+
+def test_close_all_gives_the_maps_poller_back(poller_kind):
+    left, right = socket.socketpair()
+    channel_map = {}
+    Reader(left, channel_map)
+    try:
+        chatcore.loop(timeout=0.001, map=channel_map, count=1)
+        assert _cached_poller(channel_map) is not None
+        chatcore.close_all(channel_map)
+        assert _cached_poller(channel_map) is None
+        assert id(channel_map) not in eventloop.interest_changes
+    finally:
+        chatcore.close_all(channel_map)
+        right.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="descriptor numbers are not reused that way")
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_a_closed_channel_whose_socket_was_duplicated_gets_no_events_later(poller_kind, use_poll):
+    # epoll watches open files, not numbers: a registration left behind by a
+    # dup()ed socket would report the copy's traffic under the old number,
+    # which the next socket reuses.
+    old_left, old_right = socket.socketpair()
+    channel_map = {}
+    old = Reader(old_left, channel_map)
+    chatcore.loop(timeout=0.001, use_poll=use_poll, map=channel_map, count=1)
+    number = old_left.fileno()
+    copy = old_left.dup()
+    old.close()
+    new_left, new_right = socket.socketpair()
+    try:
+        if new_left.fileno() != number:
+            pytest.skip("the descriptor number was not reused (%d, then %d)" % (
+                number, new_left.fileno()))
+        reads = []
+
+        class Counting(Reader):
+            def handle_read(self):
+                reads.append(1)
+                Reader.handle_read(self)
+
+        new = Counting(new_left, channel_map)
+        old_right.sendall(b"for the duplicate only")
+        chatcore.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=5)
+        assert reads == [] and new.received == b""
+        new_right.sendall(b"for the new socket")
+        serve_until(channel_map, lambda: new.received == b"for the new socket", use_poll)
+    finally:
+        chatcore.close_all(channel_map)
+        for sock in (copy, old_right, new_left, new_right):
+            sock.close()
