@@ -275,7 +275,8 @@ class async_chat(dispatcher):
         """
         self._engine.push(self, data)
         if type(self.producer_fifo) is not OutputQueue:
-            # A queue put in place by the application reports nothing itself.
+            # Ours reports its filling; one the application put in place
+            # reports nothing.
             note_interest_change(self._map, self._fileno)
         if self._send_deferred:
             return

@@ -27,9 +27,11 @@ _iadd = deque.__iadd__
 class OutputQueue(deque):
     """A deque of buffers, producers and None (close) that reports additions.
 
-    ``owner`` is the channel whose map and descriptor to report (held
-    weakly, so channel and queue do not form a reference cycle); a queue
-    without one, such as a copy, is a plain deque in behaviour.
+    Only a change from empty to not empty is reported: while the queue holds
+    something the loop already watches the channel for writing.  ``owner``
+    is the channel whose map and descriptor to report (held weakly, so
+    channel and queue do not form a reference cycle); a queue without one,
+    such as a copy, behaves as a plain deque.
     """
 
     __slots__ = ("_owner",)
@@ -41,41 +43,52 @@ class OutputQueue(deque):
     def set_owner(self, channel: Any) -> None:
         self._owner = weakref.ref(channel)
 
-    def _queued(self) -> None:
+    def _filled(self) -> None:
         owner = self._owner
         channel = owner() if owner is not None else None
         if channel is not None:
             note_interest_change(channel._map, channel._fileno)
 
+    # push() appends through here once per buffer: keep it short.
     def append(self, item: Any) -> None:
         _append(self, item)
-        self._queued()
+        if len(self) == 1:
+            self._filled()
 
     def appendleft(self, item: Any) -> None:
         _appendleft(self, item)
-        self._queued()
-
-    def extend(self, items: Iterable[Any]) -> None:
-        _extend(self, items)
-        self._queued()
-
-    def extendleft(self, items: Iterable[Any]) -> None:
-        _extendleft(self, items)
-        self._queued()
+        if len(self) == 1:
+            self._filled()
 
     def insert(self, index: int, item: Any) -> None:
         _insert(self, index, item)
-        self._queued()
+        if len(self) == 1:
+            self._filled()
+
+    def extend(self, items: Iterable[Any]) -> None:
+        was_empty = not self
+        _extend(self, items)
+        if was_empty and self:
+            self._filled()
+
+    def extendleft(self, items: Iterable[Any]) -> None:
+        was_empty = not self
+        _extendleft(self, items)
+        if was_empty and self:
+            self._filled()
 
     def __iadd__(self, items: Iterable[Any]) -> "OutputQueue":
+        was_empty = not self
         _iadd(self, items)
-        self._queued()
+        if was_empty and self:
+            self._filled()
         return self
 
     def __repr__(self) -> str:
         # Logged by legacy code as stdlib's deque prints.
-        return "deque(%r)" % (list(self),) if self.maxlen is None else (
-            "deque(%r, maxlen=%d)" % (list(self), self.maxlen))
+        if self.maxlen is None:
+            return "deque(%r)" % (list(self),)
+        return "deque(%r, maxlen=%d)" % (list(self), self.maxlen)
 
     def __reduce__(self) -> Any:
         # Copies and pickles are plain deques: they belong to no channel.
