@@ -1,7 +1,11 @@
-"""Loopback echo servers side by side: chatcore, stdlib asyncore, asyncio, uvloop.
+"""Loopback echo servers side by side: chatcore, legacy asyncore, asyncio, uvloop.
 
 One pytest-benchmark group per client mode, so the table compares the servers
 available on this Python (``chatcore.benchmark.echo.available_servers()``):
+``chatcore`` (pushes coalesced to the end of a loop turn) and
+``chatcore-compat`` (each push sent at once, stdlib's timing), the legacy
+modules this Python has (``stdlib`` up to 3.11, ``pyasynchat`` on 3.12+ when
+installed), asyncio and uvloop.
 
 * ``echo pipelined``: 4 connections each echoing 100 000 lines of 16 bytes
   (times CHATCORE_BENCH_SCALE), at most ``PIPELINE_WINDOW`` bytes in flight;
@@ -11,7 +15,8 @@ The server runs in its own process, started once per test; a timed round is
 one client run (connecting and building the expected streams happen in the
 untimed setup).  Every round checks every echoed byte.  ``extra_info`` holds
 messages/s and MB/s of the fastest round and, for ping-pong, that round's
-p50/p99 round-trip latency in microseconds.
+p50/p99 round-trip latency in microseconds, and the send timing the server
+measured before listening (with ``ac_coalesce_sends`` for chatcore's).
 
     python -m pytest benchmarks/test_echo.py --benchmark-columns=min,median,rounds
     CHATCORE_BENCH_SCALE=0.01 python -m pytest benchmarks/test_echo.py --benchmark-disable
@@ -78,6 +83,8 @@ def record(benchmark, echo_server: EchoServerProcess, measurements: List[ClientM
         server=echo_server.server,
         server_detail=echo_server.detail,
         implementation=echo_server.implementation,
+        send_timing=echo_server.send_timing,
+        ac_coalesce_sends=echo_server.ac_coalesce_sends,
         connections=fastest.connections,
         messages=fastest.messages,
         messages_per_s=fastest.messages / fastest.seconds,

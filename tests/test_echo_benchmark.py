@@ -6,6 +6,7 @@ run), bounded runs, and no server process or socket left behind.  They assert
 no speeds.
 """
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -21,11 +22,16 @@ from chatcore.benchmark.echo import (
     EchoStreamCheck,
     EchoTimeoutError,
     EchoVerificationError,
+    SENT_AT_ONCE,
+    SENT_AT_TURN_END,
     PingPongClient,
     PipelinedClient,
     available_servers,
     expected_stream,
+    line_echo_handler_class,
+    probe_send_timing,
     run_echo,
+    send_mode,
 )
 
 #: A generous ceiling for "fails within its bound": the run's own timeout plus
@@ -42,6 +48,14 @@ def assert_process_gone(process: "subprocess.Popen[bytes]") -> None:
         os.kill(process.pid, 0)
 
 
+def distribution_installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def run_echo_keeping_server(*args, **kwargs):
     """run_echo, also returning the EchoServerProcess it started."""
     started = []
@@ -54,9 +68,12 @@ def run_echo_keeping_server(*args, **kwargs):
 
 def test_available_servers_lists_real_servers_only():
     servers = available_servers()
-    assert servers[0] == "chatcore"
+    assert servers[:2] == ["chatcore", "chatcore-compat"]
     assert "asyncio" in servers
     assert ("stdlib" in servers) == (sys.version_info < (3, 12))
+    # On 3.11 stdlib's modules come first on the path, so PyPI's copies never serve.
+    has_pyasynchat = all(map(distribution_installed, ("pyasynchat", "pyasyncore")))
+    assert ("pyasynchat" in servers) == (sys.version_info >= (3, 12) and has_pyasynchat)
     assert not any(name.startswith("fault:") for name in servers)
     assert set(servers) <= set(echo.SERVERS)
 
@@ -126,6 +143,99 @@ def test_stream_check_rejects_surplus_bytes_as_they_arrive():
     assert check.feed(stream) is True
     with pytest.raises(EchoVerificationError, match="more than the 48 it sent"):
         check.feed(b"x")
+
+
+# --- Send timing: what each server measures before it listens ------------------
+
+
+class _WithSwitch:
+    ac_coalesce_sends = True
+
+
+class _WithoutSwitch:
+    pass
+
+
+def test_send_mode_is_unknown_on_a_chatcore_without_the_switch():
+    assert send_mode(_WithoutSwitch, True, SENT_AT_TURN_END) == "unknown"
+    assert send_mode(_WithoutSwitch, False, SENT_AT_TURN_END) == "unknown"
+
+
+def test_send_mode_accepts_a_timing_that_matches_the_switch():
+    assert send_mode(_WithSwitch, True, SENT_AT_TURN_END) is True
+    assert send_mode(_WithSwitch, False, SENT_AT_ONCE) is False
+
+
+@pytest.mark.parametrize("expected, measured", [(False, SENT_AT_TURN_END), (True, SENT_AT_ONCE)])
+def test_send_mode_refuses_a_timing_that_contradicts_the_switch(expected, measured):
+    with pytest.raises(EchoBenchmarkError, match="would measure the other mode"):
+        send_mode(_WithSwitch, expected, measured)
+
+
+def test_send_mode_is_none_for_servers_without_a_switch():
+    assert send_mode(_WithoutSwitch, None, SENT_AT_ONCE) is None
+
+
+def test_probe_sees_a_reply_written_before_the_handler_returns():
+    # Whatever chatcore's push does, a handler that writes to its socket
+    # itself has sent at once: the probe must say so (and get the echo).
+    base = line_echo_handler_class(chatcore.async_chat)
+
+    class WritesItself(base):
+        def push(self, data):
+            self.socket.sendall(data)
+
+    assert probe_send_timing(WritesItself, chatcore.loop) == SENT_AT_ONCE
+
+
+def test_probe_sees_coalesced_pushes_arrive_at_the_end_of_the_turn():
+    handler = line_echo_handler_class(chatcore.async_chat, coalesce_sends=True)
+    assert handler.ac_coalesce_sends is True
+    assert probe_send_timing(handler, chatcore.loop) == SENT_AT_TURN_END
+
+
+def test_probe_fails_when_no_echo_comes_back():
+    base = line_echo_handler_class(chatcore.async_chat)
+
+    class Silent(base):
+        def push(self, data):
+            pass
+
+    with pytest.raises(EchoBenchmarkError, match="no echo within"):
+        probe_send_timing(Silent, chatcore.loop, timeout=0.5)
+
+
+@pytest.mark.parametrize("server", sorted(echo.CHATCORE_SEND_MODES))
+def test_chatcore_servers_report_the_send_mode_they_run(server):
+    coalesce = echo.CHATCORE_SEND_MODES[server]
+    result = run_echo(server, "ping-pong", 1, 5, timeout=30)
+    assert result.ac_coalesce_sends in (coalesce, "unknown")
+    assert "ac_coalesce_sends=%s" % result.ac_coalesce_sends in result.server_detail
+    assert result.send_timing in (SENT_AT_ONCE, SENT_AT_TURN_END)
+    assert "pushes sent %s" % result.send_timing in result.server_detail
+    if result.ac_coalesce_sends != "unknown":
+        assert result.send_timing == (SENT_AT_TURN_END if coalesce else SENT_AT_ONCE)
+    base = "chatcore.compat.asynchat.async_chat" if server == "chatcore-compat" else "chatcore.async_chat"
+    assert base in result.server_detail
+
+
+@pytest.mark.parametrize("server", sorted(echo.CHATCORE_SEND_MODES))
+def test_chatcore_servers_measure_the_mode_their_row_names(server):
+    # The spec (issue 10): compat hands each push to the socket at once, like
+    # stdlib; chatcore.async_chat coalesces.  Fails until ac_coalesce_sends exists.
+    coalesce = echo.CHATCORE_SEND_MODES[server]
+    result = run_echo(server, "ping-pong", 1, 5, timeout=30)
+    assert result.ac_coalesce_sends is coalesce
+    assert result.send_timing == (SENT_AT_TURN_END if coalesce else SENT_AT_ONCE)
+
+
+@pytest.mark.parametrize("server", [name for name in available_servers() if name in echo.LEGACY_SERVERS.values()])
+def test_legacy_servers_send_at_once(server):
+    # The oracle's own timing, measured by the same probe: a check of the probe.
+    result = run_echo(server, "ping-pong", 1, 5, timeout=30)
+    assert result.send_timing == SENT_AT_ONCE
+    assert result.ac_coalesce_sends is None and result.implementation is None
+    assert server in result.server_detail
 
 
 # --- Whole runs ----------------------------------------------------------------
@@ -245,6 +355,12 @@ def test_invalid_arguments_are_refused_before_anything_starts():
 def test_stdlib_server_is_refused_where_stdlib_asynchat_is_gone():
     with pytest.raises(ValueError, match="cannot run on this Python"):
         run_echo("stdlib", "pipelined", 1, 10)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="PyPI's copies may serve here")
+def test_pyasynchat_server_is_refused_where_stdlib_asynchat_is_what_imports():
+    with pytest.raises(ValueError, match="cannot run on this Python"):
+        run_echo("pyasynchat", "pipelined", 1, 10)
 
 
 # --- The pieces run_echo is made of ----------------------------------------------

@@ -1,11 +1,18 @@
 """``python -m chatcore bench``: run the benchmarks, print a table, save JSON or a chart.
 
 Every figure in the table is measured in the same run as its baseline: the
-ratio column is the speed of a row divided by the speed of the stdlib
-asynchat/asyncore row of the same benchmark, or of the asyncio row where the
-stdlib modules are gone (Python 3.12+).  A framing figure is the best of a few
-timed passes (the least disturbed one on a shared machine); an echo figure is
-one bounded run against a server in its own process.
+ratio column is the speed of a row divided by the speed of the legacy
+asynchat/asyncore row of the same benchmark: the standard library's up to
+Python 3.11, PyPI's pyasynchat/pyasyncore on 3.12+ when installed (the
+alternative a 3.12+ user has), else asyncio's.  A ratio against another row
+than the column's (a benchmark the legacy modules cannot run) names it.
+A framing figure is the best of a few timed passes (the least disturbed one
+on a shared machine); an echo figure is one bounded run against a server in
+its own process.  The echo servers "chatcore" and "chatcore-compat" are the
+two send timings: pushes coalesced until the end of a loop turn
+(chatcore.async_chat) and each push handed to the socket at once
+(chatcore.compat, stdlib's timing); the notes under the table say what each
+server measured.
 """
 
 import argparse
@@ -14,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import chatcore
 
@@ -27,15 +34,16 @@ MODES = {
         workloads=["lines16", "smtp64k"],
         read_sizes=[65536],
         passes=3,
-        echo_modes=[("pipelined", 2, 20_000)],
+        echo_modes=[("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
     ),
+    # About a minute on a 2-core machine, with one row per echo server kind.
     "default": dict(
-        scale=0.5,
+        scale=0.3,
         workloads=sorted(framing.WORKLOADS),
         read_sizes=list(framing.READ_SIZES),
         passes=4,
-        echo_modes=[("pipelined", 4, 250_000), ("ping-pong", 1, 10_000),
-                    ("ping-pong", 1, 10_000, 2_000)],
+        echo_modes=[("pipelined", 4, 100_000), ("ping-pong", 1, 5_000),
+                    ("ping-pong", 1, 5_000, 2_000)],
     ),
     "full": dict(
         scale=1.0,
@@ -47,8 +55,15 @@ MODES = {
     ),
 }
 
-FRAMING_BASELINES = ("stdlib-asynchat", "asyncio-streams")
-ECHO_BASELINES = ("stdlib", "asyncio")
+#: Baseline rows, best first: the legacy modules this Python has, else asyncio.
+FRAMING_BASELINES = ("stdlib-asynchat", "pyasynchat", "asyncio-streams")
+ECHO_BASELINES = ("stdlib", "pyasynchat", "asyncio")
+#: What the ratio column's header calls each pair of baselines.
+BASELINE_NAMES = {
+    ("stdlib-asynchat", "stdlib"): "stdlib asynchat/asyncore",
+    ("pyasynchat", "pyasynchat"): "pyasynchat/pyasyncore",
+    ("asyncio-streams", "asyncio"): "asyncio",
+}
 
 
 class Row(NamedTuple):
@@ -60,6 +75,8 @@ class Row(NamedTuple):
     data_bytes: int  # bytes of the stream (framing) or echoed (echo)
     p50_us: Optional[float] = None
     p99_us: Optional[float] = None
+    #: What served an echo row (the server's own report), None for framing.
+    detail: Optional[str] = None
 
     @property
     def messages_per_s(self) -> float:
@@ -129,35 +146,49 @@ def _echo_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> Lis
                 continue
             result = echo.run_echo(server, mode, connections, lines, idle_connections=idle)
             row = Row("echo", benchmark, server, result.messages, result.seconds, result.bytes,
-                      result.p50_us, result.p99_us)
+                      result.p50_us, result.p99_us, result.server_detail)
             rows.append(row)
             latency = ""
             if result.p50_us is not None:
                 latency = "  p50 %.0f us, p99 %.0f us" % (result.p50_us, result.p99_us)
             if result.rss_per_idle_connection is not None:
                 latency += ", server RSS %.0f B per idle connection" % result.rss_per_idle_connection
+            if result.send_timing is not None:
+                latency += "  (pushes sent %s)" % result.send_timing
             progress("  %-36s %-16s %12s msg/s%s" % (benchmark, server, _si(row.messages_per_s), latency))
     return rows
 
 
-def ratios(rows: List[Row]) -> Dict[Row, Optional[float]]:
-    """Each row's speed over its benchmark's baseline row, measured in the same run."""
+def baselines(rows: List[Row]) -> Dict[Row, Optional[Row]]:
+    """Each row's baseline: the best row of ``*_BASELINES`` its benchmark has."""
     by_benchmark: Dict[str, Dict[str, Row]] = {}
     for row in rows:
         by_benchmark.setdefault(row.benchmark, {})[row.implementation] = row
-    result: Dict[Row, Optional[float]] = {}
+    result: Dict[Row, Optional[Row]] = {}
     for row in rows:
         peers = by_benchmark[row.benchmark]
         names = FRAMING_BASELINES if row.suite == "framing" else ECHO_BASELINES
-        baseline = next((peers[name] for name in names if name in peers), None)
+        result[row] = next((peers[name] for name in names if name in peers), None)
+    return result
+
+
+def ratios(rows: List[Row]) -> Dict[Row, Optional[float]]:
+    """Each row's speed over its benchmark's baseline row, measured in the same run."""
+    result: Dict[Row, Optional[float]] = {}
+    for row, baseline in baselines(rows).items():
         result[row] = (baseline.seconds / baseline.messages) / (row.seconds / row.messages) if (
             baseline is not None and row.messages and baseline.messages) else None
     return result
 
 
-def baseline_name(rows: List[Row]) -> str:
+def _baseline_pair(rows: List[Row]) -> Tuple[str, str]:
     names = {row.implementation for row in rows}
-    return "stdlib asynchat/asyncore" if "stdlib-asynchat" in names or "stdlib" in names else "asyncio"
+    return next((pair for pair in BASELINE_NAMES if names & set(pair)), ("asyncio-streams", "asyncio"))
+
+
+def baseline_name(rows: List[Row]) -> str:
+    """The baseline the ratio column is named after: the best one present in *rows*."""
+    return BASELINE_NAMES[_baseline_pair(rows)]
 
 
 def _si(value: float) -> str:
@@ -170,14 +201,20 @@ def _si(value: float) -> str:
 def format_table(rows: List[Row]) -> str:
     """A plain-text table; also valid Markdown, so it can go into the README as is."""
     speedups = ratios(rows)
+    against = baselines(rows)
+    main_baselines = _baseline_pair(rows)
     header = ["benchmark", "implementation", "messages/s", "MB/s", "vs " + baseline_name(rows), "p50 / p99 us"]
     lines = [header]
     for row in rows:
         ratio = speedups[row]
         latency = "" if row.p50_us is None else "%.0f / %.0f" % (row.p50_us, row.p99_us)
+        cell = "-" if ratio is None else "%.2fx" % ratio
+        baseline = against[row]
+        if ratio is not None and baseline is not None and baseline.implementation not in main_baselines:
+            cell += " vs " + baseline.implementation
         lines.append([
             row.benchmark, row.implementation, _si(row.messages_per_s), "%.1f" % row.mb_per_s,
-            "-" if ratio is None else "%.2fx" % ratio, latency,
+            cell, latency,
         ])
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     rendered = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |"
@@ -186,15 +223,28 @@ def format_table(rows: List[Row]) -> str:
     return "\n".join(rendered)
 
 
+def server_notes(rows: List[Row]) -> List[str]:
+    """One line per echo server: what it reported serving (send timing included)."""
+    details: Dict[str, List[str]] = {}
+    for row in rows:
+        if row.suite == "echo" and row.detail:
+            seen = details.setdefault(row.implementation, [])
+            if row.detail not in seen:
+                seen.append(row.detail)
+    return ["%s: %s" % (name, "; ".join(texts)) for name, texts in details.items()]
+
+
 def to_json(rows: List[Row], mode: str, machine: Dict[str, Any]) -> Dict[str, Any]:
     speedups = ratios(rows)
+    against = baselines(rows)
     return {
         "mode": mode,
         "machine": machine,
         "baseline": baseline_name(rows),
         "results": [
             dict(row._asdict(), messages_per_s=row.messages_per_s, mb_per_s=row.mb_per_s,
-                 ratio_to_baseline=speedups[row])
+                 ratio_to_baseline=speedups[row],
+                 baseline_implementation=None if against[row] is None else against[row].implementation)
             for row in rows
         ],
     }
@@ -251,7 +301,7 @@ def add_parser(commands: Any) -> None:
     """Register ``bench`` on the ``python -m chatcore`` subcommand parser."""
     parser = commands.add_parser(
         "bench",
-        help="benchmark chatcore against stdlib asynchat and asyncio",
+        help="benchmark chatcore against legacy asynchat (stdlib or pyasynchat) and asyncio",
         description=__doc__.split("\n\n", 1)[1],
     )
     size = parser.add_mutually_exclusive_group()
@@ -275,6 +325,11 @@ def main(args: argparse.Namespace) -> int:
     rows = run(args.mode, args.suite or ["framing", "echo"])
     print()
     print(format_table(rows))
+    notes = server_notes(rows)
+    if notes:
+        print("\necho servers:")
+        for note in notes:
+            print("  " + note)
     print("\n%d measurements in %.1f s; ratios are speed over %s, measured in this run."
           % (len(rows), time.perf_counter() - started, baseline_name(rows)))
     if args.json:

@@ -1,20 +1,35 @@
-"""Loopback echo-server benchmark: chatcore against stdlib asyncore, asyncio and uvloop.
+"""Loopback echo-server benchmark: chatcore against legacy asyncore, asyncio and uvloop.
 
 Every server echoes each received line (terminator ``b"\\n"``) back at once,
 with one write per line, and runs in its own process so that it, not the
 client, is what gets measured:
 
-* ``chatcore``: an ``async_chat`` subclass whose ``found_terminator`` does
-  ``self.push(line + b"\\n")`` (the push-per-line handler legacy code has),
-  served by ``chatcore.loop``;
+* ``chatcore``: a ``chatcore.async_chat`` subclass whose ``found_terminator``
+  does ``self.push(line + b"\\n")`` (the push-per-line handler legacy code
+  has), served by ``chatcore.loop``, with ``ac_coalesce_sends = True`` (the
+  default for new code: pushes made during a loop turn go out at its end);
+* ``chatcore-compat``: the same handler on ``chatcore.compat.asynchat.async_chat``
+  served by ``chatcore.compat.asyncore.loop`` (what ``chatcore.compat.install()``
+  gives a legacy program), with ``ac_coalesce_sends = False`` (the compat
+  default: each push handed to the socket at once, as stdlib does);
 * ``stdlib``: the very same handler body built on stdlib ``asynchat.async_chat``
   and served by ``asyncore.loop`` (Python <= 3.11 only);
+* ``pyasynchat``: the same on PyPI's verbatim copies of those modules
+  (``pyasynchat``/``pyasyncore``), the alternative a 3.12+ user has, when
+  they are installed;
 * ``asyncio``: a ``Protocol`` whose ``data_received`` splits lines and calls
   ``transport.write`` once per line, on asyncio's default loop;
 * ``uvloop``: the same ``Protocol`` on uvloop's loop, when uvloop is installed.
 
 Each framework keeps its own socket defaults (asyncio and uvloop turn Nagle's
 algorithm off, asyncore never did), since that is what its users get.
+
+Before it listens, an asyncore-style server measures its handler's send
+timing (``probe_send_timing``: does a push made in ``found_terminator`` reach
+the peer before the handler returns?) and reports it with the class's
+``ac_coalesce_sends``; a chatcore server whose measured timing contradicts the
+mode its row names refuses to start, so a row cannot silently measure the
+other mode.  A chatcore without that attribute is reported as "unknown".
 
 The clients run in the benchmarking process on plain non-blocking sockets and
 ``selectors``:
@@ -30,9 +45,10 @@ The server side is also a command, used by ``EchoServerProcess``::
 
     python -m chatcore.benchmark.echo serve --server chatcore --port-file PATH
 
-It binds 127.0.0.1 on a free port, writes the port (and which chatcore it
-imported) to PATH as JSON, and serves until it is killed, its stdin reaches
-end of file (the parent closed the pipe or died), or ``--max-seconds`` pass.
+It binds 127.0.0.1 on a free port, writes the port (with which chatcore it
+imported and the send timing it measured) to PATH as JSON, and serves until
+it is killed, its stdin reaches end of file (the parent closed the pipe or
+died), or ``--max-seconds`` pass.
 """
 
 import argparse
@@ -40,24 +56,29 @@ import dataclasses
 import importlib.util
 import json
 import os
+import select
 import selectors
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
-import warnings
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Type, Union
 
 import chatcore
 
+from . import framing
+
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "CHATCORE_SEND_MODES",
     "FAULT_SERVERS",
+    "LEGACY_SERVERS",
     "MODES",
+    "SENT_AT_ONCE",
+    "SENT_AT_TURN_END",
     "PIPELINE_WINDOW",
     "SERVERS",
     "ClientMeasurement",
@@ -73,7 +94,9 @@ __all__ = [
     "expected_stream",
     "line_echo_handler_class",
     "main",
+    "probe_send_timing",
     "run_echo",
+    "send_mode",
     "serve",
 ]
 
@@ -93,11 +116,20 @@ LISTEN_BACKLOG = 1024
 #: Servers on select(), which cannot hold thousands of connections (no
 #: descriptor above 1024; on Windows, where chatcore's loop is select() too,
 #: no more than 512 sockets), and how many idle connections they are given.
-SELECT_BOUND_SERVERS = ("stdlib", "chatcore") if sys.platform == "win32" else ("stdlib",)
+SELECT_BOUND_SERVERS = (("stdlib", "pyasynchat", "chatcore", "chatcore-compat") if sys.platform == "win32"
+                        else ("stdlib", "pyasynchat"))
 SELECT_IDLE_LIMIT = 400
 
 #: Every echo server this module knows; ``available_servers()`` says which run here.
-SERVERS = ("chatcore", "stdlib", "asyncio", "uvloop")
+SERVERS = ("chatcore", "chatcore-compat", "stdlib", "pyasynchat", "asyncio", "uvloop")
+#: The chatcore servers and the ``ac_coalesce_sends`` each sets on its handler class.
+CHATCORE_SEND_MODES = {"chatcore": True, "chatcore-compat": False}
+#: The legacy servers, by the origin of the modules they run (see framing.legacy_origin).
+LEGACY_SERVERS = {framing.STDLIB: "stdlib", framing.PYASYNCHAT: "pyasynchat"}
+#: What ``probe_send_timing`` measures: a push reached the peer before push()
+#: returned, or only once the loop turn ended.
+SENT_AT_ONCE = "at once"
+SENT_AT_TURN_END = "at turn end"
 #: Servers that misbehave on purpose, so the harness's own tests can show that
 #: it notices; accepted by run_echo and ``serve`` but never listed as available.
 FAULT_SERVERS = ("fault:corrupt-echo", "fault:silent", "fault:never-ready", "fault:exit-early")
@@ -126,7 +158,11 @@ class EchoResult:
     the server process for a chatcore server (the framing engine it ran on),
     None for the others;
     ``server_detail`` says what exactly served.  ``server_returncode`` is the
-    server process's exit status, set once it is gone.
+    server process's exit status, set once it is gone.  ``send_timing`` is
+    what the server measured before listening (SENT_AT_ONCE or
+    SENT_AT_TURN_END; None for asyncio/uvloop), ``ac_coalesce_sends`` the
+    value its handler class runs with (True/False, "unknown" on a chatcore
+    without that attribute, None for servers that are not chatcore).
     """
 
     server: str
@@ -147,18 +183,22 @@ class EchoResult:
     #: resident memory per such connection (Linux only; None elsewhere).
     idle_connections: int = 0
     rss_per_idle_connection: Optional[float] = None
+    send_timing: Optional[str] = None
+    ac_coalesce_sends: Union[bool, str, None] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def available_servers() -> List[str]:
-    """The echo servers this Python can run, chatcore first."""
-    servers = ["chatcore"]
-    # Not imported here: chatcore.compat.install() may have put chatcore's
-    # stand-ins under these names in this process; the server checks its own.
-    if sys.version_info < (3, 12) and importlib.util.find_spec("asynchat") is not None:
-        servers.append("stdlib")
+    """The echo servers this Python can run, chatcore's first."""
+    servers = list(CHATCORE_SEND_MODES)
+    # Not imported here (chatcore.compat.install() may have put chatcore's
+    # stand-ins under those names in this process): found by file, and the
+    # server process checks what it imports.
+    origin = framing.legacy_origin()
+    if origin is not None:
+        servers.append(LEGACY_SERVERS[origin])
     servers.append("asyncio")
     if importlib.util.find_spec("uvloop") is not None:
         servers.append("uvloop")
@@ -168,13 +208,19 @@ def available_servers() -> List[str]:
 # --- The servers (they run in the ``serve`` subprocess) ----------------------
 
 
-def line_echo_handler_class(chat_base: Type[Any]) -> Type[Any]:
+def line_echo_handler_class(chat_base: Type[Any], coalesce_sends: Optional[bool] = None) -> Type[Any]:
     """The push-per-line echo handler, built on *chat_base* (an async_chat class).
 
     The body is written once so chatcore and stdlib run exactly the same code.
+    *coalesce_sends*, when given, is set as the class's ``ac_coalesce_sends``
+    (chatcore's send-timing switch), so each row names its mode explicitly
+    instead of inheriting a default that may change.
     """
 
     class LineEchoHandler(chat_base):  # type: ignore[misc, valid-type]
+        if coalesce_sends is not None:
+            ac_coalesce_sends = coalesce_sends
+
         def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
             chat_base.__init__(self, sock, map)
             self.line_parts: List[bytes] = []
@@ -229,32 +275,116 @@ def _fault_handler_class(fault: str) -> Type[Any]:
     return FaultyEchoHandler
 
 
-def _serve_asyncore_style(server: str, announce: Callable[[int, str], None]) -> None:
-    if server == "stdlib":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import asynchat
-            import asyncore
-        stdlib_dir = os.path.realpath(sysconfig.get_paths()["stdlib"])
-        for module in (asynchat, asyncore):
-            if os.path.dirname(os.path.realpath(module.__file__ or "")) != stdlib_dir:
-                raise RuntimeError("%s is not the standard library's: %s" % (module.__name__, module.__file__))
-        handler_class = line_echo_handler_class(asynchat.async_chat)
-        listener_class = _listener_class(asyncore.dispatcher)
-        serve_forever = asyncore.loop
-        detail = "stdlib asynchat/asyncore, Python %s" % sys.version.split()[0]
-    else:
-        if server == "chatcore":
-            handler_class = line_echo_handler_class(chatcore.async_chat)
+def probe_send_timing(handler_class: Type[Any], loop: Callable[..., None], timeout: float = 5.0) -> str:
+    """Measure when a push made in ``found_terminator`` of *handler_class* reaches the peer.
+
+    One line goes through a channel of *handler_class* on a private socket
+    pair, served by *loop* (an asyncore-style ``loop``); right after the
+    handler's own ``found_terminator`` has pushed the echo, the peer looks
+    for it.  SENT_AT_ONCE if it is there (stdlib's timing), SENT_AT_TURN_END
+    if it arrives only after the turn.  The echo must arrive whole in either
+    case, within *timeout* seconds.
+    """
+    line = b"send-timing probe" + TERMINATOR
+    seen: List[bool] = []
+    peer, ours = socket.socketpair()
+    # AF_UNIX delivers a send to the peer's queue before send() returns; the
+    # short wait only covers a platform where the pair is emulated over TCP.
+    peer_wait = 0.05
+
+    class Probe(handler_class):  # type: ignore[misc, valid-type]
+        def found_terminator(self) -> None:
+            handler_class.found_terminator(self)
+            seen.append(bool(select.select([peer], [], [], peer_wait)[0]))
+
+    channel_map: Dict[int, Any] = {}
+    try:
+        peer.settimeout(timeout)
+        channel = Probe(ours, map=channel_map)
+        peer.sendall(line)
+        deadline = time.monotonic() + timeout
+        echoed = b""
+        while len(echoed) < len(line):
+            if time.monotonic() >= deadline:
+                raise EchoBenchmarkError("send-timing probe: no echo within %g s (got %r)" % (timeout, echoed))
+            loop(timeout=0.05, map=channel_map, count=1)
+            if seen and select.select([peer], [], [], 0)[0]:
+                echoed += peer.recv(4096)
+        if echoed != line:
+            raise EchoBenchmarkError("send-timing probe: sent %r, got back %r" % (line, echoed))
+        channel.close()
+    finally:
+        for sock in (peer, ours):
+            sock.close()
+    return SENT_AT_ONCE if seen[0] else SENT_AT_TURN_END
+
+
+def send_mode(chat_base: Type[Any], expected: Optional[bool], measured: str,
+              name: Optional[str] = None) -> Union[bool, str, None]:
+    """The ``ac_coalesce_sends`` a server really runs with, checked against *measured*.
+
+    *expected* is what the row's handler class sets (None: not a chatcore
+    row, nothing to check).  Where *chat_base* has no such attribute (a
+    chatcore from before it existed) the answer is "unknown": the row then
+    measures whatever that chatcore does, and *measured* says what.  Where it
+    has, a timing that contradicts *expected* raises EchoBenchmarkError
+    (naming the class *name*, by default its qualified name).
+    """
+    if expected is None:
+        return None
+    if not hasattr(chat_base, "ac_coalesce_sends"):
+        return "unknown"
+    wanted = SENT_AT_TURN_END if expected else SENT_AT_ONCE
+    if measured != wanted:
+        raise EchoBenchmarkError(
+            "%s with ac_coalesce_sends=%r sent a push %s, not %s: this row would measure the other mode"
+            % (name or chat_base.__qualname__, expected, measured, wanted))
+    return expected
+
+
+def _serve_asyncore_style(server: str, announce: Callable[..., None]) -> None:
+    python = "Python %s" % sys.version.split()[0]
+    if server in LEGACY_SERVERS.values():
+        origin, asynchat, asyncore = framing.import_legacy()
+        if LEGACY_SERVERS[origin] != server:
+            raise RuntimeError("echo server %r asked for, but this Python's asynchat is %s's" % (server, origin))
+        chat_base, dispatcher_base, serve_forever = asynchat.async_chat, asyncore.dispatcher, asyncore.loop
+        if origin == framing.STDLIB:
+            detail = "stdlib asynchat/asyncore, %s" % python
         else:
-            handler_class = _fault_handler_class(server)
-        listener_class = _listener_class(chatcore.dispatcher)
-        serve_forever = chatcore.loop
-        detail = "chatcore %s (%s engine), Python %s" % (
-            chatcore.__version__, chatcore.implementation, sys.version.split()[0])
+            import importlib.metadata
+
+            detail = "pyasynchat %s / pyasyncore %s, %s" % (
+                importlib.metadata.version("pyasynchat"), importlib.metadata.version("pyasyncore"), python)
+    elif server == "chatcore-compat":
+        from chatcore.compat import asynchat as compat_asynchat
+        from chatcore.compat import asyncore as compat_asyncore
+
+        chat_base, dispatcher_base = compat_asynchat.async_chat, compat_asyncore.dispatcher
+        serve_forever = compat_asyncore.loop
+        detail = "chatcore.compat.asynchat.async_chat"
+    else:
+        chat_base, dispatcher_base, serve_forever = chatcore.async_chat, chatcore.dispatcher, chatcore.loop
+        detail = "chatcore.async_chat"
+    timing: Optional[str] = None
+    coalesce: Union[bool, str, None] = None
+    if server in FAULT_SERVERS:
+        # These test the harness; a silent one could not even pass the probe.
+        handler_class = _fault_handler_class(server)
+        detail = "chatcore %s (%s engine), deliberately faulty handler, %s" % (
+            chatcore.__version__, chatcore.implementation, python)
+    else:
+        expected = CHATCORE_SEND_MODES.get(server)
+        handler_class = line_echo_handler_class(chat_base, expected)
+        timing = probe_send_timing(handler_class, serve_forever)
+        coalesce = send_mode(chat_base, expected, timing, detail)
+        if expected is not None:
+            detail = "chatcore %s (%s engine), %s, ac_coalesce_sends=%s, pushes sent %s, %s" % (
+                chatcore.__version__, chatcore.implementation, detail, coalesce, timing, python)
+    listener_class = _listener_class(dispatcher_base)
     channel_map: Dict[int, Any] = {}
     listener = listener_class(handler_class, channel_map)
-    announce(listener.socket.getsockname()[1], detail)
+    announce(listener.socket.getsockname()[1], detail, send_timing=timing, ac_coalesce_sends=coalesce)
     # Both loops are called the same way legacy code calls them: select
     # semantics; the listener keeps the map non-empty, so this never returns.
     serve_forever(timeout=1.0, map=channel_map)
@@ -349,14 +479,18 @@ def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS,
     _start_lifeline(max_seconds, watch_stdin)
     raise_descriptor_limit(1 << 16)
 
-    def announce(port: int, detail: str) -> None:
+    def announce(port: int, detail: str, send_timing: Optional[str] = None,
+                 ac_coalesce_sends: Union[bool, str, None] = None) -> None:
+        serves_chatcore = server in CHATCORE_SEND_MODES or server in FAULT_SERVERS
         info = {
             "port": port,
             "pid": os.getpid(),
             "server": server,
             "detail": detail,
+            "send_timing": send_timing,
+            "ac_coalesce_sends": ac_coalesce_sends,
             # The framing engine matters only where chatcore is what serves.
-            "implementation": None if server in ("stdlib", "asyncio", "uvloop") else chatcore.implementation,
+            "implementation": chatcore.implementation if serves_chatcore else None,
             "chatcore_engine": chatcore.implementation,
             "chatcore_file": os.path.realpath(chatcore.__file__),
             "python": sys.executable,
@@ -415,6 +549,14 @@ class EchoServerProcess:
     @property
     def detail(self) -> Optional[str]:
         return self.info.get("detail")
+
+    @property
+    def send_timing(self) -> Optional[str]:
+        return self.info.get("send_timing")
+
+    @property
+    def ac_coalesce_sends(self) -> Union[bool, str, None]:
+        return self.info.get("ac_coalesce_sends")
 
     def start(self, startup_timeout: float = 30.0) -> "EchoServerProcess":
         if self._workdir is not None or self.process is not None:
@@ -976,6 +1118,8 @@ def run_echo(
         p99_us=measurement.p99_us,
         implementation=process.implementation,
         server_detail=process.detail,
+        send_timing=process.send_timing,
+        ac_coalesce_sends=process.ac_coalesce_sends,
         server_pid=process.process.pid if process.process is not None else None,
         server_returncode=process.process.returncode if process.process is not None else None,
         idle_connections=idle_connections,

@@ -5,7 +5,9 @@ message, what the next terminator is (a byte string, or a byte count for
 length-prefixed data).  The protocol is the same object logic for every
 implementation, so every row does the same work:
 
-* asynchat-style rows (chatcore on each engine, stdlib ``asynchat`` up to 3.11)
+* asynchat-style rows (chatcore on each engine, and the legacy ``asynchat``
+  this Python really has: the standard library's up to 3.11, row
+  ``stdlib-asynchat``, or PyPI's verbatim copy on 3.12+, row ``pyasynchat``)
   run a handler whose ``found_terminator`` asks the protocol for the next
   terminator, fed through the real read path: ``handle_read()`` on a socket
   stand-in whose ``recv()`` returns the next read;
@@ -18,12 +20,20 @@ After each run the message count and byte total are checked, so a fast wrong
 answer fails instead of winning.
 
 This module imports chatcore only by its public name, so the regression gate
-can load this file from one tree and time another tree's chatcore with it.
+can load this file from one tree and time another tree's chatcore with it;
+for the same reason it also holds ``legacy_origin()``/``import_legacy()``,
+which the echo benchmark uses too.
 """
 
 import asyncio
+import importlib.machinery
+import importlib.metadata
+import os
+import sys
+import sysconfig
 import time
 import warnings
+from types import ModuleType
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import chatcore
@@ -259,16 +269,97 @@ def _asyncio_run(reads: List[bytes], read_size: int, protocol: Protocol) -> floa
         loop.close()
 
 
-def _stdlib_asynchat() -> Optional[type]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
+# --- The legacy modules this Python really has ----------------------------------
+
+#: Where real ``asynchat``/``asyncore`` modules can come from: the standard
+#: library (Python <= 3.11) or PyPI's verbatim copies, the distributions
+#: pyasynchat and pyasyncore (the replacement a 3.12+ user installs).
+STDLIB = "stdlib"
+PYASYNCHAT = "pyasynchat"
+_DISTRIBUTIONS = {"asynchat": "pyasynchat", "asyncore": "pyasyncore"}
+#: The framing row of each origin.
+LEGACY_ROWS = {STDLIB: "stdlib-asynchat", PYASYNCHAT: "pyasynchat"}
+
+
+def _module_origin(name: str, path: str) -> Optional[str]:
+    """STDLIB or PYASYNCHAT if *path* is module *name*'s file from there, else None.
+
+    Decided by the file alone, not the module's name: chatcore's compat
+    modules installed under the legacy names, or a stray ``asynchat.py`` on
+    the path, are neither.
+    """
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    if os.path.dirname(real) == os.path.realpath(sysconfig.get_paths()["stdlib"]):
+        return STDLIB
+    try:
+        distribution = importlib.metadata.distribution(_DISTRIBUTIONS[name])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in distribution.files or ():
+        if os.path.realpath(str(distribution.locate_file(file))) == real:
+            return PYASYNCHAT
+    return None
+
+
+def legacy_origin() -> Optional[str]:
+    """Where ``import asynchat, asyncore`` takes real legacy modules from here, or None.
+
+    Nothing is imported, and ``sys.modules`` is not consulted (a process that
+    called ``chatcore.compat.install()`` still reports what a fresh one gets):
+    the answer is the files the path search finds.  None unless both modules
+    come from the same origin.
+    """
+    origins = set()
+    for name in ("asynchat", "asyncore"):
+        spec = importlib.machinery.PathFinder.find_spec(name)
+        origins.add(_module_origin(name, spec.origin or "") if spec is not None else None)
+    return origins.pop() if len(origins) == 1 else None
+
+
+def import_legacy() -> Tuple[str, ModuleType, ModuleType]:
+    """Import the real legacy modules: (origin, asynchat, asyncore).
+
+    Whatever ``sys.modules`` holds under those names (chatcore's compat
+    stand-ins after ``install()``, say) is looked past, and left as it was
+    found: the modules imported here are held by reference only, so a later
+    ``chatcore.compat.install()`` in the same process (which refuses to run
+    beside foreign modules under those names) is not affected.  Raises
+    ImportError when there are none, or when the import gives another file
+    than the one ``legacy_origin()`` named, so a row labelled stdlib or
+    pyasynchat always measured that code.
+    """
+    origin = legacy_origin()
+    if origin is None:
+        raise ImportError("neither the standard library's nor PyPI's asynchat/asyncore is installed here")
+    names = ("asyncore", "asynchat")
+    missing = object()
+    saved = {name: sys.modules.pop(name, missing) for name in names}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             import asynchat
-        except ImportError:
-            return None
-    if asynchat.__name__ != "asynchat":
-        return None  # chatcore.compat installed under the stdlib name: not a reference
-    return asynchat.async_chat
+            import asyncore
+    finally:
+        for name, module in saved.items():
+            if module is missing:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    for name, module in (("asynchat", asynchat), ("asyncore", asyncore)):
+        path = getattr(module, "__file__", None) or ""
+        if _module_origin(name, path) != origin:
+            raise ImportError("`import %s` gave %s, not the %s copy" % (name, path or module, origin))
+    return origin, asynchat, asyncore
+
+
+def _legacy_asynchat() -> Optional[Tuple[str, type]]:
+    try:
+        origin, asynchat, _ = import_legacy()
+    except ImportError:
+        return None  # none here
+    return LEGACY_ROWS[origin], asynchat.async_chat
 
 
 def implementations() -> Dict[str, Callable[[List[bytes], int, Protocol], float]]:
@@ -292,9 +383,10 @@ def implementations() -> Dict[str, Callable[[List[bytes], int, Protocol], float]
     if hasattr(chatcore, "message_chat"):
         # One callback per message (new code), on the default engine.
         found["chatcore-messages"] = _handle_read_runner(_message_handler)
-    stdlib = _stdlib_asynchat()
-    if stdlib is not None:
-        found["stdlib-asynchat"] = _asynchat_runner(stdlib)
+    legacy = _legacy_asynchat()
+    if legacy is not None:
+        row, async_chat = legacy
+        found[row] = _asynchat_runner(async_chat)
     found["asyncio-streams"] = _asyncio_run
     return found
 
