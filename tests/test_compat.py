@@ -209,23 +209,3 @@ def test_a_missing_oracle_skips_with_its_reason():
     reason = " ".join(names[2:])
     assert "cannot be imported" in reason if sys.version_info < (3, 12) else (
         "pyasynchat" in reason and ".[test]" in reason), reason
-
-
-def test_install_refuses_to_run_beside_the_real_modules():
-    """install() after the real asyncore was imported would split the program in two."""
-    oracle.require()
-    names = _run(
-        """
-        import warnings
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import asyncore
-        import chatcore.compat
-        try:
-            chatcore.compat.install()
-        except RuntimeError as exc:
-            print("RuntimeError", "asyncore" in str(exc))
-        else:
-            print("installed", sys.modules["asyncore"].__name__)
-        """
-    )
-    assert names == ["RuntimeError", "True"]
