@@ -38,7 +38,7 @@ MODES = {
     ),
     # About a minute on a 2-core machine, with one row per echo server kind.
     "default": dict(
-        scale=0.3,
+        scale=0.25,
         workloads=sorted(framing.WORKLOADS),
         read_sizes=list(framing.READ_SIZES),
         passes=4,
