@@ -27,13 +27,11 @@ one; the oracle runs once per suite per session.  Counts and durations of
 every run are printed at the end of the session.
 """
 
-import glob
 import json
 import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +39,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from conftest import ENGINES, extensions_disabled
+from cpython_files import THIS_VERSION, engine_available, engine_env, find_cpython_test
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "legacy_suite.py")
 
@@ -67,30 +65,8 @@ BACKENDS = {"oracle": None, "c": "cython", "py": "python"}
 HEADERS = ("chatcore engine:", "oracle:", "no oracle:")
 
 
-def _same_version_dirs(version: str):
-    # Sibling interpreters of a pyenv-style layout: <versions>/X.Y.z/lib/pythonX.Y/test
-    versions_dir = os.path.dirname(sys.base_prefix)
-    for prefix in sorted(glob.glob(os.path.join(versions_dir, version + ".*")), reverse=True):
-        yield os.path.join(prefix, "lib", "python" + version, "test")
-
-
-def _candidate_dirs(suite: str):
-    yield os.path.join(sysconfig.get_paths()["stdlib"], "test")
-    override = os.environ.get("CHATCORE_CPYTHON_TESTS")
-    if override:
-        yield override
-    if SUITES[suite]:
-        yield from _same_version_dirs("3.11")
-    else:
-        yield from _same_version_dirs("%d.%d" % sys.version_info[:2])
-
-
 def find_suite(suite: str) -> Optional[str]:
-    for directory in _candidate_dirs(suite):
-        path = os.path.join(directory, suite + ".py")
-        if os.path.isfile(path):
-            return path
-    return None
+    return find_cpython_test(suite + ".py", ["3.11"] if SUITES[suite] else [THIS_VERSION])
 
 
 def _smtpd_args(suite: str) -> List[str]:
@@ -122,15 +98,6 @@ class Run:
         return "%s [%s]: %s in %.1f s%s" % (
             self.suite, self.backend, text or "nothing", self.seconds,
             "" if self.complete else " (INCOMPLETE: %s)" % self.problem)
-
-
-def _child_env(backend: str) -> Dict[str, str]:
-    env = dict(os.environ)
-    if backend == "py":
-        env["CHATCORE_NO_EXTENSIONS"] = "1"
-    else:
-        env.pop("CHATCORE_NO_EXTENSIONS", None)
-    return env
 
 
 #: Runner processes alive now, so an interrupted session can end them.
@@ -198,7 +165,7 @@ def run_suite(path: str, suite: str, backend: str, workdir: str) -> Run:
     argv = [sys.executable, RUNNER, "--backend", "oracle" if backend == "oracle" else "chatcore",
             "--results", results, "--test-timeout", str(TEST_TIMEOUT), "--exclude", skip_file]
     argv += _smtpd_args(suite) + [path]
-    env = _child_env(backend)
+    env = engine_env(backend)
     start = time.monotonic()
     stuck = 0
     while True:
@@ -291,10 +258,6 @@ def _selected(session, module_file: str):
                 yield params["suite"], params["engine_id"]
 
 
-def _engine_available(engine_id: str) -> bool:
-    return engine_id == "py" or (ENGINES["c"] is not None and not extensions_disabled())
-
-
 @pytest.fixture(scope="session")
 def legacy_runs(request, tmp_path_factory):
     runs = LegacyRuns(tmp_path_factory)
@@ -304,7 +267,7 @@ def legacy_runs(request, tmp_path_factory):
                     key=lambda pair: order.index(pair[0]))
     for suite, engine_id in wanted:
         path = find_suite(suite)
-        if path is not None and _engine_available(engine_id):
+        if path is not None and engine_available(engine_id):
             runs.submit(suite, "oracle", path)
             runs.submit(suite, engine_id, path)
     yield runs
@@ -343,7 +306,7 @@ def test_legacy_suite_matches_oracle(suite, engine_id, legacy_runs):
         pytest.skip(
             "CPython's %s.py not found (looked in this stdlib, $CHATCORE_CPYTHON_TESTS and "
             "sibling %s installs)" % (suite, "3.11" if SUITES[suite] else "same-version"))
-    if not _engine_available(engine_id):
+    if not engine_available(engine_id):
         pytest.skip("compiled engine not built (CHATCORE_NO_EXTENSIONS=1 build)")
 
     oracle = legacy_runs.get(suite, "oracle", path)
