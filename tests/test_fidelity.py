@@ -364,12 +364,6 @@ def test_push_is_handed_to_the_socket_before_push_returns(engine, resources):
 # -- STARTTLS: push, del_channel(), wrap, set_socket() ---------------------------------------
 
 
-def _cpython_test_file(name):
-    from test_cpython_suites import _find_suite  # looks where that module finds CPython's tests
-
-    return _find_suite(name) or _find_suite(os.path.join("certdata", name))
-
-
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory):
     """(certfile, keyfile) of a throwaway self-signed certificate for localhost."""
@@ -388,8 +382,13 @@ def tls_files(tmp_path_factory):
             return cert, key
         except (OSError, subprocess.SubprocessError):
             pass
-    # CPython's test suite ships one (key and certificate in one file).
-    keycert = _cpython_test_file("keycert.pem")
+    # CPython's test suite ships one (key and certificate in one file; under
+    # certdata/ since 3.12).
+    from cpython_files import THIS_VERSION, find_cpython_test
+
+    versions = [THIS_VERSION, "3.11"]
+    keycert = find_cpython_test("keycert.pem", versions) or find_cpython_test(
+        os.path.join("certdata", "keycert.pem"), versions)
     if keycert is None:
         pytest.skip("no openssl command to make a certificate, and no CPython keycert.pem")
     return keycert, keycert
