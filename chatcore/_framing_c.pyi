@@ -4,7 +4,7 @@ Identical in behaviour to ``chatcore._framing_py``; see that module for the
 semantics of each name.
 """
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, overload
 
 
 __all__: List[str]
@@ -21,11 +21,33 @@ class Framer:
         self, channel: Any, data: Any, call_get_terminator: bool = ..., max_size: Optional[int] = ...
     ) -> None:
         """Append *data* to the pending bytes and deliver every complete piece."""
-    def feed_messages(self, channel: Any, data: Any, max_size: int) -> None:
+    def feed_messages(self, channel: Any, data: Any, max_size: Optional[int]) -> None:
         """Message mode: hand each complete message to ``channel.handle_message``."""
 
+class SizeLimit:
+    """A channel attribute holding a size limit (None or an int >= 0), checked when assigned."""
+
+    @property
+    def name(self) -> str:
+        """The attribute's name, used in errors and as the instance ``__dict__`` key."""
+    @property
+    def default(self) -> Optional[int]:
+        """What the class, and an instance that set nothing, read."""
+    def __init__(self, name: str, default: Optional[int] = ...) -> None: ...
+    @overload
+    def __get__(self, instance: None, owner: Any) -> Optional[int]: ...
+    @overload
+    def __get__(self, instance: object, owner: Any) -> Optional[int]: ...
+    def __set__(self, instance: Any, value: Optional[int]) -> None:
+        """Check *value* (``chatcore.limits.check_limit``) and keep it on *instance*."""
+    def __delete__(self, instance: Any) -> None:
+        """Go back to the default."""
+
 def push(channel: Any, data: Any) -> None:
-    """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""
+    """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces.
+
+    A memoryview of any format or shape is queued as its bytes.
+    """
 
 def initiate_send(channel: Any, zero_copy: bool = ...) -> None:
     """Send from the head of ``channel.producer_fifo`` once, as stdlib does."""

@@ -8,20 +8,77 @@ socket: they take bytes and a *channel* object (anything shaped like
   terminator exactly as CPython 3.11's ``asynchat.async_chat.handle_read`` does,
   but in O(bytes received): it walks the data with an offset instead of
   re-slicing the unconsumed rest after every message.
-* ``push`` and ``initiate_send`` are the outgoing side: the producer queue kept
-  in ``channel.producer_fifo`` with stdlib's semantics, where the unsent rest of
-  an immutable buffer is a memoryview slice instead of a copy.
+* ``push``, ``initiate_send`` and ``send_gathered`` are the outgoing side: the
+  producer queue kept in ``channel.producer_fifo`` with stdlib's semantics,
+  where the unsent rest of an immutable buffer is a memoryview slice instead
+  of a copy, and a memoryview of any format or shape is sent as its bytes.
+* ``SizeLimit`` is the descriptor behind ``ac_max_message_size`` and
+  ``max_message_size``: it checks a value when it is assigned (the rule is
+  ``chatcore.limits.check_limit``).
 
 The tests run every behaviour test against both modules; keep them in step.
 """
 
-import operator
+import sys
 from typing import Any, Optional, Tuple
+
+from .limits import check_limit
 
 __all__ = [
     "Framer", "push", "initiate_send", "send_gathered",
-    "set_terminator", "collect_incoming_piece", "join_incoming",
+    "set_terminator", "collect_incoming_piece", "join_incoming", "SizeLimit",
 ]
+
+# feed_messages(max_size=None): larger than any message can be, as in the
+# compiled engine (PY_SSIZE_T_MAX).
+_NO_LIMIT = sys.maxsize
+
+
+class SizeLimit:
+    """A channel attribute holding a size limit, checked when it is assigned.
+
+    ``SizeLimit(name, default)`` in a class body makes ``instance.<name>``
+    read the instance's own value, else *default* (also what the class
+    reads).  Assigning checks the value with ``chatcore.limits.check_limit``
+    (so a bad value fails at the assignment, with its name) and keeps the
+    checked ``int`` or None in the instance's ``__dict__`` under *name*;
+    ``del instance.<name>`` goes back to the default.
+    """
+
+    __slots__ = ("_name", "_default")
+
+    def __init__(self, name: str, default: Any = None) -> None:
+        if type(name) is not str:
+            raise TypeError("SizeLimit name must be a str, not %s" % type(name).__name__)
+        self._name = name
+        self._default = check_limit(default, name)
+
+    @property
+    def name(self) -> str:
+        """The attribute's name, used in errors and as the instance ``__dict__`` key."""
+        return self._name
+
+    @property
+    def default(self) -> Optional[int]:
+        """What the class, and an instance that set nothing, read."""
+        return self._default
+
+    def __get__(self, instance: Any, owner: Any = None) -> Optional[int]:
+        if instance is None:
+            return self._default
+        return instance.__dict__.get(self._name, self._default)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self._name] = check_limit(value, self._name)
+
+    def __delete__(self, instance: Any) -> None:
+        try:
+            del instance.__dict__[self._name]
+        except KeyError:
+            raise AttributeError(self._name) from None
+
+    def __repr__(self) -> str:
+        return "SizeLimit(%r, %r)" % (self._name, self._default)
 
 
 # async_chat methods that legacy handlers call once or twice per message; they
@@ -85,7 +142,8 @@ class Framer:
     ``found_terminator()`` stops the processing as it would in stdlib.
     """
 
-    __slots__ = ("_data", "_pos", "_feeding", "_message", "_count_left", "_dropping", "_collected")
+    __slots__ = ("_data", "_pos", "_feeding", "_message", "_count_left", "_dropping", "_collected",
+                 "_found_owed")
 
     def __init__(self) -> None:
         self._data = b""
@@ -99,6 +157,11 @@ class Framer:
         # skipped.  Collect mode: bytes of it handed over so far.
         self._dropping = False
         self._collected = 0
+        # Collect mode: the piece completing an integer-framed message was
+        # handed over but collect_incoming_data() raised, so found_terminator()
+        # is still due; it runs first thing in the next feed.  Like a bytes
+        # terminator kept in ``pending``, replacing ``pending`` drops it.
+        self._found_owed = False
 
     @property
     def pending(self) -> bytes:
@@ -109,6 +172,7 @@ class Framer:
     def pending(self, value: Any) -> None:
         self._data = bytes(memoryview(value))
         self._pos = 0
+        self._found_owed = False
 
     @property
     def feeding(self) -> bool:
@@ -128,19 +192,23 @@ class Framer:
         overridden).  An exception from a callback propagates; bytes already
         handed to a callback count as consumed, so nothing is delivered twice.
 
-        *max_size* (None: no limit) bounds a message framed by a bytes
+        *max_size* (None: no limit; else an int >= 0, see
+        ``chatcore.limits``) bounds a message framed by a bytes
         terminator: before a piece would take it past *max_size* bytes, the
         framer calls ``channel.handle_message_overflow()`` once instead,
         skips the message's remaining bytes up to and including its
         terminator, and does not call ``found_terminator()`` for it.
+
+        A piece of an integer-framed message counts the terminator down by
+        its length after ``collect_incoming_data`` returns, or raises (the
+        handler reads the count before the piece there, as in stdlib).  If
+        the piece completing the message raises, the terminator is 0 and
+        ``found_terminator()`` runs at the start of the next feed.
         """
-        if max_size is not None:
-            max_size = operator.index(max_size)
-            if max_size < 0:
-                raise ValueError("max_size must not be negative, got %d" % max_size)
+        max_size = check_limit(max_size, "max_size")
         self._run(self._deliver, channel, data, (call_get_terminator, max_size))
 
-    def feed_messages(self, channel: Any, data: Any, max_size: int) -> None:
+    def feed_messages(self, channel: Any, data: Any, max_size: Optional[int]) -> None:
         """Message mode: hand each complete message to ``channel.handle_message``.
 
         One ``bytes`` per message, terminator excluded, instead of pieces to
@@ -148,10 +216,13 @@ class Framer:
         read from ``channel.terminator`` before each message: bytes frame up
         to the next occurrence, an int frames messages of exactly that many
         bytes (it is not counted down), None/0/b"" makes each read one message.
-        A message longer than *max_size* is never held: the framer calls
-        ``channel.handle_message_overflow()`` once, drops the message's bytes
-        up to its end, and goes on with the next message.
+        A message longer than *max_size* (None: no limit) is never held: the
+        framer calls ``channel.handle_message_overflow()`` once, drops the
+        message's bytes up to its end, and goes on with the next message.
         """
+        max_size = check_limit(max_size, "max_size")
+        if max_size is None:
+            max_size = _NO_LIMIT
         self._run(self._deliver_messages, channel, data, max_size)
 
     def _run(self, deliver: Any, channel: Any, data: Any, option: Any) -> None:
@@ -173,6 +244,9 @@ class Framer:
 
     def _deliver(self, channel: Any, options: Tuple[bool, Optional[int]]) -> None:
         call_get_terminator, max_size = options
+        if self._found_owed:
+            self._found_owed = False
+            channel.found_terminator()
         while True:
             # A callback may have replaced the buffer: re-read it every step.
             data = self._data
@@ -195,11 +269,22 @@ class Framer:
                 available = end - pos
                 if available < terminator:
                     self._pos = end
-                    channel.collect_incoming_data(data[pos:end])
-                    channel.terminator = channel.terminator - available
+                    try:
+                        channel.collect_incoming_data(data[pos:end])
+                    finally:
+                        # Handed over, so counted, even if the handler raised.
+                        channel.terminator = channel.terminator - available
                 else:
                     self._pos = pos + terminator
-                    channel.collect_incoming_data(data[pos:pos + terminator])
+                    try:
+                        channel.collect_incoming_data(data[pos:pos + terminator])
+                    except BaseException:
+                        # The message is complete: its found_terminator()
+                        # is owed to the next feed.
+                        channel.terminator = 0
+                        self._collected = 0
+                        self._found_owed = True
+                        raise
                     channel.terminator = 0
                     self._collected = 0
                     channel.found_terminator()
@@ -313,12 +398,35 @@ class Framer:
         channel.handle_message_overflow()
 
 
+def _byte_view(view: memoryview) -> Any:
+    """*view* as a flat view of unsigned bytes, or a bytes copy of it.
+
+    ``len()`` and slices of a memoryview count items, which are not bytes
+    for a typed view (``memoryview(array('i', ...))``); the outgoing queue
+    counts bytes, so every memoryview is normalised where it enters it.  A
+    plain byte view is kept (zero-copy); a C-contiguous one of any format
+    or shape is cast to 'B' (still zero-copy); the rest (strided, or a shape
+    ``cast`` refuses) is copied once, in C order.
+    """
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return view
+    if view.c_contiguous:
+        try:
+            return view.cast("B")
+        except TypeError:  # e.g. a shape with zeros
+            pass
+    return bytes(view)
+
+
 def push(channel: Any, data: Any) -> None:
     """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            "push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__
-        )
+    if type(data) is not bytes:
+        if type(data) is memoryview:
+            data = _byte_view(data)
+        elif not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                "push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__
+            )
     fifo = channel.producer_fifo
     piece = channel.ac_out_buffer_size
     size = len(data)
@@ -338,11 +446,17 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
     one ``send`` of at most ``ac_out_buffer_size`` bytes is made.  With
     *zero_copy* (only when ``channel.send`` is not overridden, so nobody sees
     the difference) an immutable head is sliced through a memoryview instead
-    of copied.
+    of copied.  A memoryview at the head (appended directly, or returned by
+    a producer) is first normalised to its bytes, so the sizes counted are
+    bytes (stdlib counts items there).
     """
     fifo = channel.producer_fifo
     while fifo and channel.connected:
         first = fifo[0]
+        if type(first) is memoryview:
+            normal = _byte_view(first)
+            if normal is not first:
+                fifo[0] = first = normal
         if not first:
             del fifo[0]
             if first is None:
@@ -355,6 +469,8 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
             data = first[:limit]
         except TypeError:
             data = first.more()
+            if type(data) is memoryview:
+                data = _byte_view(data)
             if data:
                 fifo.appendleft(data)
             else:
@@ -375,7 +491,6 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
         return
 
 
-
 #: Most buffers one gathered send takes: below every platform's IOV_MAX.
 GATHER_LIMIT = 512
 
@@ -388,14 +503,22 @@ def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
     ``sendmsg(buffers)`` once and removes what it sent from *fifo*; the unsent
     rest of a bytes or memoryview head is left as a memoryview slice, of a
     bytearray as a copy (it may be mutated or resized by its owner later).
-    Returns how many of the gathered bytes were not sent (0: all of them went,
-    so the caller may gather again); exceptions from *sendmsg* propagate with
+    Memoryviews are gathered as their bytes (see ``initiate_send``), and a
+    normalised one that stays queued replaces its original.  Returns how
+    many of the gathered bytes were not sent (0: all of them went, so the
+    caller may gather again); exceptions from *sendmsg* propagate with
     *fifo* untouched.
     """
     buffers = []
     total = 0
+    normalised = False
     for item in fifo:
-        if not isinstance(item, (bytes, bytearray, memoryview)):
+        if type(item) is memoryview:
+            normal = _byte_view(item)
+            if normal is not item:
+                item = normal
+                normalised = True
+        elif not isinstance(item, (bytes, bytearray)):
             break
         buffers.append(item)
         total += len(item)
@@ -405,16 +528,24 @@ def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
         return 0
     sent = sendmsg(buffers)
     remaining = sent
-    for _ in range(len(buffers)):
-        head = fifo[0]
-        size = len(head)
+    for index, item in enumerate(buffers):
+        size = len(item)
         if remaining < size:
-            if remaining:
-                if type(head) is bytearray:
-                    fifo[0] = head[remaining:]
-                else:
-                    fifo[0] = memoryview(head)[remaining:]
             break
         fifo.popleft()
         remaining -= size
+    else:
+        return 0
+    # buffers[index:] are at the head of fifo now.
+    if normalised:
+        # Queue the normalised views, so none is normalised (or copied) again
+        # by the next send.
+        for offset in range(len(buffers) - index):
+            fifo[offset] = buffers[index + offset]
+    if remaining:
+        head = buffers[index]
+        if type(head) is bytearray:
+            fifo[0] = head[remaining:]
+        else:
+            fifo[0] = memoryview(head)[remaining:]
     return total - sent

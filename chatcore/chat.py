@@ -83,8 +83,9 @@ class async_chat(dispatcher):
 
     #: The most bytes one message framed by a bytes terminator may hold before
     #: ``handle_message_overflow()`` runs; None for no limit (stdlib's
-    #: behaviour, and the default in ``chatcore.compat.asynchat``).
-    ac_max_message_size: Optional[int] = 1 << 20
+    #: behaviour, and the default in ``chatcore.compat.asynchat``).  Checked
+    #: when set, in a subclass body or on an instance (``chatcore.limits``).
+    ac_max_message_size = _framing.engine.SizeLimit("ac_max_message_size", 1 << 20)
     # Which attribute holds the limit, for handle_message_overflow's log line.
     _size_limit_name = "ac_max_message_size"
 
@@ -106,9 +107,13 @@ class async_chat(dispatcher):
     _engine = _framing.engine
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from .limits import declare_limits
+
+        # A limit set in the class body is checked now (on instances, when set).
+        declare_limits(cls, ("ac_max_message_size", cls._size_limit_name), cls._engine)
         # A subclass naming another engine gets that engine's methods too,
         # unless it (or a class between) defines its own.
-        super().__init_subclass__(**kwargs)
         engine = cls.__dict__.get("_engine")
         if engine is None:
             return
@@ -384,14 +389,15 @@ class message_chat(async_chat):
     None makes each read one message.  Change the terminator from
     ``handle_message``, between messages.
 
-    ``max_message_size`` bounds what one message may hold (1 MiB by default).
+    ``max_message_size`` bounds what one message may hold (1 MiB by default;
+    None for no limit; a bad value fails when it is set, see ``chatcore.limits``).
     A longer message is never buffered: ``handle_message_overflow()`` runs
     once, the message's bytes are skipped up to its terminator, and framing
     goes on with the next message.  The default ``handle_message_overflow``
     logs the peer and closes the channel.
     """
 
-    max_message_size: int = 1 << 20
+    max_message_size = _framing.engine.SizeLimit("max_message_size", 1 << 20)
 
     def handle_message(self, message: bytes) -> None:
         raise NotImplementedError("must be implemented in subclass")

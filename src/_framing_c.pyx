@@ -19,17 +19,23 @@ Memory-safety rules this file keeps:
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.buffer cimport PyBUF_C_CONTIGUOUS
+from cpython.buffer cimport (
+    PyBUF_FULL_RO, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer,
+)
+from cpython.dict cimport PyDict_GetItem
 from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
-from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from libc.string cimport memcmp, memcpy
 
 cimport cython
 
+# The one rule for a limit value (shared with the twin); the fast paths below
+# accept only what it accepts and hand everything else to it.
+from chatcore.limits import check_limit
+
 __all__ = [
     "Framer", "push", "initiate_send", "send_gathered",
-    "set_terminator", "collect_incoming_piece", "join_incoming",
+    "set_terminator", "collect_incoming_piece", "join_incoming", "SizeLimit",
 ]
 
 cdef extern from *:
@@ -65,6 +71,11 @@ cdef extern from *:
 
 cdef extern from "Python.h":
     ssize_t PY_SSIZE_T_MAX
+    object PyObject_GenericGetDict(object obj, void *context)
+    # Without Cython's exception check: _size_limit tests for overflow itself.
+    Py_ssize_t _long_as_size "PyLong_AsSsize_t"(object value) noexcept
+    PyObject *PyErr_Occurred() noexcept
+    void PyErr_Clear() noexcept
 
 
 # async_chat methods that legacy handlers call once or twice per message.
@@ -165,15 +176,77 @@ cdef Py_ssize_t _partial_terminator_length(const char *data, Py_ssize_t availabl
     return 0
 
 
-cdef Py_ssize_t _size_limit(object max_size) except -2:
-    """*max_size* as a C size: an int >= 0; larger than memory means no limit."""
-    max_size = PyNumber_Index(max_size)
-    if max_size < 0:
-        raise ValueError("max_size must not be negative, got %d" % max_size)
-    try:
-        return max_size
-    except OverflowError:
+cdef inline Py_ssize_t _clamped_size(object value) noexcept:
+    """An int >= 0 as a C size; one larger than memory is as good as no limit."""
+    cdef Py_ssize_t size = _long_as_size(value)
+    if size == -1 and PyErr_Occurred() != NULL:
+        PyErr_Clear()
         return PY_SSIZE_T_MAX
+    return size
+
+
+cdef Py_ssize_t _size_limit(object max_size) except -2:
+    """*max_size* as a C size, -1 for None (no limit)."""
+    cdef Py_ssize_t size
+    if max_size is None:
+        return -1
+    if type(max_size) is int:
+        # The per-read case: no exception machinery unless it is negative.
+        size = _long_as_size(max_size)
+        if size >= 0:
+            return size
+        if size == -1 and PyErr_Occurred() != NULL:
+            PyErr_Clear()
+            if max_size > 0:
+                return PY_SSIZE_T_MAX
+    # Negative, or not an int: the shared rule decides (and words the error).
+    max_size = check_limit(max_size, "max_size")
+    if max_size is None:
+        return -1
+    return _clamped_size(max_size)
+
+
+cdef class SizeLimit:
+    """A channel attribute holding a size limit, checked when it is assigned.
+
+    ``SizeLimit(name, default)`` in a class body makes ``instance.<name>``
+    read the instance's own value, else *default* (also what the class
+    reads).  Assigning checks the value with ``chatcore.limits.check_limit``
+    (so a bad value fails at the assignment, with its name) and keeps the
+    checked ``int`` or None in the instance's ``__dict__`` under *name*;
+    ``del instance.<name>`` goes back to the default.  Reading is one dict
+    lookup, cheap enough for the per-read path.
+    """
+
+    cdef readonly str name
+    cdef readonly object default
+
+    def __init__(self, name, default=None):
+        if type(name) is not str:
+            raise TypeError("SizeLimit name must be a str, not %s" % type(name).__name__)
+        self.name = name
+        self.default = check_limit(default, name)
+
+    def __get__(self, instance, owner):
+        cdef PyObject *value
+        if instance is None:
+            return self.default
+        value = PyDict_GetItem(PyObject_GenericGetDict(instance, NULL), self.name)
+        if value == NULL:
+            return self.default
+        return <object>value
+
+    def __set__(self, instance, value):
+        PyObject_GenericGetDict(instance, NULL)[self.name] = check_limit(value, self.name)
+
+    def __delete__(self, instance):
+        try:
+            del PyObject_GenericGetDict(instance, NULL)[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __repr__(self):
+        return "SizeLimit(%r, %r)" % (self.name, self.default)
 
 
 cdef class Framer:
@@ -201,6 +274,11 @@ cdef class Framer:
     # skipped.  Collect mode: bytes of it handed over so far.
     cdef bint _dropping
     cdef Py_ssize_t _collected
+    # Collect mode: the piece completing an integer-framed message was handed
+    # over but collect_incoming_data() raised, so found_terminator() is still
+    # due; it runs first thing in the next feed.  Like a bytes terminator kept
+    # in ``pending``, replacing ``pending`` drops it.
+    cdef bint _found_owed
 
     def __cinit__(self):
         self._data = b""
@@ -210,6 +288,7 @@ cdef class Framer:
         self._count_left = 0
         self._dropping = False
         self._collected = 0
+        self._found_owed = False
 
     @property
     @cython.critical_section
@@ -226,6 +305,7 @@ cdef class Framer:
     def pending(self, value):
         self._data = bytes(memoryview(value))
         self._pos = 0
+        self._found_owed = False
 
     @property
     def feeding(self):
@@ -244,13 +324,20 @@ cdef class Framer:
         overridden).  An exception from a callback propagates; bytes already
         handed to a callback count as consumed, so nothing is delivered twice.
 
-        *max_size* (None: no limit) bounds a message framed by a bytes
+        *max_size* (None: no limit; else an int >= 0, see
+        ``chatcore.limits``) bounds a message framed by a bytes
         terminator: before a piece would take it past *max_size* bytes, the
         framer calls ``channel.handle_message_overflow()`` once instead,
         skips the message's remaining bytes up to and including its
         terminator, and does not call ``found_terminator()`` for it.
+
+        A piece of an integer-framed message counts the terminator down by
+        its length after ``collect_incoming_data`` returns, or raises (the
+        handler reads the count before the piece there, as in stdlib).  If
+        the piece completing the message raises, the terminator is 0 and
+        ``found_terminator()`` runs at the start of the next feed.
         """
-        cdef Py_ssize_t limit = -1 if max_size is None else _size_limit(max_size)
+        cdef Py_ssize_t limit = _size_limit(max_size)
         self._start(data)
         try:
             self._deliver(channel, call_get_terminator, limit)
@@ -258,7 +345,7 @@ cdef class Framer:
             self._finish()
 
     @cython.critical_section
-    def feed_messages(self, channel, data, Py_ssize_t max_size):
+    def feed_messages(self, channel, data, max_size):
         """Message mode: hand each complete message to ``channel.handle_message``.
 
         One ``bytes`` per message, terminator excluded, instead of pieces to
@@ -266,13 +353,16 @@ cdef class Framer:
         read from ``channel.terminator`` before each message: bytes frame up
         to the next occurrence, an int frames messages of exactly that many
         bytes (it is not counted down), None/0/b"" makes each read one message.
-        A message longer than *max_size* is never held: the framer calls
-        ``channel.handle_message_overflow()`` once, drops the message's bytes
-        up to its end, and goes on with the next message.
+        A message longer than *max_size* (None: no limit) is never held: the
+        framer calls ``channel.handle_message_overflow()`` once, drops the
+        message's bytes up to its end, and goes on with the next message.
         """
+        cdef Py_ssize_t limit = _size_limit(max_size)
+        if limit < 0:
+            limit = PY_SSIZE_T_MAX
         self._start(data)
         try:
-            self._deliver_messages(channel, max_size)
+            self._deliver_messages(channel, limit)
         finally:
             self._finish()
 
@@ -299,6 +389,9 @@ cdef class Framer:
         cdef const char *found
         cdef const char *needle_ptr
         cdef Py_ssize_t pos, end, available, count, needle_len, index, partial, collected
+        if self._found_owed:
+            self._found_owed = False
+            channel.found_terminator()
         while True:
             # A callback may have replaced the buffer: re-derive everything.
             data = self._data
@@ -327,11 +420,22 @@ cdef class Framer:
                     count = PY_SSIZE_T_MAX
                 if available < count:
                     self._pos = end
-                    channel.collect_incoming_data(_piece(data, ptr, pos, available))
-                    channel.terminator = channel.terminator - available
+                    try:
+                        channel.collect_incoming_data(_piece(data, ptr, pos, available))
+                    finally:
+                        # Handed over, so counted, even if the handler raised.
+                        channel.terminator = channel.terminator - available
                 else:
                     self._pos = pos + count
-                    channel.collect_incoming_data(_piece(data, ptr, pos, count))
+                    try:
+                        channel.collect_incoming_data(_piece(data, ptr, pos, count))
+                    except BaseException:
+                        # The message is complete: its found_terminator()
+                        # is owed to the next feed.
+                        channel.terminator = 0
+                        self._collected = 0
+                        self._found_owed = True
+                        raise
                     channel.terminator = 0
                     self._collected = 0
                     channel.found_terminator()
@@ -468,13 +572,47 @@ cdef class Framer:
         return 0
 
 
+cdef object _byte_view(object view):
+    """*view* (a memoryview) as a flat view of unsigned bytes, or a bytes copy of it.
+
+    ``len()`` and slices of a memoryview count items, which are not bytes
+    for a typed view (``memoryview(array('i', ...))``); the outgoing queue
+    counts bytes, so every memoryview is normalised where it enters it.  A
+    plain byte view is kept (zero-copy); a C-contiguous one of any format
+    or shape is cast to 'B' (still zero-copy); the rest (strided, or a shape
+    ``cast`` refuses) is copied once, in C order.
+    """
+    cdef Py_buffer info
+    cdef bint plain, contiguous
+    # Raises ValueError for a released view, as the twin's .format does.
+    PyObject_GetBuffer(view, &info, PyBUF_FULL_RO)
+    plain = (
+        info.ndim == 1 and info.itemsize == 1 and info.suboffsets == NULL
+        and (info.strides == NULL or info.strides[0] == 1)
+        and (info.format == NULL or (info.format[0] == b'B' and info.format[1] == 0))
+    )
+    contiguous = PyBuffer_IsContiguous(&info, b'C')
+    PyBuffer_Release(&info)
+    if plain:
+        return view
+    if contiguous:
+        try:
+            return view.cast("B")
+        except TypeError:  # e.g. a shape with zeros
+            pass
+    return bytes(view)
+
+
 def push(channel, data):
     """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""
     cdef Py_ssize_t size, piece, start
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            "push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__
-        )
+    if type(data) is not bytes:
+        if type(data) is memoryview:
+            data = _byte_view(data)
+        elif not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                "push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__
+            )
     fifo = channel.producer_fifo
     piece = channel.ac_out_buffer_size
     size = len(data)
@@ -495,11 +633,17 @@ def initiate_send(channel, bint zero_copy=False):
     one ``send`` of at most ``ac_out_buffer_size`` bytes is made.  With
     *zero_copy* (only when ``channel.send`` is not overridden, so nobody sees
     the difference) an immutable head is sliced through a memoryview instead
-    of copied.
+    of copied.  A memoryview at the head (appended directly, or returned by
+    a producer) is first normalised to its bytes, so the sizes counted are
+    bytes (stdlib counts items there).
     """
     fifo = channel.producer_fifo
     while fifo and channel.connected:
         first = fifo[0]
+        if type(first) is memoryview:
+            normal = _byte_view(first)
+            if normal is not first:
+                fifo[0] = first = normal
         if not first:
             del fifo[0]
             if first is None:
@@ -512,6 +656,8 @@ def initiate_send(channel, bint zero_copy=False):
             data = first[:limit]
         except TypeError:
             data = first.more()
+            if type(data) is memoryview:
+                data = _byte_view(data)
             if data:
                 fifo.appendleft(data)
             else:
@@ -544,33 +690,56 @@ def send_gathered(fifo, sendmsg, Py_ssize_t max_bytes):
     ``sendmsg(buffers)`` once and removes what it sent from *fifo*; the unsent
     rest of a bytes or memoryview head is left as a memoryview slice, of a
     bytearray as a copy (it may be mutated or resized by its owner later).
-    Returns how many of the gathered bytes were not sent (0: all of them went,
-    so the caller may gather again); exceptions from *sendmsg* propagate with
+    Memoryviews are gathered as their bytes (see ``initiate_send``), and a
+    normalised one that stays queued replaces its original.  Returns how
+    many of the gathered bytes were not sent (0: all of them went, so the
+    caller may gather again); exceptions from *sendmsg* propagate with
     *fifo* untouched.
     """
     cdef list buffers = []
-    cdef Py_ssize_t total = 0, sent, remaining, size, count
+    cdef Py_ssize_t total = 0, sent, remaining, size, index, offset, count
+    cdef bint normalised = False
     for item in fifo:
-        if not isinstance(item, (bytes, bytearray, memoryview)):
+        if type(item) is bytes:
+            total += PyBytes_GET_SIZE(item)
+        elif type(item) is memoryview:
+            normal = _byte_view(item)
+            if normal is not item:
+                item = normal
+                normalised = True
+            total += len(item)
+        elif isinstance(item, (bytes, bytearray)):
+            total += len(item)
+        else:
             break
         buffers.append(item)
-        total += len(item)
         if total >= max_bytes or len(buffers) >= GATHER_LIMIT:
             break
-    if not buffers:
+    count = len(buffers)
+    if not count:
         return 0
     sent = sendmsg(buffers)
     remaining = sent
-    for _ in range(len(buffers)):
-        head = fifo[0]
-        size = len(head)
+    index = 0
+    while index < count:
+        size = len(buffers[index])
         if remaining < size:
-            if remaining:
-                if type(head) is bytearray:
-                    fifo[0] = head[remaining:]
-                else:
-                    fifo[0] = memoryview(head)[remaining:]
             break
         fifo.popleft()
         remaining -= size
+        index += 1
+    if index == count:
+        return 0
+    # buffers[index:] are at the head of fifo now.
+    if normalised:
+        # Queue the normalised views, so none is normalised (or copied) again
+        # by the next send.
+        for offset in range(count - index):
+            fifo[offset] = buffers[index + offset]
+    if remaining:
+        head = buffers[index]
+        if type(head) is bytearray:
+            fifo[0] = head[remaining:]
+        else:
+            fifo[0] = memoryview(head)[remaining:]
     return total - sent

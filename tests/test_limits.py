@@ -6,6 +6,8 @@ that a hostile peer costs at most the limit, that its channel alone is closed,
 and that the compat module keeps stdlib's unbounded input.
 """
 
+import inspect
+import re
 import socket
 
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 import chatcore
 from chatcore.compat import asynchat as compat_asynchat
 
+from conftest import ENGINES
 from test_framing import Recorder, feed_all, split_every
 
 TERMINATOR = b"\r\n"
@@ -256,3 +259,237 @@ def test_compat_asynchat_keeps_stdlib_unbounded_input(socket_pairs):
         assert channel.connected
     finally:
         chatcore.close_all(channel_map)
+
+
+# -- one rule for limit values, checked when they are set (chatcore.limits) ------------
+
+
+class Index:
+    """Not an int, but usable as one (as a numpy integer is)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __index__(self):
+        return self.value
+
+
+BAD_LIMITS = [
+    (1e6, TypeError, "not float"),
+    ("10", TypeError, "not str"),
+    (True, TypeError, "not bool"),
+    (False, TypeError, "not bool"),
+    ([1], TypeError, "not list"),
+    (-1, ValueError, "must not be negative, got -1"),
+    (Index(-5), ValueError, "must not be negative, got -5"),
+]
+
+
+@pytest.mark.parametrize("bad, error, words", BAD_LIMITS)
+def test_framer_arguments_follow_the_one_rule(engine, bad, error, words):
+    for call in (lambda f: f.feed(Recorder(b"\n"), b"abc\n", True, bad),
+                 lambda f: f.feed(Recorder(b"\n"), b"abc\n", max_size=bad),
+                 lambda f: f.feed_messages(Messages(b"\n"), b"abc\n", bad)):
+        with pytest.raises(error, match="^max_size .*" + re.escape(words)) as caught:
+            call(engine.Framer())
+        assert str(caught.value) == str(_rule_error(bad, "max_size"))
+
+
+def _rule_error(value, name):
+    from chatcore.limits import check_limit
+
+    try:
+        check_limit(value, name)
+    except (TypeError, ValueError) as exc:
+        return exc
+    raise AssertionError("the rule accepted %r" % (value,))
+
+
+@pytest.mark.skipif(ENGINES["c"] is None, reason="compiled engine not built")
+@pytest.mark.parametrize("bad, error, words", BAD_LIMITS)
+def test_both_engines_word_the_error_alike(bad, error, words):
+    messages = []
+    for engine in (ENGINES["c"], ENGINES["py"]):
+        for attempt in (lambda: engine.Framer().feed(Recorder(b"\n"), b"a\n", True, bad),
+                        lambda: engine.Framer().feed_messages(Messages(b"\n"), b"a\n", bad),
+                        lambda: engine.SizeLimit("some_limit", bad)):
+            with pytest.raises(error) as caught:
+                attempt()
+            messages.append(str(caught.value))
+    assert messages[:3] == messages[3:]
+    assert messages[2].startswith("some_limit ")
+
+
+class Messages:
+    """The slice of message_chat the engine's message mode talks to."""
+
+    def __init__(self, terminator):
+        self.terminator = terminator
+        self.events = []
+
+    def handle_message(self, message):
+        self.events.append(("message", message))
+
+    def handle_message_overflow(self):
+        self.events.append(("overflow",))
+
+
+@pytest.mark.parametrize("good", [0, 5, Index(5), 1 << 80])
+def test_framer_accepts_ints_and_index_objects(engine, good):
+    recorder = Recorder(b"\n")
+    engine.Framer().feed(recorder, b"abcde\nabcdef\n", True, good)
+    limit = good.value if isinstance(good, Index) else good
+    expected = [("data", b"abcde"), ("found", b"\n")] if limit >= 5 else [("overflow", b"\n")]
+    assert recorder.events[:len(expected)] == expected
+
+
+def test_feed_messages_takes_none_as_no_limit(engine):
+    channel = Messages(b"\n")
+    framer = engine.Framer()
+    body = b"m" * (3 << 20)
+    for start in range(0, len(body), 1 << 16):
+        framer.feed_messages(channel, body[start:start + (1 << 16)], None)
+    framer.feed_messages(channel, b"\nshort\n", None)
+    assert channel.events == [("message", body), ("message", b"short")]
+    channel.terminator = 4
+    framer.feed_messages(channel, b"abcdefgh", None)
+    assert channel.events[-2:] == [("message", b"abcd"), ("message", b"efgh")]
+
+
+def message_class(engine):
+    return type("message_chat", (chatcore.message_chat,), {"_engine": engine})
+
+
+def chat_classes(chat_class):
+    """(class, limit attribute) for async_chat and message_chat on the fixture's engine."""
+    return [(chat_class, "ac_max_message_size"),
+            (message_class(chat_class._engine), "max_message_size")]
+
+
+@pytest.mark.parametrize("bad, error, words", BAD_LIMITS)
+def test_a_bad_limit_in_a_class_body_fails_when_the_class_is_created(chat_class, bad, error, words):
+    for base, name in chat_classes(chat_class):
+        with pytest.raises(error, match="^%s .*%s" % (name, re.escape(words))):
+            type("Channel", (base,), {name: bad})
+    with pytest.raises(TypeError, match="^max_message_size must be None or an int >= 0, not float"):
+        class Channel(chatcore.message_chat):
+            max_message_size = 1e6
+    with pytest.raises(TypeError, match="^ac_max_message_size .* not float"):
+        class Legacy(compat_asynchat.async_chat):
+            ac_max_message_size = 1e6
+
+
+@pytest.mark.parametrize("bad, error, words", BAD_LIMITS)
+def test_a_bad_limit_set_on_an_instance_fails_at_the_assignment(chat_class, bad, error, words):
+    for base, name in chat_classes(chat_class):
+        channel = base(None, map={})
+        with pytest.raises(error, match="^%s .*%s" % (name, re.escape(words))):
+            setattr(channel, name, bad)
+        assert getattr(channel, name) == 1 << 20  # unchanged
+        channel.close()
+
+
+def test_limit_attributes_read_set_and_reset(chat_class):
+    for base, name in chat_classes(chat_class):
+        # The engine under test provides the descriptor.
+        assert type(inspect.getattr_static(base, name)) is chat_class._engine.SizeLimit
+        Small = type("Small", (base,), {name: Index(64)})
+        assert type(vars(Small)[name]) is chat_class._engine.SizeLimit
+        assert getattr(Small, name) == 64 and type(getattr(Small, name)) is int
+        channel = Small(None, map={})
+        assert getattr(channel, name) == 64
+        setattr(channel, name, None)
+        assert getattr(channel, name) is None and getattr(Small, name) == 64
+        setattr(channel, name, Index(7))
+        assert getattr(channel, name) == 7 and vars(channel)[name] == 7
+        delattr(channel, name)
+        assert getattr(channel, name) == 64
+        with pytest.raises(AttributeError):
+            delattr(channel, name)
+        assert getattr(Small(None, map={}), name) == 64
+        channel.close()
+
+
+def test_none_in_a_class_body_means_no_limit(chat_class):
+    for base, name in chat_classes(chat_class):
+        assert getattr(type("Unbounded", (base,), {name: None}), name) is None
+    assert compat_asynchat.async_chat.ac_max_message_size is None
+    assert chatcore.message_chat.max_message_size == 1 << 20
+
+
+def test_other_attributes_of_the_same_name_are_left_alone(chat_class):
+    """A legacy async_chat subclass may have its own ``max_message_size``: only
+    message_chat's is chatcore's.  A property computing the limit is left alone
+    too (the framer checks what it returns, on every read)."""
+    class Legacy(compat_asynchat.async_chat):
+        max_message_size = 1e6
+
+    assert Legacy.max_message_size == 1e6
+
+    class Computed(chat_class):
+        @property
+        def ac_max_message_size(self):
+            return self.configured
+
+    channel = Computed(None, map={})
+    channel.configured = 10
+    assert channel.ac_max_message_size == 10
+    channel.close()
+
+
+def test_a_limit_set_on_an_instance_applies_to_its_next_read(chat_class, socket_pairs):
+    channel_map = {}
+    server, peer = socket_pairs()
+    channel = line_collector(chat_class, channel_map, None)(server)
+    overflows = []
+    channel.handle_message_overflow = lambda: overflows.append(bytes(channel._get_data()))
+    try:
+        peer.sendall(b"x" * 100 + b"\r\n")
+        serve_until(channel_map, lambda: channel.lines == [b"x" * 100])
+        channel.ac_max_message_size = 50
+        peer.sendall(b"y" * 100 + b"\r\nok\r\n")
+        serve_until(channel_map, lambda: channel.lines[-1:] == [b"ok"])
+        assert overflows == [b""] and channel.lines == [b"x" * 100, b"ok"]
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_message_chat_with_no_limit_takes_any_size(chat_class, socket_pairs):
+    channel_map = {}
+
+    class Unbounded(message_class(chat_class._engine)):
+        max_message_size = None
+
+        def __init__(self, sock):
+            super().__init__(sock, map=channel_map)
+            self.set_terminator(b"\n")
+            self.sizes = []
+
+        def handle_message(self, message):
+            self.sizes.append(len(message))
+
+    server, peer = socket_pairs()
+    channel = Unbounded(server)
+    try:
+        peer.setblocking(False)
+        payload = memoryview(b"M" * (2 << 20) + b"\n")
+        while payload:
+            try:
+                payload = payload[peer.send(payload):]
+            except BlockingIOError:
+                chatcore.loop(timeout=0.01, map=channel_map, count=1)
+        serve_until(channel_map, lambda: channel.sizes == [2 << 20])
+        assert channel.connected
+    finally:
+        chatcore.close_all(channel_map)
+
+
+def test_size_limit_descriptor(engine):
+    limit = engine.SizeLimit("cap", 10)
+    assert (limit.name, limit.default) == ("cap", 10)
+    assert repr(limit) == "SizeLimit('cap', 10)"
+    assert engine.SizeLimit("cap").default is None
+    with pytest.raises(TypeError, match="name must be a str"):
+        engine.SizeLimit(b"cap", 10)
+    with pytest.raises(AttributeError):
+        limit.default = 5
