@@ -22,6 +22,7 @@ from . import _framing, coalesce
 from .dispatch import dispatcher, inherits
 from .eventloop import note_interest_change, track_predicates
 from .events import _RERAISED, DISCONNECTED
+from .limits import declare_limits
 from .outqueue import OutputQueue
 
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
@@ -108,8 +109,6 @@ class async_chat(dispatcher):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        from .limits import declare_limits
-
         # A limit set in the class body is checked now (on instances, when set).
         declare_limits(cls, ("ac_max_message_size", cls._size_limit_name), cls._engine)
         # A subclass naming another engine gets that engine's methods too,

@@ -16,11 +16,13 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(chatcore.__file__))
 # module -> the chatcore modules it may import (its own layer and below).
 ALLOWED = {
     "events": set(),
+    "limits": set(),
+    "_framing_py": {"limits"},
     "coalesce": {"events"},
     "eventloop": {"events", "coalesce"},
     "outqueue": {"eventloop"},
     "dispatch": {"events", "eventloop"},
-    "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "outqueue"},
+    "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "limits", "outqueue"},
 }
 
 
