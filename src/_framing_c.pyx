@@ -22,7 +22,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.buffer cimport (
     PyBUF_FULL_RO, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer,
 )
-from cpython.dict cimport PyDict_GetItem
 from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 from cpython.object cimport PyObject
 from libc.string cimport memcmp, memcpy
@@ -68,6 +67,29 @@ cdef extern from *:
     """
     const char *chatcore_find(const char *hay, Py_ssize_t hay_len,
                               const char *needle, Py_ssize_t needle_len)
+
+cdef extern from *:
+    """
+    /* dict.get(key, default) as a new reference, NULL with an exception set.
+       PyDict_GetItemRef where it exists: a borrowed reference from a dict is
+       not safe without the GIL (free-threaded builds). */
+    static PyObject *chatcore_dict_get(PyObject *dict, PyObject *key, PyObject *fallback)
+    {
+    #if PY_VERSION_HEX >= 0x030D0000
+        PyObject *value;
+        int found = PyDict_GetItemRef(dict, key, &value);
+        if (found < 0) return NULL;
+        if (found) return value;
+    #else
+        PyObject *value = PyDict_GetItemWithError(dict, key);
+        if (value != NULL) { Py_INCREF(value); return value; }
+        if (PyErr_Occurred()) return NULL;
+    #endif
+        Py_INCREF(fallback);
+        return fallback;
+    }
+    """
+    object chatcore_dict_get(object dict, object key, object fallback)
 
 cdef extern from "Python.h":
     ssize_t PY_SSIZE_T_MAX
@@ -228,13 +250,9 @@ cdef class SizeLimit:
         self.default = check_limit(default, name)
 
     def __get__(self, instance, owner):
-        cdef PyObject *value
         if instance is None:
             return self.default
-        value = PyDict_GetItem(PyObject_GenericGetDict(instance, NULL), self.name)
-        if value == NULL:
-            return self.default
-        return <object>value
+        return chatcore_dict_get(PyObject_GenericGetDict(instance, NULL), self.name, self.default)
 
     def __set__(self, instance, value):
         PyObject_GenericGetDict(instance, NULL)[self.name] = check_limit(value, self.name)
