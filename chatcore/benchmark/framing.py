@@ -334,19 +334,20 @@ def import_legacy() -> Tuple[str, ModuleType, ModuleType]:
     if origin is None:
         raise ImportError("neither the standard library's nor PyPI's asynchat/asyncore is installed here")
     names = ("asyncore", "asynchat")
-    missing = object()
-    saved = {name: sys.modules.pop(name, missing) for name in names}
+    # What sys.modules holds under those names is set aside and put back; a
+    # None entry, which blocks the import on purpose (as on an interpreter
+    # without the modules), stays and makes the import fail.
+    held = {name: sys.modules.pop(name) for name in names if sys.modules.get(name) is not None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             import asynchat
             import asyncore
     finally:
-        for name, module in saved.items():
-            if module is missing:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+        for name in names:
+            if sys.modules.get(name) is not None:
+                del sys.modules[name]  # imported here: held by reference only
+        sys.modules.update(held)
     for name, module in (("asynchat", asynchat), ("asyncore", asyncore)):
         path = getattr(module, "__file__", None) or ""
         if _module_origin(name, path) != origin:
