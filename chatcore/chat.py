@@ -278,12 +278,11 @@ class async_chat(dispatcher):
         either way.  ``flush_sends()`` sends a waiting push now.
         """
         self._engine.push(self, data)
-        if type(self.producer_fifo) is not OutputQueue:
-            # Ours reports its filling; one the application put in place
-            # reports nothing.
-            note_interest_change(self._map, self._fileno)
         if self._send_deferred:
+            # Already waiting for this turn's end, its interest change noted.
             return
+        # The engine appended with deque's own append, which reports nothing.
+        note_interest_change(self._map, self._fileno)
         if self.ac_coalesce_sends and self._may_coalesce() and coalesce.defer(self):
             return
         self.initiate_send()
@@ -344,6 +343,10 @@ class async_chat(dispatcher):
         self.producer_fifo.append(producer)
         self.initiate_send()
 
+    def _producer_fifo_filled(self) -> None:
+        """Called by ``producer_fifo`` when something is added to it while empty."""
+        note_interest_change(self._map, self._fileno)
+
     def readable(self) -> bool:
         # Always readable: a buffer-size test would contradict set_terminator().
         return True
@@ -355,6 +358,7 @@ class async_chat(dispatcher):
         """Close the channel once everything queued so far has been sent."""
         self.producer_fifo.append(None)
         if type(self.producer_fifo) is not OutputQueue:
+            # A queue the application put in place reports nothing itself.
             note_interest_change(self._map, self._fileno)
 
     def initiate_send(self) -> None:

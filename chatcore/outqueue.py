@@ -5,14 +5,15 @@ have changed (see ``chatcore.eventloop.note_interest_change``).  Legacy relays
 append to another channel's ``producer_fifo`` directly instead of calling
 ``push()``; stdlib's loop, which asks every channel every turn, sends such
 data on the next turn, and so does chatcore because every way of adding to
-this deque reports it.  Reading and removing stay deque's own C methods.
+this deque reports it to its channel.  Reading and removing stay deque's own
+C methods, and the framing engines' ``push`` appends with deque's own
+``append`` too (``push()`` reports its additions itself, once a turn), so
+only additions made behind ``push()``'s back pay for a Python-level call.
 """
 
 import weakref
 from collections import deque
 from typing import Any, Iterable, Optional
-
-from .eventloop import note_interest_change
 
 __all__ = ["OutputQueue"]
 
@@ -27,10 +28,10 @@ _iadd = deque.__iadd__
 class OutputQueue(deque):
     """A deque of buffers, producers and None (close) that reports additions.
 
-    Only a change from empty to not empty is reported: while the queue holds
-    something the loop already watches the channel for writing.  ``owner``
-    is the channel whose map and descriptor to report (held weakly, so
-    channel and queue do not form a reference cycle); a queue without one,
+    Only a change from empty to not empty is reported, by calling the
+    owner's ``_producer_fifo_filled()``: while the queue holds something the
+    loop already watches the channel for writing.  The owner is held weakly,
+    so channel and queue do not form a reference cycle; a queue without one,
     such as a copy, behaves as a plain deque.
     """
 
@@ -47,9 +48,8 @@ class OutputQueue(deque):
         owner = self._owner
         channel = owner() if owner is not None else None
         if channel is not None:
-            note_interest_change(channel._map, channel._fileno)
+            channel._producer_fifo_filled()
 
-    # push() appends through here once per buffer: keep it short.
     def append(self, item: Any) -> None:
         _append(self, item)
         if len(self) == 1:

@@ -28,9 +28,15 @@ from libc.string cimport memcmp, memcpy
 
 cimport cython
 
+from collections import deque
+
 # The one rule for a limit value (shared with the twin); the fast paths below
 # accept only what it accepts and hand everything else to it.
 from chatcore.limits import check_limit
+from chatcore.outqueue import OutputQueue
+
+# push() appends to chatcore's own producer_fifo with deque's own method.
+_deque_append = deque.append
 
 __all__ = [
     "Framer", "push", "initiate_send", "send_gathered",
@@ -634,12 +640,20 @@ def push(channel, data):
     fifo = channel.producer_fifo
     piece = channel.ac_out_buffer_size
     size = len(data)
-    if size > piece:
-        append = fifo.append
+    if type(fifo) is OutputQueue:
+        # chatcore's own queue: deque's append, past the Python-level one
+        # that reports additions made behind push()'s back (push() reports
+        # its own).
+        if size <= piece:
+            _deque_append(fifo, data)
+            return
         for start in range(0, size, piece):
-            append(data[start:start + piece])
-    else:
+            _deque_append(fifo, data[start:start + piece])
+    elif size <= piece:
         fifo.append(data)
+    else:
+        for start in range(0, size, piece):
+            fifo.append(data[start:start + piece])
 
 
 def initiate_send(channel, bint zero_copy=False):

@@ -17,10 +17,10 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(chatcore.__file__))
 ALLOWED = {
     "events": set(),
     "limits": set(),
-    "_framing_py": {"limits"},
+    "_framing_py": {"limits", "outqueue"},
     "coalesce": {"events"},
     "eventloop": {"events", "coalesce"},
-    "outqueue": {"eventloop"},
+    "outqueue": set(),
     "dispatch": {"events", "eventloop"},
     "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "limits", "outqueue"},
 }
