@@ -15,7 +15,6 @@ slices) are taken only where nothing observable changes.
 
 import socket
 import threading
-from collections import deque
 from typing import Any, Callable, Deque, Dict, Optional, Union
 
 from . import _framing, coalesce

@@ -28,7 +28,6 @@ from .events import (
     _RERAISED,
     DISCONNECTED,
     ExitNow,
-    _exception,
     read,
     readwrite,
     write,

@@ -34,13 +34,12 @@ from typing import Any, Dict, Optional
 
 from .. import dispatch as _core
 from .. import eventloop as _loop
-from ..dispatch import (
+from ..dispatch import _strerror, compact_traceback
+from ..events import (
     _RERAISED as _reraised_exceptions,
     DISCONNECTED as _DISCONNECTED,
     ExitNow,
     _exception,
-    _strerror,
-    compact_traceback,
     read,
     readwrite,
     write,
