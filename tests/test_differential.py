@@ -29,7 +29,6 @@ import errno
 import random
 import select
 import socket
-import sys
 from collections import deque
 
 import pytest
@@ -38,6 +37,7 @@ from hypothesis import strategies as st
 
 import chatcore
 import oracle
+from fakes import FakeConnection
 
 # The reference: stdlib's asynchat on <= 3.11, pyasynchat on 3.12+ (see oracle.py).
 oracle.require()
@@ -70,7 +70,7 @@ def random_bytes(size, seed):
 # ---------------------------------------------------------------------------
 
 
-class FakeSocket:
+class FakeSocket(FakeConnection):
     """Just enough of a connected, non-blocking socket for ``dispatcher``.
 
     ``recv()`` returns the next scripted chunk.  ``send(data)`` follows the
@@ -80,24 +80,13 @@ class FakeSocket:
     It is not a ``socket.socket``, so chatcore takes its ``recv()`` path.
     """
 
-    _fds = iter(range(10_000, sys.maxsize))
-
     def __init__(self, chunks=(), send_script=()):
-        self._fd = next(self._fds)
+        super().__init__()
         self.chunks = deque(chunks)
         self.send_script = list(send_script)
         self.sent = bytearray()
         self.send_lengths = []
         self.closed = False
-
-    def fileno(self):
-        return self._fd
-
-    def setblocking(self, flag):
-        pass
-
-    def getpeername(self):
-        return ("127.0.0.1", 4242)
 
     def recv(self, bufsize):
         if not self.chunks:

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import chatcore
 import oracle
+from fakes import FakeConnection
 from chatcore.compat import asynchat as compat_asynchat
 from conftest import ENGINES
 
@@ -459,25 +460,14 @@ def test_a_relay_appending_views_to_another_channel_sends_their_bytes(chat_class
 # -- against the oracle ------------------------------------------------------------------------
 
 
-class ByteSocket:
+class ByteSocket(FakeConnection):
     """A fake connected socket whose send() takes at most *accept* bytes, counting bytes."""
 
-    _fds = iter(range(40_000, 50_000))
-
     def __init__(self, accept):
-        self._fd = next(self._fds)
+        super().__init__()
         self.accept = list(accept)
         self.sent = b""
         self.offered = []
-
-    def fileno(self):
-        return self._fd
-
-    def setblocking(self, flag):
-        pass
-
-    def getpeername(self):
-        return ("127.0.0.1", 4242)
 
     def send(self, data):
         offered = raw(data)

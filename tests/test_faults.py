@@ -19,7 +19,6 @@ into a shared buffer, gathered ``sendmsg``) are faulted over real sockets in
 """
 
 import errno
-import itertools
 import os
 import sys
 from collections import deque
@@ -30,6 +29,7 @@ from hypothesis import strategies as st
 
 import chatcore
 import oracle
+from fakes import FakeConnection
 from chatcore import dispatch
 
 # -- the implementations ------------------------------------------------------------
@@ -94,7 +94,7 @@ def err(code):
     return OSError(code, os.strerror(code))
 
 
-class FakeSocket:
+class FakeSocket(FakeConnection):
     """A connected non-blocking socket whose recv/send results are scripted.
 
     ``reads``: bytes to return or exceptions to raise, one per ``recv``; then
@@ -102,10 +102,8 @@ class FakeSocket:
     (int >= 1) or an exception to raise; then everything is accepted.
     """
 
-    _fds = itertools.count(30_000)
-
     def __init__(self, reads=(), sends=()):
-        self._fd = next(self._fds)
+        super().__init__()
         self.reads = deque(reads)
         self.sends = deque(sends)
         self.sent = bytearray()
@@ -113,15 +111,6 @@ class FakeSocket:
         self.closed = False
         self.sent_at_close = None
         self.used_after_close = 0
-
-    def fileno(self):
-        return self._fd
-
-    def setblocking(self, flag):
-        pass
-
-    def getpeername(self):
-        return ("127.0.0.1", 4242)
 
     def recv(self, size):
         if self.closed:
