@@ -144,6 +144,17 @@ def serve_until(channel_map, done, turns=2000):
     raise AssertionError("condition not reached in %d loop turns" % turns)
 
 
+def send_while_serving(peer, data, channel_map):
+    """Send all of *data* from *peer*, running loop turns while its buffer is full."""
+    peer.setblocking(False)
+    payload = memoryview(data)
+    while payload:
+        try:
+            payload = payload[peer.send(payload):]
+        except BlockingIOError:
+            chatcore.loop(timeout=0.01, map=channel_map, count=1)
+
+
 def receive_exactly(sock, size):
     received = b""
     while len(received) < size:
@@ -248,13 +259,7 @@ def test_compat_asynchat_keeps_stdlib_unbounded_input(socket_pairs):
     server, peer = socket_pairs()
     channel = Legacy(server)
     try:
-        peer.setblocking(False)
-        payload = memoryview(b"B" * (3 << 20) + TERMINATOR)
-        while payload:
-            try:
-                payload = payload[peer.send(payload):]
-            except BlockingIOError:
-                chatcore.loop(timeout=0.01, map=channel_map, count=1)
+        send_while_serving(peer, b"B" * (3 << 20) + TERMINATOR, channel_map)
         serve_until(channel_map, lambda: channel.lines == [3 << 20])
         assert channel.connected
     finally:
@@ -471,13 +476,7 @@ def test_message_chat_with_no_limit_takes_any_size(chat_class, socket_pairs):
     server, peer = socket_pairs()
     channel = Unbounded(server)
     try:
-        peer.setblocking(False)
-        payload = memoryview(b"M" * (2 << 20) + b"\n")
-        while payload:
-            try:
-                payload = payload[peer.send(payload):]
-            except BlockingIOError:
-                chatcore.loop(timeout=0.01, map=channel_map, count=1)
+        send_while_serving(peer, b"M" * (2 << 20) + b"\n", channel_map)
         serve_until(channel_map, lambda: channel.sizes == [2 << 20])
         assert channel.connected
     finally:
