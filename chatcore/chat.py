@@ -14,8 +14,7 @@ slices) are taken only where nothing observable changes.
 """
 
 import socket
-import threading
-from typing import Any, Callable, Deque, Dict, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 from . import _framing, coalesce
 from .dispatch import dispatcher, inherits
@@ -31,23 +30,18 @@ _BUFFER_TYPES = (bytes, bytearray, memoryview)
 Terminator = Union[bytes, str, int, None]
 
 
-class _ReceiveBuffers(threading.local):
-    """One reusable receive buffer per thread, shared by all its channels.
-
-    The framing engine copies every piece it hands out, so the buffer is free
-    again when ``handle_read`` returns; a per-thread buffer keeps idle
-    channels from each holding ``ac_in_buffer_size`` bytes.
-    """
-
-    def __init__(self) -> None:
-        # A view made once: the buffer is replaced, never resized, when it
-        # must grow, so the lasting export is harmless.
-        self.view = memoryview(bytearray())
-        self.in_use = False
+#: Reusable receive buffers (memoryviews over bytearrays), free for the taking.
+#: A read pops one and puts it back when its handlers have returned; a read
+#: that finds none (another thread is reading, or a handler re-entered
+#: handle_read) makes one.  There are never more buffers than reads that ran
+#: at the same time, so idle channels hold none.  list.pop/append are atomic,
+#: which a threading.local's attribute accesses cost more than.
+_free_receive_buffers: List[memoryview] = []
 
 
-_receive_buffers = _ReceiveBuffers()
-
+_dispatcher_recv = dispatcher.recv
+_NO_BUFFER = memoryview(b"")
+_dispatcher_send = dispatcher.send
 
 #: class -> whether its send path (send, initiate_send) is chatcore's own
 _coalescing_classes: Dict[type, bool] = {}
@@ -153,39 +147,21 @@ class async_chat(dispatcher):
         return self.terminator
 
     def handle_read(self) -> None:
-        buffers = _receive_buffers
+        # inherits(self, "recv", dispatcher.recv) spelled out, and the read
+        # into a reusable buffer written in line: every read event runs this.
         if (
-            inherits(self, "recv", dispatcher.recv)
-            and isinstance(self.socket, socket.socket)
-            and not buffers.in_use
+            type(self).recv is not _dispatcher_recv
+            or not isinstance(self.socket, socket.socket)
+            or "recv" in self.__dict__
         ):
-            self._read_into_shared_buffer(buffers)
+            self._read_with_recv()
             return
-        try:
-            data = self.recv(self.ac_in_buffer_size)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.handle_error()
-            return
-        if isinstance(data, str) and self.use_encoding:
-            data = bytes(data, self.encoding)
-        self._deliver_received(data)
-
-    def _deliver_received(self, data: Any) -> None:
-        """Hand received bytes to the framing engine."""
-        # Whether get_terminator() is overridden: inherits() spelled out, per read.
-        self._framer.feed(self, data, not (
-            type(self).get_terminator is async_chat.get_terminator
-            and "get_terminator" not in self.__dict__), self.ac_max_message_size)
-
-    def _read_into_shared_buffer(self, buffers: _ReceiveBuffers) -> None:
-        """``dispatcher.recv`` semantics, into the thread's reusable buffer."""
+        # dispatcher.recv's semantics, into a reusable buffer.
         size = self.ac_in_buffer_size
-        view = buffers.view
+        free = _free_receive_buffers
+        view = free.pop() if free else _NO_BUFFER
         if len(view) < size:
-            view = buffers.view = memoryview(bytearray(size))
-        buffers.in_use = True
+            view = memoryview(bytearray(size))
         try:
             try:
                 count = self.socket.recv_into(view, size)
@@ -203,11 +179,31 @@ class async_chat(dispatcher):
                     # The peer closed; pending bytes are still processed.
                     self.handle_close()
             # Released afterwards, so no handler can keep a window on the
-            # shared buffer.
+            # reused buffer.
             with view[:count] as received:
                 self._deliver_received(received)
         finally:
-            buffers.in_use = False
+            free.append(view)
+
+    def _read_with_recv(self) -> None:
+        """handle_read through ``self.recv()`` (overridden, or not a plain socket)."""
+        try:
+            data = self.recv(self.ac_in_buffer_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.handle_error()
+            return
+        if isinstance(data, str) and self.use_encoding:
+            data = bytes(data, self.encoding)
+        self._deliver_received(data)
+
+    def _deliver_received(self, data: Any) -> None:
+        """Hand received bytes to the framing engine."""
+        # Whether get_terminator() is overridden: inherits() spelled out, per read.
+        self._framer.feed(self, data, not (
+            type(self).get_terminator is async_chat.get_terminator
+            and "get_terminator" not in self.__dict__), self.ac_max_message_size)
 
     def handle_write(self) -> None:
         if self._may_coalesce():
@@ -280,10 +276,17 @@ class async_chat(dispatcher):
         if self._send_deferred:
             # Already waiting for this turn's end, its interest change noted.
             return
-        # The engine appended with deque's own append, which reports nothing.
-        note_interest_change(self._map, self._fileno)
         if self.ac_coalesce_sends and self._may_coalesce() and coalesce.defer(self):
+            # The engine appended with deque's own append, which reports nothing.
+            note_interest_change(self._map, self._fileno)
             return
+        if type(self).initiate_send is _initiate_send and "initiate_send" not in self.__dict__:
+            # async_chat.initiate_send, written in line.
+            self._engine.initiate_send(
+                self, type(self).send is _dispatcher_send and "send" not in self.__dict__)
+            note_interest_change(self._map, self._fileno)
+            return
+        note_interest_change(self._map, self._fileno)
         self.initiate_send()
 
     def flush_sends(self) -> None:
@@ -362,7 +365,7 @@ class async_chat(dispatcher):
 
     def initiate_send(self) -> None:
         # Runs on every push outside the loop: inherits(self, "send", ...) inlined.
-        zero_copy = type(self).send is dispatcher.send and "send" not in self.__dict__
+        zero_copy = type(self).send is _dispatcher_send and "send" not in self.__dict__
         self._engine.initiate_send(self, zero_copy)
         note_interest_change(self._map, self._fileno)
 
@@ -373,6 +376,8 @@ class async_chat(dispatcher):
         self.producer_fifo.clear()
         note_interest_change(self._map, self._fileno)
 
+
+_initiate_send = async_chat.initiate_send
 
 # async_chat's readable()/writable() answers change only through calls that
 # report it (pushes, queue additions, close, add/del_channel), so the loop may

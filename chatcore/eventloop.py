@@ -29,7 +29,7 @@ import select
 import selectors
 import threading
 import time
-from collections import OrderedDict
+from time import monotonic as _monotonic
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import coalesce
@@ -64,7 +64,8 @@ interest_changes: Dict[int, list] = {}
 def note_interest_change(channel_map: Any, fd: Any) -> None:
     """Tell the loop following *channel_map* to look at *fd* again next turn."""
     pending = interest_changes.get(id(channel_map))
-    if pending is not None:
+    # A channel that pushes line after line reports once, not once a line.
+    if pending is not None and (not pending or pending[-1] != fd):
         pending.append(fd)
 
 
@@ -93,11 +94,14 @@ class _Poller:
         # dispatch.note_interest_change (None when this poller is not tracking)
         # and by the events of the last turn.
         self.changes: Optional[List[Any]] = None
-        self.touched: List[int] = []
+        # The (fd, flags) events of the last turn.
+        self.touched: Events = []
         self.scanned_at = 0.0
         self.scanned_mode: Optional[bool] = None
         # What an empty select-mode turn sleeps with.
         self.sleep = time.sleep
+        # The _PollerCache generation (process) it was made in.
+        self.generation = 0
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -213,6 +217,12 @@ class _EpollPoller(_Poller):
                 return self._epoll.poll(-1 if timeout is None else timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries already
                 continue
+
+    def wait(self, timeout: Optional[float]) -> Events:
+        if self._always_ready or self._invalid:
+            return _Poller.wait(self, timeout)
+        # Every turn waits here: the generic path's two frames, skipped.
+        return self._epoll.poll(-1 if timeout is None else timeout)
 
     def close(self) -> None:
         self._epoll.close()
@@ -360,48 +370,67 @@ class _PollerCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pollers: "OrderedDict[int, Tuple[ChannelMap, _Poller]]" = OrderedDict()
+        # id(map) -> (map, poller), least recently given back first.
+        self._pollers: Dict[int, Tuple[ChannelMap, _Poller]] = {}
         # id(map) -> the pollers lent out for it, the tracking one first.
         self._lent: Dict[int, List[_Poller]] = {}
+        # Bumped in a forked child: pollers of an older generation are the
+        # parent's.  (Where fork() cannot be hooked, the pid tells.)
+        self._generation = 0
         self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget_parent_pollers)
+            self._pid = None
 
     def take(self, map: ChannelMap) -> _Poller:
         """The map's poller, for the caller alone until it calls ``give_back``."""
+        key = id(map)
         with self._lock:
-            self._forget_parent_pollers()
-            entry = self._pollers.pop(id(map), None)
-            lent = self._lent.setdefault(id(map), [])
+            if self._pid is not None and self._pid != os.getpid():
+                self._forget_parent_pollers()
+            entry = self._pollers.pop(key, None)
+            lent = self._lent.get(key)
+            if lent is None:
+                lent = self._lent[key] = []
             if entry is not None:
                 # The cache holds the map, so its id cannot have been reused.
                 poller = entry[1]
             else:
                 poller = new_poller()
+                poller.generation = self._generation
                 if not lent:
                     # The only poller of this map: it may follow changes
                     # instead of asking every channel every turn.
                     poller.changes = []
-                    interest_changes[id(map)] = poller.changes
+                    interest_changes[key] = poller.changes
             lent.append(poller)
         return poller
 
     def give_back(self, map: ChannelMap, poller: _Poller) -> None:
+        key = id(map)
         evicted = []
         with self._lock:
-            lent = self._lent.get(id(map), [])
-            if poller in lent:
-                lent.remove(poller)
-            if not lent:
-                self._lent.pop(id(map), None)
-            if self._pid != os.getpid() or not map or poller.changes is None:
+            lent = self._lent.get(key)
+            if lent is not None:
+                if lent and lent[-1] is poller:
+                    del lent[-1]
+                elif poller in lent:
+                    lent.remove(poller)
+                if not lent:
+                    del self._lent[key]
+            if (poller.generation != self._generation or not map or poller.changes is None
+                    or (self._pid is not None and self._pid != os.getpid())):
                 evicted.append(poller)
             else:
-                replaced = self._pollers.pop(id(map), None)
+                replaced = self._pollers.pop(key, None)
                 if replaced is not None:
                     evicted.append(replaced[1])
-                self._pollers[id(map)] = (map, poller)
-                while len(self._pollers) > self.MAX_MAPS:
-                    evicted.append(self._pollers.popitem(last=False)[1][1])
-            self._stop_tracking(map, evicted)
+                self._pollers[key] = (map, poller)
+                if len(self._pollers) > self.MAX_MAPS:
+                    oldest = next(iter(self._pollers))
+                    evicted.append(self._pollers.pop(oldest)[1])
+            if evicted:
+                self._stop_tracking(map, evicted)
         for stale in evicted:
             stale.close()
 
@@ -430,13 +459,18 @@ class _PollerCache:
                 del interest_changes[id(map)]
 
     def _forget_parent_pollers(self) -> None:
-        if self._pid != os.getpid():
-            # Closing our copy of the descriptor leaves the parent's intact.
-            for _, poller in self._pollers.values():
-                poller.close()
-            self._pollers.clear()
-            self._lent.clear()
-            interest_changes.clear()
+        # Runs in a forked child (from the fork hook, or when the pid
+        # changed): closing our copy of a descriptor leaves the parent's
+        # intact.  Pollers still lent out are closed when given back.  The
+        # lock may have been held by a thread that does not exist here.
+        self._lock = threading.Lock()
+        for _, poller in self._pollers.values():
+            poller.close()
+        self._pollers.clear()
+        self._lent.clear()
+        interest_changes.clear()
+        self._generation += 1
+        if self._pid is not None:
             self._pid = os.getpid()
 
 
@@ -526,44 +560,62 @@ def _scan_all(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
     poller.custom = {}
     if poller.changes is not None:
         del poller.changes[:]
-    del poller.touched[:]
+    poller.touched = []
     for fd, obj in list(map.items()):
         if _asks_own_predicates(obj):
             poller.custom[fd] = obj
         _look_at(poller, fd, obj, poll_mode)
     poller.drop_except(poller.wanted)
-    poller.scanned_at = time.monotonic()
+    poller.scanned_at = _monotonic()
     poller.scanned_mode = poll_mode
 
 
 def _scan_changes(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
     """Ask only the channels that may want something else than last turn."""
-    changed: Iterable[int] = poller.touched
-    poller.touched = []
     changes = poller.changes
-    if changes or poller.custom:
-        changed = set(changed)
+    touched = poller.touched
+    poller.touched = []
+    if len(touched) <= 1 and len(changes) <= 1 and not poller.custom:
+        # The common turn: one channel had an event and/or reported a change.
+        fd = touched[0][0] if touched else None
         if changes:
-            # Another thread may append meanwhile: take only what is there now.
-            count = len(changes)
-            changed.update(changes[:count])
-            del changes[:count]
-        changed.update(poller.custom)
-    elif len(changed) > 1:
-        changed = set(changed)
-    for fd in changed:
-        obj = map.get(fd)
-        if obj is None:
-            poller.wanted.pop(fd, None)
+            changed = changes[0]
+            del changes[:1]  # another thread may append meanwhile
+            if changed != fd:
+                _look_again(poller, map, changed, poll_mode)
+        if fd is not None:
+            _look_again(poller, map, fd, poll_mode)
+        return
+    fds = {fd for fd, _ in touched}
+    if changes:
+        # Take only what is there now.
+        count = len(changes)
+        fds.update(changes[:count])
+        del changes[:count]
+    fds.update(poller.custom)
+    for fd in fds:
+        _look_again(poller, map, fd, poll_mode)
+
+
+def _look_again(poller: _Poller, map: ChannelMap, fd: int, poll_mode: bool) -> None:
+    """Bring *fd*'s registration up to date with its channel, or forget it."""
+    obj = map.get(fd)
+    if obj is None:
+        poller.wanted.pop(fd, None)
+        poller.custom.pop(fd, None)
+        if fd in poller.registrations:
+            poller.drop(fd)
+        return
+    # _asks_own_predicates() spelled out: every event runs this.
+    cls = type(obj)
+    if (getattr(cls, "readable", None) is _TRACKED_READABLE
+            and getattr(cls, "writable", None) is _TRACKED_WRITABLE
+            and "readable" not in obj.__dict__ and "writable" not in obj.__dict__):
+        if poller.custom:
             poller.custom.pop(fd, None)
-            if fd in poller.registrations:
-                poller.drop(fd)
-            continue
-        if _asks_own_predicates(obj):
-            poller.custom[fd] = obj
-        else:
-            poller.custom.pop(fd, None)
-        _look_at(poller, fd, obj, poll_mode)
+    else:
+        poller.custom[fd] = obj
+    _look_at(poller, fd, obj, poll_mode)
 
 
 def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool) -> None:
@@ -574,38 +626,59 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
     their own; any other poller asks every channel, as asyncore does.
     """
     if (poller.changes is None or poller.scanned_mode != poll_mode
-            or time.monotonic() - poller.scanned_at > FULL_SCAN_INTERVAL):
+            or _monotonic() - poller.scanned_at > FULL_SCAN_INTERVAL):
         _scan_all(poller, map, poll_mode)
-    else:
+    elif poller.touched or poller.changes or poller.custom:
         _scan_changes(poller, map, poll_mode)
-    wanted = poller.wanted
     if not poller.registrations and not poll_mode:
         # asyncore's select() path sleeps when nothing is watched.
         if timeout:
             poller.sleep(timeout)
         return
     events = poller.wait(timeout)
-    poller.touched.extend([fd for fd, _ in events])
+    if not events:
+        return
+    # Their channels are looked at again next turn.
+    poller.touched = events
     # Channels that coalesce send what the handlers pushed once all of the
     # turn's events have been dispatched.
     outer = coalesce.begin_turn()
     try:
-        _dispatch_events(events, wanted, map, poll_mode)
+        if poll_mode:
+            for fd, flags in events:
+                obj = map.get(fd)
+                if obj is not None:
+                    readwrite(obj, flags & _REPORTED)
+        else:
+            _dispatch_selected(events, poller.wanted, map)
     finally:
         coalesce.end_turn(outer)
 
 
-def _dispatch_events(events: Events, wanted: Dict[int, int], map: ChannelMap, poll_mode: bool) -> None:
-    if poll_mode:
-        for fd, flags in events:
+def _dispatch_selected(events: Events, wanted: Dict[int, int], map: ChannelMap) -> None:
+    """select() semantics: every read event of the turn, then writes, then urgent data."""
+    if len(events) == 1:
+        # One ready channel (request/response traffic): the same order, no lists.
+        fd, flags = events[0]
+        mask = wanted[fd]
+        # select() reports errors and hang-ups as readable and writable.
+        if mask & POLLIN and flags & (POLLIN | POLLHUP | POLLERR | POLLNVAL):
             obj = map.get(fd)
             if obj is not None:
-                readwrite(obj, flags & _REPORTED)
+                read(obj)
+        if mask & POLLOUT and flags & (POLLOUT | POLLERR | POLLNVAL):
+            # Looked up again: the read handler may have closed or replaced it.
+            obj = map.get(fd)
+            if obj is not None:
+                write(obj)
+        if flags & POLLPRI:
+            obj = map.get(fd)
+            if obj is not None:
+                _exception(obj)
         return
     readable, writable, exceptional = [], [], []
     for fd, flags in events:
         mask = wanted[fd]
-        # select() reports errors and hang-ups as readable and writable.
         if mask & POLLIN and flags & (POLLIN | POLLHUP | POLLERR | POLLNVAL):
             readable.append(fd)
         if mask & POLLOUT and flags & (POLLOUT | POLLERR | POLLNVAL):
