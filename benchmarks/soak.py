@@ -89,12 +89,8 @@ try:
 except ImportError:  # a bare checkout: soak its source tree
     sys.path.insert(0, str(ROOT))
 
-from chatcore.benchmark.echo import (  # noqa: E402
-    LOOPBACK,
-    _package_root,
-    _resident_bytes,
-    raise_descriptor_limit,
-)
+from chatcore.benchmark.echo import _resident_bytes  # noqa: E402
+from chatcore.benchmark.serverproc import LOOPBACK, package_root, raise_descriptor_limit  # noqa: E402
 
 EXAMPLE_SERVER = ROOT / "examples" / "echo_server.py"
 KINDS = ("echo", "slow", "reset", "half-close", "oversized", "garbage")
@@ -172,7 +168,7 @@ class ExampleServer:
     def start(self) -> "ExampleServer":
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
-            [_package_root()] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry])
+            [package_root()] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry])
         self._stderr = tempfile.TemporaryFile()
         command = [sys.executable, "-u", str(self.script), "--port", "0",
                    "--max-line", str(self.max_line), "--max-seconds", repr(self.max_seconds)]

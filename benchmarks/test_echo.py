@@ -38,8 +38,7 @@ PIPELINED_CONNECTIONS = 4
 PIPELINED_LINES = 100_000  # per connection, at scale 1
 PING_PONG_ROUNDS = 5_000  # at scale 1
 LINE_SIZE = 16
-ROUNDS = 3
-#: Per client run; far above any expected duration, it only bounds a hung server.
+#: Bounds a hung server while connecting; the runs are bounded by conftest's RUN_TIMEOUT.
 RUN_TIMEOUT = 120.0
 
 
@@ -53,38 +52,10 @@ def echo_server(request) -> Iterator[EchoServerProcess]:
         yield server
 
 
-def benchmark_client(benchmark, echo_server: EchoServerProcess, make_client) -> List[ClientMeasurement]:
-    """Time ``client.run()`` for ROUNDS fresh clients; returns each round's measurement."""
-    clients = []
-    measurements: List[ClientMeasurement] = []
-
-    def setup():
-        client = make_client()
-        clients.append(client)
-        return (client,), {}
-
-    def one_run(client) -> ClientMeasurement:
-        measurement = client.run(timeout=RUN_TIMEOUT)
-        measurements.append(measurement)
-        return measurement
-
-    try:
-        benchmark.pedantic(one_run, setup=setup, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    finally:
-        # A client closes its sockets when it runs; these never ran if a round failed.
-        for client in clients:
-            client.close()
-    return measurements
-
-
 def record(benchmark, echo_server: EchoServerProcess, measurements: List[ClientMeasurement]) -> None:
     fastest = min(measurements, key=lambda measurement: measurement.seconds)
     benchmark.extra_info.update(
-        server=echo_server.server,
-        server_detail=echo_server.detail,
-        implementation=echo_server.implementation,
-        send_timing=echo_server.send_timing,
-        ac_coalesce_sends=echo_server.ac_coalesce_sends,
+        echo_server.report(),
         connections=fastest.connections,
         messages=fastest.messages,
         messages_per_s=fastest.messages / fastest.seconds,
@@ -94,7 +65,7 @@ def record(benchmark, echo_server: EchoServerProcess, measurements: List[ClientM
     )
 
 
-def test_echo_pipelined(benchmark, scale, echo_server):
+def test_echo_pipelined(benchmark, scale, echo_server, client_rounds):
     lines = scaled(PIPELINED_LINES, scale)
     benchmark.group = "echo pipelined, %d connections x %d lines of %d B" % (
         PIPELINED_CONNECTIONS, lines, LINE_SIZE)
@@ -102,18 +73,18 @@ def test_echo_pipelined(benchmark, scale, echo_server):
     def make_client() -> PipelinedClient:
         return PipelinedClient(echo_server.port, PIPELINED_CONNECTIONS, lines, LINE_SIZE, timeout=RUN_TIMEOUT)
 
-    measurements = benchmark_client(benchmark, echo_server, make_client)
+    measurements = client_rounds(make_client)
     assert all(m.messages == PIPELINED_CONNECTIONS * lines for m in measurements)
     record(benchmark, echo_server, measurements)
 
 
-def test_echo_ping_pong(benchmark, scale, echo_server):
+def test_echo_ping_pong(benchmark, scale, echo_server, client_rounds):
     rounds = scaled(PING_PONG_ROUNDS, scale)
     benchmark.group = "echo ping-pong, %d round trips of %d B" % (rounds, LINE_SIZE)
 
     def make_client() -> PingPongClient:
         return PingPongClient(echo_server.port, rounds, LINE_SIZE, timeout=RUN_TIMEOUT)
 
-    measurements = benchmark_client(benchmark, echo_server, make_client)
+    measurements = client_rounds(make_client)
     assert all(m.messages == rounds for m in measurements)
     record(benchmark, echo_server, measurements)

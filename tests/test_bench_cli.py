@@ -13,7 +13,7 @@ import sysconfig
 import pytest
 
 import chatcore
-from chatcore.benchmark import cli, echo, framing
+from chatcore.benchmark import cli, echo, framing, smtp
 
 
 def _row(benchmark, implementation, seconds, suite="framing", messages=1000, detail=None):
@@ -89,6 +89,28 @@ def test_server_notes_list_each_echo_server_once():
     assert cli.server_notes(rows) == ["chatcore: chatcore.async_chat, ac_coalesce_sends=True", "asyncio: asyncio"]
 
 
+def test_floor_ratios_are_time_per_message_over_the_floor_of_the_same_benchmark():
+    rows = [
+        _row("a", "chatcore-cython", 3.0),
+        _row("a", framing.FLOOR, 2.0, messages=2000),
+        _row("a", "stdlib-asynchat", 8.0),
+        _row("b", "chatcore-cython", 1.0),  # no floor here
+        _row("e", "chatcore", 1.0, suite="echo"),
+    ]
+    over = cli.floor_ratios(rows)
+    assert over == {rows[0]: 3.0, rows[1]: 1.0, rows[2]: 8.0}
+    assert cli.floor_notes(rows) == ["a: 3.00x"]
+
+
+def test_server_notes_are_per_suite():
+    rows = [
+        _row("e", "chatcore", 1.0, suite="echo", detail="echo detail"),
+        _row("s", "chatcore", 1.0, suite="smtp", detail="smtp detail"),
+    ]
+    assert cli.server_notes(rows) == ["chatcore: echo detail"]
+    assert cli.server_notes(rows, "smtp") == ["chatcore: smtp detail"]
+
+
 def test_ratio_is_per_message_not_per_run():
     rows = [_row("a", "chatcore-cython", 1.0, messages=2000), _row("a", "stdlib-asynchat", 1.0)]
     assert cli.ratios(rows)[rows[0]] == 2.0
@@ -126,6 +148,15 @@ def test_quick_run_writes_json_and_reports_the_plot(tmp_path):
         assert "vs " + data["baseline"] in out
     benchmarks = {row["benchmark"] for row in data["results"] if row["suite"] == "echo"}
     assert len(benchmarks) == 2  # pipelined and ping-pong, every server in each
+    smtp_rows = [row for row in data["results"] if row["suite"] == "smtp"]
+    assert [row["implementation"] for row in smtp_rows] == smtp.available_servers()
+    assert all("legacy_smtpd.py unchanged" in row["detail"] for row in smtp_rows)
+    assert "\nsmtp servers:\n" in out
+    floors = [row for row in data["results"] if row["implementation"] == framing.FLOOR]
+    assert [row["benchmark"] for row in floors] == ["lines16 @ 64 KiB reads"]  # smtp64k has none
+    cython = [row for row in data["results"] if row["implementation"] == "chatcore-cython"]
+    assert all((row["time_over_floor"] is None) == (row["benchmark"] != floors[0]["benchmark"]) for row in cython)
+    assert "handler floor" in out and "  lines16 @ 64 KiB reads: " in out
     for row in data["results"]:
         assert row["messages"] > 0 and row["seconds"] > 0
         assert row["ratio_to_baseline"] is not None

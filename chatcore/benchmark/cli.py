@@ -7,12 +7,17 @@ Python 3.11, PyPI's pyasynchat/pyasyncore on 3.12+ when installed (the
 alternative a 3.12+ user has), else asyncio's.  A ratio against another row
 than the column's (a benchmark the legacy modules cannot run) names it.
 A framing figure is the best of a few timed passes (the least disturbed one
-on a shared machine); an echo figure is one bounded run against a server in
-its own process.  The echo servers "chatcore" and "chatcore-compat" are the
-two send timings: pushes coalesced until the end of a loop turn
-(chatcore.async_chat) and each push handed to the socket at once
+on a shared machine); the framing row "handler-floor" is the benchmark
+handler's own callbacks on the messages split beforehand, no framing, and the
+notes say each framing row's time over it.  An echo or SMTP figure is one
+bounded run against a server in its own process (for SMTP, the fastest of
+a few runs, the servers taking turns).  The servers "chatcore" and
+"chatcore-compat" are the two send timings: pushes coalesced until the end of
+a loop turn (chatcore.async_chat) and each push handed to the socket at once
 (chatcore.compat, stdlib's timing); the notes under the table say what each
-server measured.
+server measured.  The SMTP suite runs one legacy server module, unchanged, on
+each row's asynchat/asyncore; its messages are commands (a message body
+counts as one), each answered before the next is sent.
 """
 
 import argparse
@@ -25,7 +30,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import chatcore
 
-from . import echo, framing
+from . import echo, framing, smtp
 
 MODES = {
     # mode: framing scale, framing workloads, read sizes, passes, echo settings
@@ -35,6 +40,7 @@ MODES = {
         read_sizes=[65536],
         passes=3,
         echo_modes=[("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
+        smtp=(2, 50),
     ),
     # About a minute on a 2-core machine, with one row per echo server kind.
     # Scale 0.5 at the least: the big body (32 MiB then) must not fit in the
@@ -46,6 +52,8 @@ MODES = {
         passes=3,
         echo_modes=[("pipelined", 4, 100_000), ("ping-pong", 1, 5_000),
                     ("ping-pong", 1, 5_000, 2_000)],
+        # connections, transactions per connection (5 commands each)
+        smtp=(4, 400),
     ),
     "full": dict(
         scale=1.0,
@@ -54,9 +62,11 @@ MODES = {
         passes=5,
         echo_modes=[("pipelined", 4, 500_000), ("pipelined", 32, 50_000), ("ping-pong", 1, 20_000),
                     ("ping-pong", 1, 20_000, 10_000)],
+        smtp=(4, 3_000),
     ),
 }
 
+SUITES = ("framing", "echo", "smtp")
 #: Baseline rows, best first: the legacy modules this Python has, else asyncio.
 FRAMING_BASELINES = ("stdlib-asynchat", "pyasynchat", "asyncio-streams")
 ECHO_BASELINES = ("stdlib", "pyasynchat", "asyncio")
@@ -77,7 +87,7 @@ class Row(NamedTuple):
     data_bytes: int  # bytes of the stream (framing) or echoed (echo)
     p50_us: Optional[float] = None
     p99_us: Optional[float] = None
-    #: What served an echo row (the server's own report), None for framing.
+    #: What served an echo or SMTP row (the server's own report), None for framing.
     detail: Optional[str] = None
 
     @property
@@ -122,6 +132,8 @@ def _framing_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> 
             benchmark = "%s @ %d KiB reads" % (workload, read_size // 1024)
             framing.prepared_reads(workload, settings["scale"], read_size)
             for name, runner in runners.items():
+                if not framing.runs_on(name, workload):
+                    continue
                 passes = [
                     framing.run_once(workload, name, read_size, settings["scale"], runner)
                     for _ in range(settings["passes"])
@@ -159,6 +171,37 @@ def _echo_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> Lis
                 latency += "  (pushes sent %s)" % result.send_timing
             progress("  %-36s %-16s %12s msg/s%s" % (benchmark, server, _si(row.messages_per_s), latency))
     return rows
+
+
+def _smtp_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> List[Row]:
+    rows = []
+    connections, transactions = settings["smtp"]
+    benchmark = "smtp, %d connections, %d B messages" % (connections, smtp.BODY_SIZE)
+    results = smtp.run_smtp_servers(smtp.available_servers(), connections, transactions, settings["passes"])
+    for server, result in results.items():
+        rows.append(Row("smtp", benchmark, server, result.commands, result.seconds, result.bytes,
+                        result.p50_us, result.p99_us, result.server_detail))
+        progress("  %-36s %-16s %12s commands/s, %s transactions/s  p50 %.0f us, p99 %.0f us  (pushes sent %s)" % (
+            benchmark, server, _si(result.commands_per_s), _si(result.transactions_per_s),
+            result.p50_us, result.p99_us, result.send_timing))
+    return rows
+
+
+def floor_ratios(rows: List[Row]) -> Dict[Row, float]:
+    """Each framing row's time per message over the handler floor's, where its benchmark has one."""
+    floors = {row.benchmark: row for row in rows if row.suite == "framing" and row.implementation == framing.FLOOR}
+    result: Dict[Row, float] = {}
+    for row in rows:
+        floor = floors.get(row.benchmark)
+        if row.suite == "framing" and floor is not None and row.messages and floor.messages:
+            result[row] = (row.seconds / row.messages) / (floor.seconds / floor.messages)
+    return result
+
+
+def floor_notes(rows: List[Row], implementation: str = "chatcore-cython") -> List[str]:
+    """One line per framing benchmark: *implementation*'s time per message over the floor's."""
+    return ["%s: %.2fx" % (row.benchmark, ratio) for row, ratio in floor_ratios(rows).items()
+            if row.implementation == implementation]
 
 
 def baselines(rows: List[Row]) -> Dict[Row, Optional[Row]]:
@@ -225,11 +268,11 @@ def format_table(rows: List[Row]) -> str:
     return "\n".join(rendered)
 
 
-def server_notes(rows: List[Row]) -> List[str]:
-    """One line per echo server: what it reported serving (send timing included)."""
+def server_notes(rows: List[Row], suite: str = "echo") -> List[str]:
+    """One line per server of *suite*: what it reported serving (send timing included)."""
     details: Dict[str, List[str]] = {}
     for row in rows:
-        if row.suite == "echo" and row.detail:
+        if row.suite == suite and row.detail:
             seen = details.setdefault(row.implementation, [])
             if row.detail not in seen:
                 seen.append(row.detail)
@@ -239,6 +282,7 @@ def server_notes(rows: List[Row]) -> List[str]:
 def to_json(rows: List[Row], mode: str, machine: Dict[str, Any]) -> Dict[str, Any]:
     speedups = ratios(rows)
     against = baselines(rows)
+    over_floor = floor_ratios(rows)
     return {
         "mode": mode,
         "machine": machine,
@@ -246,7 +290,8 @@ def to_json(rows: List[Row], mode: str, machine: Dict[str, Any]) -> Dict[str, An
         "results": [
             dict(row._asdict(), messages_per_s=row.messages_per_s, mb_per_s=row.mb_per_s,
                  ratio_to_baseline=speedups[row],
-                 baseline_implementation=None if against[row] is None else against[row].implementation)
+                 baseline_implementation=None if against[row] is None else against[row].implementation,
+                 time_over_floor=over_floor.get(row))
             for row in rows
         ],
     }
@@ -296,6 +341,10 @@ def run(mode: str, suites: List[str], progress: Callable[[str], None] = _progres
     if "echo" in suites:
         progress("loopback echo (servers: %s):" % ", ".join(echo.available_servers()))
         rows += _echo_rows(settings, progress)
+    if "smtp" in suites:
+        progress("SMTP request/response, legacy_smtpd.py unchanged (servers: %s):"
+                 % ", ".join(smtp.available_servers()))
+        rows += _smtp_rows(settings, progress)
     return rows
 
 
@@ -312,8 +361,8 @@ def add_parser(commands: Any) -> None:
     size.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="every workload at full size (several minutes)")
     parser.set_defaults(mode="default", run=main)
-    parser.add_argument("--suite", choices=["framing", "echo"], action="append",
-                        help="run only this suite (repeatable; default: both)")
+    parser.add_argument("--suite", choices=list(SUITES), action="append",
+                        help="run only this suite (repeatable; default: all)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also draw a chart (PNG or SVG; needs matplotlib)")
 
@@ -324,14 +373,20 @@ def main(args: argparse.Namespace) -> int:
         args.mode, machine["cpu"], machine["cores"], machine["system"], machine["python"],
         machine["chatcore"], machine["engine"]))
     started = time.perf_counter()
-    rows = run(args.mode, args.suite or ["framing", "echo"])
+    rows = run(args.mode, args.suite or list(SUITES))
     print()
     print(format_table(rows))
-    notes = server_notes(rows)
+    notes = floor_notes(rows)
     if notes:
-        print("\necho servers:")
+        print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
         for note in notes:
             print("  " + note)
+    for suite in ("echo", "smtp"):
+        notes = server_notes(rows, suite)
+        if notes:
+            print("\n%s servers:" % suite)
+            for note in notes:
+                print("  " + note)
     print("\n%d measurements in %.1f s; ratios are speed over %s, measured in this run."
           % (len(rows), time.perf_counter() - started, baseline_name(rows)))
     if args.json:

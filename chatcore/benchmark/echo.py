@@ -51,25 +51,38 @@ it is killed, its stdin reaches end of file (the parent closed the pipe or
 died), or ``--max-seconds`` pass.
 """
 
-import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import select
 import selectors
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import chatcore
 
 from . import framing
+from .inprocess import TERMINATOR, chatcore_under_legacy_names, line_echo_handler_class
+from .serverproc import (
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_TIMEOUT,
+    LISTEN_BACKLOG,
+    LOOPBACK,
+    BenchmarkError,
+    BenchmarkTimeoutError,
+    ServerProcess,
+    VerificationError,
+    connect,
+    percentile,
+    raise_descriptor_limit,
+    send_rest,
+    serve_main,
+    start_lifeline,
+    write_port_file,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -90,7 +103,9 @@ __all__ = [
     "EchoVerificationError",
     "PingPongClient",
     "PipelinedClient",
+    "asyncore_modules",
     "available_servers",
+    "checked_send_timing",
     "expected_stream",
     "line_echo_handler_class",
     "main",
@@ -101,18 +116,10 @@ __all__ = [
 ]
 
 MODES = ("pipelined", "ping-pong")
-DEFAULT_TIMEOUT = 60.0
 #: Bytes a pipelined connection keeps sent but not yet echoed, at most.  Large
 #: enough that the client writes in big batches, small enough to stay well
 #: inside the loopback socket buffers, so a server is never blocked by the client.
 PIPELINE_WINDOW = 128 * 1024
-#: The server process ends by itself after this long, whatever happens to its parent.
-DEFAULT_MAX_SECONDS = 300.0
-TERMINATOR = b"\n"
-LOOPBACK = "127.0.0.1"
-#: Deep enough that thousands of idle connections opened in a burst wait in
-#: the accept queue instead of having their handshakes retried.
-LISTEN_BACKLOG = 1024
 #: Servers on select(), which cannot hold thousands of connections (no
 #: descriptor above 1024; on Windows, where chatcore's loop is select() too,
 #: no more than 512 sockets), and how many idle connections they are given.
@@ -135,16 +142,11 @@ SENT_AT_TURN_END = "at turn end"
 FAULT_SERVERS = ("fault:corrupt-echo", "fault:silent", "fault:never-ready", "fault:exit-early")
 
 
-class EchoBenchmarkError(Exception):
-    """An echo run failed: the server did not start or died, or a connection broke."""
-
-
-class EchoTimeoutError(EchoBenchmarkError):
-    """An echo run did not finish within its deadline."""
-
-
-class EchoVerificationError(EchoBenchmarkError):
-    """A connection got back bytes that differ from what it sent."""
+#: The shared benchmark errors (chatcore.benchmark.serverproc) under this
+#: module's older names: a failed run, one past its deadline, a wrong echo.
+EchoBenchmarkError = BenchmarkError
+EchoTimeoutError = BenchmarkTimeoutError
+EchoVerificationError = VerificationError
 
 
 @dataclasses.dataclass
@@ -206,35 +208,6 @@ def available_servers() -> List[str]:
 
 
 # --- The servers (they run in the ``serve`` subprocess) ----------------------
-
-
-def line_echo_handler_class(chat_base: Type[Any], coalesce_sends: Optional[bool] = None) -> Type[Any]:
-    """The push-per-line echo handler, built on *chat_base* (an async_chat class).
-
-    The body is written once so chatcore and stdlib run exactly the same code.
-    *coalesce_sends*, when given, is set as the class's ``ac_coalesce_sends``
-    (chatcore's send-timing switch), so each row names its mode explicitly
-    instead of inheriting a default that may change.
-    """
-
-    class LineEchoHandler(chat_base):  # type: ignore[misc, valid-type]
-        if coalesce_sends is not None:
-            ac_coalesce_sends = coalesce_sends
-
-        def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
-            chat_base.__init__(self, sock, map)
-            self.line_parts: List[bytes] = []
-            self.set_terminator(TERMINATOR)
-
-        def collect_incoming_data(self, data: bytes) -> None:
-            self.line_parts.append(data)
-
-        def found_terminator(self) -> None:
-            line = b"".join(self.line_parts)
-            self.line_parts = []
-            self.push(line + TERMINATOR)
-
-    return LineEchoHandler
 
 
 def _listener_class(dispatcher_base: Type[Any]) -> Type[Any]:
@@ -342,30 +315,58 @@ def send_mode(chat_base: Type[Any], expected: Optional[bool], measured: str,
     return expected
 
 
-def _serve_asyncore_style(server: str, announce: Callable[..., None]) -> None:
+def asyncore_modules(server: str) -> Tuple[Any, Any, str]:
+    """The ``(asynchat, asyncore)`` an asyncore-style server row runs on, and what they are.
+
+    A legacy row (``stdlib``, ``pyasynchat``) gets the real modules (refused
+    where this Python's are another origin's); ``chatcore-compat`` gets what
+    ``chatcore.compat.install()`` puts under those names, installed here, so
+    call this in a server process only; any other server gets chatcore's own
+    API under those names (``inprocess.chatcore_under_legacy_names``).
+    """
     python = "Python %s" % sys.version.split()[0]
     if server in LEGACY_SERVERS.values():
         origin, asynchat, asyncore = framing.import_legacy()
         if LEGACY_SERVERS[origin] != server:
-            raise RuntimeError("echo server %r asked for, but this Python's asynchat is %s's" % (server, origin))
-        chat_base, dispatcher_base, serve_forever = asynchat.async_chat, asyncore.dispatcher, asyncore.loop
+            raise RuntimeError("server %r asked for, but this Python's asynchat is %s's" % (server, origin))
         if origin == framing.STDLIB:
-            detail = "stdlib asynchat/asyncore, %s" % python
-        else:
-            import importlib.metadata
+            return asynchat, asyncore, "stdlib asynchat/asyncore, %s" % python
+        import importlib.metadata
 
-            detail = "pyasynchat %s / pyasyncore %s, %s" % (
-                importlib.metadata.version("pyasynchat"), importlib.metadata.version("pyasyncore"), python)
-    elif server == "chatcore-compat":
-        from chatcore.compat import asynchat as compat_asynchat
-        from chatcore.compat import asyncore as compat_asyncore
+        return asynchat, asyncore, "pyasynchat %s / pyasyncore %s, %s" % (
+            importlib.metadata.version("pyasynchat"), importlib.metadata.version("pyasyncore"), python)
+    if server == "chatcore-compat":
+        import chatcore.compat
 
-        chat_base, dispatcher_base = compat_asynchat.async_chat, compat_asyncore.dispatcher
-        serve_forever = compat_asyncore.loop
-        detail = "chatcore.compat.asynchat.async_chat"
-    else:
-        chat_base, dispatcher_base, serve_forever = chatcore.async_chat, chatcore.dispatcher, chatcore.loop
-        detail = "chatcore.async_chat"
+        chatcore.compat.install()
+        return (sys.modules["asynchat"], sys.modules["asyncore"],
+                "chatcore.compat.asynchat.async_chat (chatcore.compat.install())")
+    asynchat, asyncore = chatcore_under_legacy_names()
+    return asynchat, asyncore, "chatcore.async_chat"
+
+
+def checked_send_timing(server: str, handler_class: Type[Any], chat_base: Type[Any],
+                        loop: Callable[..., None], detail: str) -> Tuple[str, Union[bool, str, None], str]:
+    """Probe *handler_class* (built on *chat_base*, served by *loop*) before row *server* listens.
+
+    Returns the measured timing, the ``ac_coalesce_sends`` the row runs with
+    (``send_mode``: EchoBenchmarkError if the timing contradicts the mode a
+    chatcore row names) and *detail*, for a chatcore row extended with
+    chatcore's version, engine, send mode and timing.
+    """
+    expected = CHATCORE_SEND_MODES.get(server)
+    timing = probe_send_timing(handler_class, loop)
+    coalesce = send_mode(chat_base, expected, timing, detail)
+    if expected is not None:
+        detail = "chatcore %s (%s engine), %s, ac_coalesce_sends=%s, pushes sent %s, Python %s" % (
+            chatcore.__version__, chatcore.implementation, detail, coalesce, timing, sys.version.split()[0])
+    return timing, coalesce, detail
+
+
+def _serve_asyncore_style(server: str, announce: Callable[..., None]) -> None:
+    python = "Python %s" % sys.version.split()[0]
+    asynchat, asyncore, detail = asyncore_modules(server)
+    chat_base, dispatcher_base, serve_forever = asynchat.async_chat, asyncore.dispatcher, asyncore.loop
     timing: Optional[str] = None
     coalesce: Union[bool, str, None] = None
     if server in FAULT_SERVERS:
@@ -374,13 +375,8 @@ def _serve_asyncore_style(server: str, announce: Callable[..., None]) -> None:
         detail = "chatcore %s (%s engine), deliberately faulty handler, %s" % (
             chatcore.__version__, chatcore.implementation, python)
     else:
-        expected = CHATCORE_SEND_MODES.get(server)
-        handler_class = line_echo_handler_class(chat_base, expected)
-        timing = probe_send_timing(handler_class, serve_forever)
-        coalesce = send_mode(chat_base, expected, timing, detail)
-        if expected is not None:
-            detail = "chatcore %s (%s engine), %s, ac_coalesce_sends=%s, pushes sent %s, %s" % (
-                chatcore.__version__, chatcore.implementation, detail, coalesce, timing, python)
+        handler_class = line_echo_handler_class(chat_base, CHATCORE_SEND_MODES.get(server))
+        timing, coalesce, detail = checked_send_timing(server, handler_class, chat_base, serve_forever, detail)
     listener_class = _listener_class(dispatcher_base)
     channel_map: Dict[int, Any] = {}
     listener = listener_class(handler_class, channel_map)
@@ -450,56 +446,16 @@ def _serve_asyncio_style(server: str, announce: Callable[[int, str], None]) -> N
         event_loop.close()
 
 
-def _start_lifeline(max_seconds: float, watch_stdin: bool) -> None:
-    """End this process when stdin closes or *max_seconds* pass, whatever the loop does.
-
-    The event loops never return on their own, so daemon threads end the
-    process with ``os._exit``; the kernel closes every socket.
-    """
-
-    def exit_after_max_seconds() -> None:
-        time.sleep(max_seconds)
-        sys.stderr.write("echo server: max lifetime of %g s reached, exiting\n" % max_seconds)
-        sys.stderr.flush()
-        os._exit(3)
-
-    def exit_on_stdin_eof() -> None:
-        stdin_fd = sys.stdin.fileno()
-        while os.read(stdin_fd, 4096):
-            pass
-        os._exit(0)
-
-    threading.Thread(target=exit_after_max_seconds, name="max-lifetime", daemon=True).start()
-    if watch_stdin and sys.stdin is not None:
-        threading.Thread(target=exit_on_stdin_eof, name="stdin-lifeline", daemon=True).start()
-
-
 def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS, watch_stdin: bool = True) -> None:
     """Run echo server *server* until the process is ended; see the module docstring."""
-    _start_lifeline(max_seconds, watch_stdin)
+    start_lifeline(max_seconds, watch_stdin, "echo server")
     raise_descriptor_limit(1 << 16)
 
     def announce(port: int, detail: str, send_timing: Optional[str] = None,
                  ac_coalesce_sends: Union[bool, str, None] = None) -> None:
-        serves_chatcore = server in CHATCORE_SEND_MODES or server in FAULT_SERVERS
-        info = {
-            "port": port,
-            "pid": os.getpid(),
-            "server": server,
-            "detail": detail,
-            "send_timing": send_timing,
-            "ac_coalesce_sends": ac_coalesce_sends,
-            # The framing engine matters only where chatcore is what serves.
-            "implementation": chatcore.implementation if serves_chatcore else None,
-            "chatcore_engine": chatcore.implementation,
-            "chatcore_file": os.path.realpath(chatcore.__file__),
-            "python": sys.executable,
-        }
-        # Written whole then renamed, so the parent never reads half a file.
-        partial = port_file + ".partial"
-        with open(partial, "w") as stream:
-            json.dump(info, stream)
-        os.replace(partial, port_file)
+        write_port_file(port_file, port, server, detail,
+                        serves_chatcore=server in CHATCORE_SEND_MODES or server in FAULT_SERVERS,
+                        send_timing=send_timing, ac_coalesce_sends=ac_coalesce_sends)
 
     if server == "fault:never-ready":
         while True:
@@ -515,12 +471,7 @@ def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS,
 # --- The server process, seen from the benchmark -----------------------------
 
 
-def _package_root() -> str:
-    """The directory the running chatcore package was imported from."""
-    return os.path.dirname(os.path.dirname(os.path.realpath(chatcore.__file__)))
-
-
-class EchoServerProcess:
+class EchoServerProcess(ServerProcess):
     """An echo server in a child process running this chatcore, as a context manager.
 
     ``start()`` returns once the server listens (or raises within
@@ -528,133 +479,11 @@ class EchoServerProcess:
     call at any time, any number of times.
     """
 
-    def __init__(self, server: str, max_seconds: float = DEFAULT_MAX_SECONDS):
-        if server not in SERVERS + FAULT_SERVERS:
-            raise ValueError("unknown echo server %r; available here: %s" % (server, ", ".join(available_servers())))
-        if server in SERVERS and server not in available_servers():
-            raise ValueError("echo server %r cannot run on this Python; available here: %s"
-                             % (server, ", ".join(available_servers())))
-        self.server = server
-        self.max_seconds = max_seconds
-        self.process: Optional["subprocess.Popen[bytes]"] = None
-        self.port: Optional[int] = None
-        self.info: Dict[str, Any] = {}
-        self._workdir: Optional[tempfile.TemporaryDirectory] = None  # type: ignore[type-arg]
-        self._stderr_file: Any = None
-
-    @property
-    def implementation(self) -> Optional[str]:
-        return self.info.get("implementation")
-
-    @property
-    def detail(self) -> Optional[str]:
-        return self.info.get("detail")
-
-    @property
-    def send_timing(self) -> Optional[str]:
-        return self.info.get("send_timing")
-
-    @property
-    def ac_coalesce_sends(self) -> Union[bool, str, None]:
-        return self.info.get("ac_coalesce_sends")
-
-    def start(self, startup_timeout: float = 30.0) -> "EchoServerProcess":
-        if self._workdir is not None or self.process is not None:
-            raise RuntimeError("an EchoServerProcess starts only once")
-        deadline = time.monotonic() + startup_timeout
-        # The child must import this very chatcore, even from a source tree
-        # that is not on the default path: put its root first.
-        root = _package_root()
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(
-            [root] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry])
-        try:
-            self._workdir = tempfile.TemporaryDirectory(prefix="chatcore-echo-")
-            port_file = os.path.join(self._workdir.name, "port.json")
-            self._stderr_file = open(os.path.join(self._workdir.name, "stderr.txt"), "w+b")
-            command = [
-                sys.executable, "-m", "chatcore.benchmark.echo", "serve",
-                "--server", self.server, "--port-file", port_file, "--max-seconds", repr(self.max_seconds),
-            ]
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,  # the lifeline: the child exits when it closes
-                stdout=subprocess.DEVNULL,
-                stderr=self._stderr_file,
-                env=environment,
-                # `-m` puts the working directory first on sys.path; make it the same root.
-                cwd=root,
-            )
-            self._wait_for_port_file(port_file, deadline, startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_for_port_file(self, port_file: str, deadline: float, startup_timeout: float) -> None:
-        assert self.process is not None
-        while not os.path.exists(port_file):
-            if self.process.poll() is not None:
-                raise EchoBenchmarkError(
-                    "echo server %r exited with status %s before listening%s"
-                    % (self.server, self.process.returncode, self._stderr_tail()))
-            if time.monotonic() >= deadline:
-                raise EchoTimeoutError(
-                    "echo server %r did not start listening within %g s%s"
-                    % (self.server, startup_timeout, self._stderr_tail()))
-            time.sleep(0.01)
-        with open(port_file) as stream:
-            self.info = json.load(stream)
-        mine = os.path.realpath(chatcore.__file__)
-        if self.info.get("chatcore_file") != mine:
-            raise EchoBenchmarkError(
-                "echo server %r imported chatcore from %s, the benchmark from %s"
-                % (self.server, self.info.get("chatcore_file"), mine))
-        self.port = int(self.info["port"])
-
-    def _stderr_tail(self, limit: int = 2000) -> str:
-        if self._stderr_file is None:
-            return ""
-        self._stderr_file.flush()
-        self._stderr_file.seek(0)
-        text = self._stderr_file.read().decode("utf-8", "replace").strip()
-        if not text:
-            return ""
-        return "; its stderr:\n" + text[-limit:]
-
-    def stop(self) -> None:
-        process = self.process
-        if process is not None:
-            try:
-                if process.stdin is not None:
-                    process.stdin.close()  # asks the lifeline thread to exit
-                try:
-                    process.wait(timeout=1.0)
-                except subprocess.TimeoutExpired:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=5.0)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait(timeout=5.0)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-        if self._stderr_file is not None:
-            self._stderr_file.close()
-            self._stderr_file = None
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
-
-    def __enter__(self) -> "EchoServerProcess":
-        if self.process is None:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+    module = "chatcore.benchmark.echo"
+    label = "echo server"
+    servers = SERVERS
+    fault_servers = FAULT_SERVERS
+    available_servers = staticmethod(available_servers)
 
 
 # --- The clients ---------------------------------------------------------------
@@ -733,31 +562,6 @@ class ClientMeasurement:
     p99_us: Optional[float] = None
 
 
-def raise_descriptor_limit(wanted: int) -> int:
-    """Raise this process's soft descriptor limit towards *wanted* (up to the hard limit).
-
-    Returns the soft limit in force afterwards; unchanged where the platform
-    has no ``resource`` module.
-    """
-    try:
-        import resource
-    except ImportError:
-        return wanted
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return wanted
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    while target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError):
-            # macOS refuses a soft limit above kern.maxfilesperproc even
-            # under an "unlimited" hard limit: settle for less.
-            target //= 2
-    return soft
-
-
 def _resident_bytes(pid: int) -> Optional[int]:
     """A process's resident set size, from /proc (Linux); None elsewhere."""
     try:
@@ -803,20 +607,6 @@ def open_idle_connections(port: int, count: int, deadline: float) -> List[socket
     return sockets
 
 
-def _connect(port: int, deadline: float) -> socket.socket:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise EchoTimeoutError("no time left to connect to the echo server")
-    sock = socket.create_connection((LOOPBACK, port), timeout=remaining)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 class _PipelinedConnection:
     __slots__ = ("sock", "stream", "total", "sent", "check", "waiting_to_write")
 
@@ -851,7 +641,7 @@ class PipelinedClient:
             for index in range(connections):
                 stream = expected_stream(index, lines, line_size)
                 check = EchoStreamCheck("connection %d" % index, stream)
-                self.connections.append(_PipelinedConnection(_connect(port, deadline), stream, check))
+                self.connections.append(_PipelinedConnection(connect(port, deadline), stream, check))
         except BaseException:
             self.close()
             raise
@@ -935,12 +725,6 @@ class PipelinedClient:
             "pipelined", count, count * self.lines, count * self.lines * self.line_size, seconds)
 
 
-def _percentile(sorted_values: List[int], percent: float) -> int:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, -(-len(sorted_values) * percent // 100))
-    return sorted_values[int(rank) - 1]
-
-
 class PingPongClient:
     """One connection, *rounds* sequential round trips of one line each.
 
@@ -953,7 +737,7 @@ class PingPongClient:
         stream = expected_stream(0, rounds, line_size)
         self.line_size = line_size
         self.lines = [stream[start:start + line_size] for start in range(0, len(stream), line_size)]
-        self.sock = _connect(port, time.monotonic() + timeout)
+        self.sock = connect(port, time.monotonic() + timeout)
 
     def close(self) -> None:
         self.sock.close()
@@ -982,7 +766,7 @@ class PingPongClient:
                 except OSError as error:
                     raise EchoBenchmarkError("ping-pong round trip %d: %s" % (round_number, error)) from error
                 if sent < size:
-                    self._send_rest(line, sent, deadline)
+                    send_rest(sock, line, sent, deadline)
                 received = 0
                 while received < size:
                     # The echo cannot be there yet: wait first, saving a failed recv.
@@ -1015,25 +799,8 @@ class PingPongClient:
         rounds = len(self.lines)
         return ClientMeasurement(
             "ping-pong", 1, rounds, rounds * size, seconds,
-            p50_us=_percentile(latencies_ns, 50) / 1000.0,
-            p99_us=_percentile(latencies_ns, 99) / 1000.0)
-
-    def _send_rest(self, line: bytes, sent: int, deadline: float) -> None:
-        """Finish sending a line the socket took only part of (long lines, rare)."""
-        rest = memoryview(line)[sent:]
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.sock, selectors.EVENT_WRITE)
-            while rest:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise EchoTimeoutError("ping-pong: could not send a line before the deadline")
-                selector.select(remaining)
-                try:
-                    rest = rest[self.sock.send(rest):]
-                except BlockingIOError:
-                    pass
-                except OSError as error:
-                    raise EchoBenchmarkError("ping-pong: %s" % error) from error
+            p50_us=percentile(latencies_ns, 50) / 1000.0,
+            p99_us=percentile(latencies_ns, 99) / 1000.0)
 
 
 def run_echo(
@@ -1106,7 +873,6 @@ def run_echo(
         process.stop()
     seconds = measurement.seconds
     return EchoResult(
-        server=server,
         mode=mode,
         connections=measurement.connections,
         messages=measurement.messages,
@@ -1116,12 +882,7 @@ def run_echo(
         mb_per_s=measurement.bytes / seconds / 1e6 if seconds > 0 else float("inf"),
         p50_us=measurement.p50_us,
         p99_us=measurement.p99_us,
-        implementation=process.implementation,
-        server_detail=process.detail,
-        send_timing=process.send_timing,
-        ac_coalesce_sends=process.ac_coalesce_sends,
-        server_pid=process.process.pid if process.process is not None else None,
-        server_returncode=process.process.returncode if process.process is not None else None,
+        **process.report(),
         idle_connections=idle_connections,
         rss_per_idle_connection=rss_per_idle,
     )
@@ -1132,30 +893,9 @@ def run_echo(
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m chatcore.benchmark.echo serve ...``: run one echo server."""
-    parser = argparse.ArgumentParser(
-        prog="python -m chatcore.benchmark.echo",
-        description="Echo-server side of chatcore's loopback echo benchmark.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve_parser = commands.add_parser(
-        "serve", help="run one echo server on 127.0.0.1 (a free port, written to --port-file)")
-    serve_parser.add_argument(
-        "--server", required=True, choices=list(SERVERS + FAULT_SERVERS),
-        help="which implementation serves (fault:* misbehave on purpose, for tests)")
-    serve_parser.add_argument(
-        "--port-file", required=True,
-        help="where to write the port, as JSON with which chatcore and engine serve")
-    serve_parser.add_argument(
-        "--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
-        help="exit after this many seconds whatever happens (default %g)" % DEFAULT_MAX_SECONDS)
-    serve_parser.add_argument(
-        "--ignore-stdin", action="store_true",
-        help="keep serving when stdin reaches end of file (by default that ends the server)")
-    args = parser.parse_args(argv)
-    if args.command != "serve":
-        parser.print_help(sys.stderr)
-        return 2
-    serve(args.server, args.port_file, args.max_seconds, watch_stdin=not args.ignore_stdin)
-    return 0
+    return serve_main(argv, "python -m chatcore.benchmark.echo",
+                      "Echo-server side of chatcore's loopback echo benchmark.",
+                      SERVERS + FAULT_SERVERS, serve)
 
 
 if __name__ == "__main__":

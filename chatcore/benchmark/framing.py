@@ -14,7 +14,13 @@ implementation, so every row does the same work:
 * the ``chatcore-messages`` row runs the protocol on ``message_chat`` (one
   ``handle_message`` call per message, the opt-in API for new code);
 * the asyncio row drives ``StreamReader.readuntil``/``readexactly`` with the
-  same protocol, fed with ``feed_data`` one read at a time.
+  same protocol, fed with ``feed_data`` one read at a time;
+* the ``handler-floor`` row is the handler's own cost: the same handler (on
+  chatcore's compiled engine where there is one), its
+  ``collect_incoming_data`` and ``found_terminator`` called once per message
+  on the stream split beforehand, no framing at all.  A framing row's time
+  over the floor's is what the framing costs on top of the handler (left
+  out for the large bodies, whose cost is copying, not callbacks).
 
 After each run the message count and byte total are checked, so a fast wrong
 answer fails instead of winning.
@@ -25,7 +31,7 @@ for the same reason it also holds ``legacy_origin()``/``import_legacy()``,
 which the echo benchmark uses too.
 """
 
-import asyncio
+import copy
 import importlib.machinery
 import importlib.metadata
 import os
@@ -99,6 +105,10 @@ class Workload(NamedTuple):
     description: str
     #: scale -> (stream, protocol factory, expected messages, expected payload bytes)
     build: Callable[[float], Tuple[bytes, Callable[[], Protocol], int, int]]
+    #: Whether the handler-floor row runs it: not for large bodies, whose cost
+    #: is the copies the framing must make and whose floor (a callback pair
+    #: per body, the body never copied) says nothing about them.
+    has_floor: bool = True
 
 
 def _count(base: int, scale: float) -> int:
@@ -150,9 +160,9 @@ WORKLOADS: Dict[str, Workload] = {
     for workload in [
         Workload("lines16", "1,000,000 lines of 16 bytes ending \\r\\n", _lines),
         Workload("headers200", "100,000 header lines of 200 bytes", _headers),
-        Workload("smtp64k", "10,000 64 KiB bodies ending \\r\\n.\\r\\n", _smtp_bodies),
+        Workload("smtp64k", "10,000 64 KiB bodies ending \\r\\n.\\r\\n", _smtp_bodies, has_floor=False),
         Workload("length-prefixed", "200,000 records: 4-byte length, then body", _length_prefixed),
-        Workload("body64m", "one 64 MiB body read with an integer terminator", _big_body),
+        Workload("body64m", "one 64 MiB body read with an integer terminator", _big_body, has_floor=False),
     ]
 }
 
@@ -220,6 +230,71 @@ def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float
     return _handle_read_runner(lambda read_size: _framing_handler(base, read_size))
 
 
+#: The row that times the handler alone (see the module docstring).
+FLOOR = "handler-floor"
+
+
+def _split_messages(stream: bytes, protocol: Protocol) -> List[bytes]:
+    """The payload of each message of *stream* as *protocol* frames it, terminators removed.
+
+    What the handler is given when each message arrives in one piece.  Equal
+    pieces are one object, so the floor reads them from the cache, not from a
+    store of pre-built objects many times the stream's size (a cost of this
+    harness, not of the handler).
+    """
+    pieces = []
+    distinct: Dict[bytes, bytes] = {}
+    terminator = protocol.first_terminator
+    position = 0
+    while position < len(stream):
+        if isinstance(terminator, int):
+            end = following = position + terminator
+        else:
+            end = stream.find(terminator, position)
+            if end < 0:
+                raise ValueError("the stream ends without a terminator %r" % terminator)
+            following = end + len(terminator)
+        piece = stream[position:end]
+        if not piece:
+            # asynchat never hands an empty piece to collect_incoming_data.
+            raise ValueError("empty messages would make the floor call collect_incoming_data(b'')")
+        pieces.append(distinct.setdefault(piece, piece))
+        terminator = protocol.on_message(piece)
+        position = following
+    return pieces
+
+
+def _floor_runner(base: type) -> Callable[[List[bytes], int, Protocol], float]:
+    """Times the framing handler on *base* given each message whole: no framing engine."""
+    handlers: Dict[int, type] = {}
+    # One workload at a time: its reads (kept, so their id stays theirs) and messages.
+    split: Dict[int, Tuple[List[bytes], List[bytes]]] = {}
+
+    def run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+        handler_class = handlers.get(read_size)
+        if handler_class is None:
+            handler_class = handlers[read_size] = _framing_handler(base, read_size)
+        if id(reads) not in split:
+            split.clear()
+            split[id(reads)] = (reads, _split_messages(b"".join(reads), copy.copy(protocol)))
+        pieces = split[id(reads)][1]
+        channel = handler_class(_ReplayedReads([]), protocol)
+        collect = channel.collect_incoming_data
+        found = channel.found_terminator
+        start = time.perf_counter()
+        for piece in pieces:
+            collect(piece)
+            found()
+        return time.perf_counter() - start
+
+    return run
+
+
+def runs_on(implementation: str, workload: str) -> bool:
+    """Whether row *implementation* measures *workload* (the floor skips single bodies)."""
+    return implementation != FLOOR or WORKLOADS[workload].has_floor
+
+
 def _message_handler(read_size: int) -> type:
     """The same protocol on chatcore's one-callback-per-message API."""
 
@@ -238,7 +313,7 @@ def _message_handler(read_size: int) -> type:
     return MessageHandler
 
 
-async def _read_messages(reader: asyncio.StreamReader, protocol: Protocol) -> None:
+async def _read_messages(reader: Any, protocol: Protocol) -> None:
     terminator = protocol.first_terminator
     while not protocol.done:
         if isinstance(terminator, int):
@@ -250,6 +325,8 @@ async def _read_messages(reader: asyncio.StreamReader, protocol: Protocol) -> No
 
 
 async def _feed_streams(reads: List[bytes], protocol: Protocol) -> float:
+    import asyncio
+
     reader = asyncio.StreamReader(limit=1 << 20)
     consumer = asyncio.ensure_future(_read_messages(reader, protocol))
     start = time.perf_counter()
@@ -262,6 +339,10 @@ async def _feed_streams(reads: List[bytes], protocol: Protocol) -> float:
 
 
 def _asyncio_run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+    # Imported here: the regression gate loads this module under callgrind,
+    # where importing asyncio alone costs seconds.
+    import asyncio
+
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(_feed_streams(reads, protocol))
@@ -363,9 +444,12 @@ def _legacy_asynchat() -> Optional[Tuple[str, type]]:
     return LEGACY_ROWS[origin], asynchat.async_chat
 
 
-def implementations() -> Dict[str, Callable[[List[bytes], int, Protocol], float]]:
-    """Runnable implementations on this Python, by row name."""
-    found: Dict[str, Callable[[List[bytes], int, Protocol], float]] = {}
+Runner = Callable[[List[bytes], int, Protocol], float]
+
+
+def chatcore_implementations() -> Dict[str, Runner]:
+    """chatcore's ``async_chat`` on each engine it has here, and the handler floor, by row name."""
+    found: Dict[str, Runner] = {}
     engines = {}
     try:
         from chatcore import _framing_c
@@ -381,6 +465,15 @@ def implementations() -> Dict[str, Callable[[List[bytes], int, Protocol], float]
         pass
     for name, engine in engines.items():
         found[name] = _asynchat_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))
+        if len(found) == 1:
+            # The handler's own cost, on the engine the first row (the compiled one, if any) uses.
+            found[FLOOR] = _floor_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))
+    return found
+
+
+def implementations() -> Dict[str, Runner]:
+    """Runnable implementations on this Python, by row name."""
+    found = chatcore_implementations()
     if hasattr(chatcore, "message_chat"):
         # One callback per message (new code), on the default engine.
         found["chatcore-messages"] = _handle_read_runner(_message_handler)
