@@ -1,4 +1,4 @@
-"""Build script: compiles the Cython framing engine (src/_framing_c.pyx).
+"""Build script: compiles the Cython framing engine (src/_framing_c.pyx and the .pxi it includes).
 
 All metadata lives in pyproject.toml; this file only declares the extension.
 Set CHATCORE_NO_EXTENSIONS=1 to skip compilation: the package then runs on its
@@ -56,6 +56,8 @@ def _extensions():
     return cythonize(
         [Extension("chatcore._framing_c", [source], extra_compile_args=compile_args)],
         compiler_directives=directives,
+        # src/_framing_c.pyx includes src/*.pxi, also from the debug copy.
+        include_path=["src"],
     )
 
 

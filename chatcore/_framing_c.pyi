@@ -65,3 +65,17 @@ def collect_incoming_piece(channel: Any, data: Any) -> None:
 
 def join_incoming(channel: Any) -> bytes:
     """The pieces kept so far as one bytes object, and forget them (``_get_data``)."""
+
+# The per-event steps of async_chat (src/_framing_io.pxi; twin: chatcore._framing_io_py).
+def handle_read(channel: Any) -> None:
+    """``async_chat.handle_read``: receive once and hand the bytes to framing."""
+def deliver_received(channel: Any, data: Any) -> None:
+    """``async_chat._deliver_received``: frame *data* into the two callbacks."""
+def deliver_messages(channel: Any, data: Any) -> None:
+    """``message_chat._deliver_received``: frame *data* into ``handle_message`` calls."""
+def get_terminator(channel: Any) -> Any:
+    """``async_chat.get_terminator``."""
+def push_and_send(channel: Any, data: Any) -> None:
+    """Queue *data* for sending (``async_chat.push``); see ``async_chat.ac_coalesce_sends``."""
+def initiate_send_once(channel: Any) -> None:
+    """``async_chat.initiate_send``: stdlib's one step of sending, then a look by the loop."""

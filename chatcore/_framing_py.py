@@ -563,3 +563,17 @@ def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
         else:
             fifo[0] = memoryview(head)[remaining:]
     return total - sent
+
+
+# The per-event steps of async_chat (they use push and initiate_send above).
+from ._framing_io_py import (  # noqa: E402
+    deliver_messages,
+    deliver_received,
+    get_terminator,
+    handle_read,
+    initiate_send_once,
+    push_and_send,
+)
+
+__all__ += ["handle_read", "deliver_received", "deliver_messages", "get_terminator",
+            "push_and_send", "initiate_send_once"]

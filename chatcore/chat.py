@@ -14,10 +14,10 @@ slices) are taken only where nothing observable changes.
 """
 
 import socket
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Union
 
 from . import _framing, coalesce
-from .dispatch import dispatcher, inherits
+from .dispatch import dispatcher
 from .eventloop import note_interest_change, track_predicates
 from .events import _RERAISED, DISCONNECTED
 from .limits import declare_limits
@@ -29,19 +29,6 @@ _BUFFER_TYPES = (bytes, bytearray, memoryview)
 
 Terminator = Union[bytes, str, int, None]
 
-
-#: Reusable receive buffers (memoryviews over bytearrays), free for the taking.
-#: A read pops one and puts it back when its handlers have returned; a read
-#: that finds none (another thread is reading, or a handler re-entered
-#: handle_read) makes one.  There are never more buffers than reads that ran
-#: at the same time, so idle channels hold none.  list.pop/append are atomic,
-#: which a threading.local's attribute accesses cost more than.
-_free_receive_buffers: List[memoryview] = []
-
-
-_dispatcher_recv = dispatcher.recv
-_NO_BUFFER = memoryview(b"")
-_dispatcher_send = dispatcher.send
 
 #: class -> whether its send path (send, initiate_send) is chatcore's own
 _coalescing_classes: Dict[type, bool] = {}
@@ -56,13 +43,13 @@ else:  # Windows: no sendmsg; one joined send is still one call
 
 
 
-#: async_chat method -> the engine function that implements it.
-_ENGINE_METHODS = {
-    "set_terminator": "set_terminator",
-    "_collect_incoming_data": "collect_incoming_piece",
-    "_get_data": "join_incoming",
-}
-_ENGINE_MODULES = ("chatcore._framing_c", "chatcore._framing_py")
+#: async_chat methods the engine implements (each engine function has the
+#: method's own name or, for the first three, the name it has in the engine).
+_ENGINE_METHODS = (
+    "set_terminator", "_collect_incoming_data", "_get_data", "get_terminator",
+    "handle_read", "_deliver_received", "push", "initiate_send",
+)
+_ENGINE_MODULES = ("chatcore._framing_c", "chatcore._framing_py", "chatcore._framing_io_py")
 
 
 class async_chat(dispatcher):
@@ -109,9 +96,12 @@ class async_chat(dispatcher):
         engine = cls.__dict__.get("_engine")
         if engine is None:
             return
-        for method, function in _ENGINE_METHODS.items():
-            if getattr(getattr(cls, method), "__module__", None) in _ENGINE_MODULES:
-                setattr(cls, method, getattr(engine, function))
+        for method in _ENGINE_METHODS:
+            current = getattr(cls, method)
+            if getattr(current, "__module__", None) in _ENGINE_MODULES:
+                # The same function of the other engine (message_chat's
+                # _deliver_received is not async_chat's).
+                setattr(cls, method, getattr(engine, current.__name__))
 
     def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
         self._framer = self._engine.Framer()
@@ -143,67 +133,22 @@ class async_chat(dispatcher):
 
     set_terminator: Callable[["async_chat", Terminator], None] = _framing.engine.set_terminator
 
-    def get_terminator(self) -> Terminator:
-        return self.terminator
-
-    def handle_read(self) -> None:
-        # inherits(self, "recv", dispatcher.recv) spelled out, and the read
-        # into a reusable buffer written in line: every read event runs this.
-        if (
-            type(self).recv is not _dispatcher_recv
-            or not isinstance(self.socket, socket.socket)
-            or "recv" in self.__dict__
-        ):
-            self._read_with_recv()
-            return
-        # dispatcher.recv's semantics, into a reusable buffer.
-        size = self.ac_in_buffer_size
-        free = _free_receive_buffers
-        view = free.pop() if free else _NO_BUFFER
-        if len(view) < size:
-            view = memoryview(bytearray(size))
-        try:
-            try:
-                count = self.socket.recv_into(view, size)
-            except BlockingIOError:
-                return
-            except OSError as err:
-                if err.errno in DISCONNECTED:
-                    self.handle_close()
-                    count = 0
-                else:
-                    self.handle_error()
-                    return
-            else:
-                if not count:
-                    # The peer closed; pending bytes are still processed.
-                    self.handle_close()
-            # Released afterwards, so no handler can keep a window on the
-            # reused buffer.
-            with view[:count] as received:
-                self._deliver_received(received)
-        finally:
-            free.append(view)
-
-    def _read_with_recv(self) -> None:
-        """handle_read through ``self.recv()`` (overridden, or not a plain socket)."""
-        try:
-            data = self.recv(self.ac_in_buffer_size)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.handle_error()
-            return
-        if isinstance(data, str) and self.use_encoding:
-            data = bytes(data, self.encoding)
-        self._deliver_received(data)
-
-    def _deliver_received(self, data: Any) -> None:
-        """Hand received bytes to the framing engine."""
-        # Whether get_terminator() is overridden: inherits() spelled out, per read.
-        self._framer.feed(self, data, not (
-            type(self).get_terminator is async_chat.get_terminator
-            and "get_terminator" not in self.__dict__), self.ac_max_message_size)
+    if TYPE_CHECKING:
+        def get_terminator(self) -> Terminator: ...
+        def handle_read(self) -> None: ...
+        def _deliver_received(self, data: Any) -> None: ...
+        def push(self, data: Union[bytes, bytearray, memoryview]) -> None: ...
+        def initiate_send(self) -> None: ...
+    else:
+        # The per-event steps, compiled in the engine (chatcore._framing_io_py
+        # is their pure-Python twin, with what each does): a request that
+        # arrives and is answered crosses the fewest Python frames.  push()
+        # documents the send timing (see also ``ac_coalesce_sends``).
+        get_terminator = _framing.engine.get_terminator
+        handle_read = _framing.engine.handle_read
+        _deliver_received = _framing.engine.deliver_received
+        push = _framing.engine.push_and_send
+        initiate_send = _framing.engine.initiate_send_once
 
     def handle_write(self) -> None:
         if self._may_coalesce():
@@ -260,35 +205,6 @@ class async_chat(dispatcher):
         self._framer.pending = b""
         self.handle_close()
 
-    def push(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        """Queue *data* for sending.
-
-        With ``ac_coalesce_sends`` false (compat's default) it is handed to
-        the socket at once, as far as the socket takes it, as stdlib does.
-        With it true (chatcore's default), a push made while ``loop()``
-        dispatches a turn's events waits for the end of that turn, when
-        everything the turn pushed on this channel leaves in gathered sends;
-        a push from anywhere else is sent at once.  A subclass that
-        overrides ``send`` or ``initiate_send`` keeps stdlib's timing
-        either way.  ``flush_sends()`` sends a waiting push now.
-        """
-        self._engine.push(self, data)
-        if self._send_deferred:
-            # Already waiting for this turn's end, its interest change noted.
-            return
-        if self.ac_coalesce_sends and self._may_coalesce() and coalesce.defer(self):
-            # The engine appended with deque's own append, which reports nothing.
-            note_interest_change(self._map, self._fileno)
-            return
-        if type(self).initiate_send is _initiate_send and "initiate_send" not in self.__dict__:
-            # async_chat.initiate_send, written in line.
-            self._engine.initiate_send(
-                self, type(self).send is _dispatcher_send and "send" not in self.__dict__)
-            note_interest_change(self._map, self._fileno)
-            return
-        note_interest_change(self._map, self._fileno)
-        self.initiate_send()
-
     def flush_sends(self) -> None:
         """Send what this channel has queued now, not at the end of the turn.
 
@@ -308,7 +224,7 @@ class async_chat(dispatcher):
         allowed = _coalescing_classes.get(cls)
         if allowed is None:
             allowed = _coalescing_classes[cls] = (
-                cls.send is dispatcher.send and cls.initiate_send is async_chat.initiate_send
+                cls.send is dispatcher.send and cls.initiate_send is cls._engine.initiate_send_once
             )
         return (
             allowed
@@ -363,12 +279,6 @@ class async_chat(dispatcher):
             # A queue the application put in place reports nothing itself.
             note_interest_change(self._map, self._fileno)
 
-    def initiate_send(self) -> None:
-        # Runs on every push outside the loop: inherits(self, "send", ...) inlined.
-        zero_copy = type(self).send is _dispatcher_send and "send" not in self.__dict__
-        self._engine.initiate_send(self, zero_copy)
-        note_interest_change(self._map, self._fileno)
-
     def discard_buffers(self) -> None:
         """Drop all pending input and output (emergencies only)."""
         self._framer.pending = b""
@@ -376,8 +286,6 @@ class async_chat(dispatcher):
         self.producer_fifo.clear()
         note_interest_change(self._map, self._fileno)
 
-
-_initiate_send = async_chat.initiate_send
 
 # async_chat's readable()/writable() answers change only through calls that
 # report it (pushes, queue additions, close, add/del_channel), so the loop may
@@ -411,8 +319,8 @@ class message_chat(async_chat):
 
     _size_limit_name = "max_message_size"
 
-    def _deliver_received(self, data: Any) -> None:
-        self._framer.feed_messages(self, data, self.max_message_size)
+    if not TYPE_CHECKING:
+        _deliver_received = _framing.engine.deliver_messages
 
 
 class simple_producer:

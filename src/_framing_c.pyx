@@ -775,3 +775,7 @@ def send_gathered(fifo, sendmsg, Py_ssize_t max_bytes):
         else:
             fifo[0] = memoryview(head)[remaining:]
     return total - sent
+
+
+# The per-event steps of async_chat (they use push and initiate_send above).
+include "_framing_io.pxi"

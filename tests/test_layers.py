@@ -1,4 +1,4 @@
-"""The package's layers depend one way: chat -> dispatch -> loop -> events.
+"""The package's layers depend one way: chat -> engine -> dispatch -> loop -> events.
 
 asyncore's side (dispatcher, loop) must work without asynchat's: the loop
 reaches channels only through the methods it calls and the narrow interfaces
@@ -17,7 +17,10 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(chatcore.__file__))
 ALLOWED = {
     "events": set(),
     "limits": set(),
-    "_framing_py": {"limits", "outqueue"},
+    "_framing_py": {"limits", "outqueue", "_framing_io_py"},
+    # The engine's per-event steps (async_chat's methods) use the dispatcher
+    # and the loop's interest tracking, never chat itself.
+    "_framing_io_py": {"coalesce", "dispatch", "eventloop", "events"},
     "coalesce": {"events"},
     "eventloop": {"events", "coalesce"},
     "outqueue": set(),

@@ -1,0 +1,151 @@
+# The per-event steps of async_chat: read and frame, push and send.
+#
+# Included by _framing_c.pyx; the twin is chatcore/_framing_io_py.py (its
+# docstring says what these are for), and the two must stay in step.  These
+# are async_chat's (and message_chat's) methods, compiled: binding=True makes
+# each bind to the channel like a function defined in the class.
+
+import socket as _socket_module
+
+from chatcore import coalesce as _coalesce
+from chatcore.dispatch import dispatcher as _dispatcher
+from chatcore.eventloop import note_interest_change as _note_interest_change
+from chatcore.events import DISCONNECTED as _DISCONNECTED
+
+__all__ += ["handle_read", "deliver_received", "deliver_messages", "get_terminator",
+            "push_and_send", "initiate_send_once"]
+
+_stock_recv = _dispatcher.recv
+_stock_send = _dispatcher.send
+_socket_type = _socket_module.socket
+_NO_BUFFER = memoryview(b"")
+
+#: Reusable receive buffers, as in the twin (list.pop/append are atomic).
+free_receive_buffers = []
+
+
+cdef inline bint _in_instance_dict(object channel, str name):
+    return name in PyObject_GenericGetDict(channel, NULL)
+
+
+@cython.binding(True)
+def handle_read(channel):
+    """``async_chat.handle_read``: receive once and hand the bytes to framing."""
+    cdef Py_ssize_t size, count
+    if (type(channel).recv is not _stock_recv or not isinstance(channel.socket, _socket_type)
+            or _in_instance_dict(channel, "recv")):
+        _read_with_recv(channel)
+        return
+    size = channel.ac_in_buffer_size
+    free = free_receive_buffers
+    view = free.pop() if free else _NO_BUFFER
+    if len(view) < size:
+        view = memoryview(bytearray(size))
+    try:
+        try:
+            count = channel.socket.recv_into(view, size)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            if err.errno in _DISCONNECTED:
+                channel.handle_close()
+                count = 0
+            else:
+                channel.handle_error()
+                return
+        else:
+            if not count:
+                # The peer closed; pending bytes are still processed.
+                channel.handle_close()
+        # Released afterwards, so no handler can keep a window on the
+        # reused buffer.
+        received = view[:count]
+        try:
+            _deliver(channel, received)
+        finally:
+            received.release()
+    finally:
+        free.append(view)
+
+
+cdef _read_with_recv(channel):
+    try:
+        data = channel.recv(channel.ac_in_buffer_size)
+    except BlockingIOError:
+        return
+    except OSError:
+        channel.handle_error()
+        return
+    if isinstance(data, str) and channel.use_encoding:
+        data = bytes(data, channel.encoding)
+    _deliver(channel, data)
+
+
+cdef _deliver(channel, data):
+    deliver = type(channel)._deliver_received
+    if deliver is deliver_received and not _in_instance_dict(channel, "_deliver_received"):
+        _feed_pieces(channel, data)
+    elif deliver is deliver_messages and not _in_instance_dict(channel, "_deliver_received"):
+        channel._framer.feed_messages(channel, data, channel.max_message_size)
+    else:
+        channel._deliver_received(data)
+
+
+cdef _feed_pieces(channel, data):
+    channel._framer.feed(
+        channel, data,
+        type(channel).get_terminator is not get_terminator
+        or _in_instance_dict(channel, "get_terminator"),
+        channel.ac_max_message_size)
+
+
+@cython.binding(True)
+def get_terminator(channel):
+    """``async_chat.get_terminator``."""
+    return channel.terminator
+
+
+@cython.binding(True)
+def deliver_received(channel, data):
+    """``async_chat._deliver_received``: frame *data* into the two callbacks."""
+    _feed_pieces(channel, data)
+
+
+@cython.binding(True)
+def deliver_messages(channel, data):
+    """``message_chat._deliver_received``: frame *data* into ``handle_message`` calls."""
+    channel._framer.feed_messages(channel, data, channel.max_message_size)
+
+
+@cython.binding(True)
+def initiate_send_once(channel):
+    """``async_chat.initiate_send``: stdlib's one step of sending, then a look by the loop."""
+    initiate_send(channel, type(channel).send is _stock_send and not _in_instance_dict(channel, "send"))
+    _note_interest_change(channel._map, channel._fileno)
+
+
+@cython.binding(True)
+def push_and_send(channel, data):
+    """Queue *data* for sending (``async_chat.push``).
+
+    With ``ac_coalesce_sends`` false (compat's default) it is handed to
+    the socket at once, as far as the socket takes it, as stdlib does.
+    With it true (chatcore's default), a push made while ``loop()``
+    dispatches a turn's events waits for the end of that turn, when
+    everything the turn pushed on this channel leaves in gathered sends;
+    a push from anywhere else is sent at once.  A subclass that
+    overrides ``send`` or ``initiate_send`` keeps stdlib's timing
+    either way.  ``flush_sends()`` sends a waiting push now.
+    """
+    push(channel, data)
+    if channel._send_deferred:
+        return
+    if channel.ac_coalesce_sends and channel._may_coalesce() and _coalesce.defer(channel):
+        _note_interest_change(channel._map, channel._fileno)
+        return
+    if type(channel).initiate_send is initiate_send_once and not _in_instance_dict(channel, "initiate_send"):
+        initiate_send(channel, type(channel).send is _stock_send and not _in_instance_dict(channel, "send"))
+        _note_interest_change(channel._map, channel._fileno)
+        return
+    _note_interest_change(channel._map, channel._fileno)
+    channel.initiate_send()
