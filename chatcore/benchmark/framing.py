@@ -33,10 +33,8 @@ which the echo benchmark uses too.
 
 import copy
 import importlib.machinery
-import importlib.metadata
 import os
 import sys
-import sysconfig
 import time
 import warnings
 from types import ModuleType
@@ -371,6 +369,11 @@ def _module_origin(name: str, path: str) -> Optional[str]:
     """
     if not path:
         return None
+    # Imported here, not at the top: the regression gate loads this module
+    # under callgrind and never asks, and these imports cost seconds there.
+    import importlib.metadata
+    import sysconfig
+
     real = os.path.realpath(path)
     if os.path.dirname(real) == os.path.realpath(sysconfig.get_paths()["stdlib"]):
         return STDLIB
