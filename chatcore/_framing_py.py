@@ -23,6 +23,9 @@ import sys
 from collections import deque
 from typing import Any, Optional, Tuple
 
+from errno import EWOULDBLOCK
+
+from .events import DISCONNECTED
 from .limits import check_limit
 from .outqueue import OutputQueue
 
@@ -460,7 +463,9 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
     one ``send`` of at most ``ac_out_buffer_size`` bytes is made.  With
     *zero_copy* (only when ``channel.send`` is not overridden, so nobody sees
     the difference) an immutable head is sliced through a memoryview instead
-    of copied.  A memoryview at the head (appended directly, or returned by
+    of copied, and ``dispatcher.send``'s steps are taken here, without its
+    frame: the socket's ``send``, EWOULDBLOCK as 0 bytes sent, a peer gone as
+    ``handle_close()``.  A memoryview at the head (appended directly, or returned by
     a producer) is first normalised to its bytes, so the sizes counted are
     bytes (stdlib counts items there).
     """
@@ -478,10 +483,18 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
                 return
         limit = channel.ac_out_buffer_size
         if zero_copy and type(first) is bytes:
-            first = memoryview(first)
-        try:
-            data = first[:limit]
-        except TypeError:
+            if len(first) <= limit:
+                # first[:limit] would be first itself.
+                data = first
+            else:
+                first = memoryview(first)
+                data = first[:limit]
+        else:
+            try:
+                data = first[:limit]
+            except TypeError:
+                data = _NOT_SLICEABLE
+        if data is _NOT_SLICEABLE:
             data = first.more()
             if type(data) is memoryview:
                 data = _byte_view(data)
@@ -493,13 +506,20 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
         if isinstance(data, str) and channel.use_encoding:
             data = bytes(data, channel.encoding)
         try:
-            sent = channel.send(data)
+            if zero_copy:
+                sent = _dispatcher_send(channel, data)
+            else:
+                sent = channel.send(data)
         except OSError:
             channel.handle_error()
             return
         if sent:
             if sent < len(data) or limit < len(first):
-                fifo[0] = first[sent:]
+                if zero_copy and type(first) is bytes:
+                    # The rest of a head sent whole: a view, not a copy.
+                    fifo[0] = memoryview(first)[sent:]
+                else:
+                    fifo[0] = first[sent:]
             else:
                 del fifo[0]
         return
@@ -561,6 +581,22 @@ def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
         if type(head) is bytearray:
             fifo[0] = head[remaining:]
         else:
+_NOT_SLICEABLE = object()
+
+
+def _dispatcher_send(channel: Any, data: Any) -> int:
+    """``dispatcher.send``, in line: only for channels that do not override it."""
+    try:
+        return channel.socket.send(data)
+    except OSError as err:
+        if err.errno == EWOULDBLOCK:
+            return 0
+        if err.errno in DISCONNECTED:
+            channel.handle_close()
+            return 0
+        raise
+
+
             fifo[0] = memoryview(head)[remaining:]
     return total - sent
 

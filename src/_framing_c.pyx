@@ -34,6 +34,8 @@ from collections import deque
 # accept only what it accepts and hand everything else to it.
 from chatcore.limits import check_limit
 from chatcore.outqueue import OutputQueue
+from chatcore.events import DISCONNECTED
+from errno import EWOULDBLOCK
 
 # push() appends to chatcore's own producer_fifo with deque's own method.
 _deque_append = deque.append
@@ -665,7 +667,9 @@ def initiate_send(channel, bint zero_copy=False):
     one ``send`` of at most ``ac_out_buffer_size`` bytes is made.  With
     *zero_copy* (only when ``channel.send`` is not overridden, so nobody sees
     the difference) an immutable head is sliced through a memoryview instead
-    of copied.  A memoryview at the head (appended directly, or returned by
+    of copied, and ``dispatcher.send``'s steps are taken here, without its
+    frame: the socket's ``send``, EWOULDBLOCK as 0 bytes sent, a peer gone as
+    ``handle_close()``.  A memoryview at the head (appended directly, or returned by
     a producer) is first normalised to its bytes, so the sizes counted are
     bytes (stdlib counts items there).
     """
@@ -683,10 +687,18 @@ def initiate_send(channel, bint zero_copy=False):
                 return
         limit = channel.ac_out_buffer_size
         if zero_copy and type(first) is bytes:
-            first = memoryview(first)
-        try:
-            data = first[:limit]
-        except TypeError:
+            if PyBytes_GET_SIZE(first) <= limit:
+                # first[:limit] would be first itself.
+                data = first
+            else:
+                first = memoryview(first)
+                data = first[:limit]
+        else:
+            try:
+                data = first[:limit]
+            except TypeError:
+                data = _NOT_SLICEABLE
+        if data is _NOT_SLICEABLE:
             data = first.more()
             if type(data) is memoryview:
                 data = _byte_view(data)
@@ -698,13 +710,20 @@ def initiate_send(channel, bint zero_copy=False):
         if isinstance(data, str) and channel.use_encoding:
             data = bytes(data, channel.encoding)
         try:
-            sent = channel.send(data)
+            if zero_copy:
+                sent = _dispatcher_send(channel, data)
+            else:
+                sent = channel.send(data)
         except OSError:
             channel.handle_error()
             return
         if sent:
             if sent < len(data) or limit < len(first):
-                fifo[0] = first[sent:]
+                if zero_copy and type(first) is bytes:
+                    # The rest of a head sent whole: a view, not a copy.
+                    fifo[0] = memoryview(first)[sent:]
+                else:
+                    fifo[0] = first[sent:]
             else:
                 del fifo[0]
         return
@@ -779,3 +798,19 @@ def send_gathered(fifo, sendmsg, Py_ssize_t max_bytes):
 
 # The per-event steps of async_chat (they use push and initiate_send above).
 include "_framing_io.pxi"
+_NOT_SLICEABLE = object()
+
+
+cdef object _dispatcher_send(object channel, object data):
+    """``dispatcher.send``, in line: only for channels that do not override it."""
+    try:
+        return channel.socket.send(data)
+    except OSError as err:
+        if err.errno == EWOULDBLOCK:
+            return 0
+        if err.errno in DISCONNECTED:
+            channel.handle_close()
+            return 0
+        raise
+
+

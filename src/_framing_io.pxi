@@ -9,7 +9,7 @@ import socket as _socket_module
 
 from chatcore import coalesce as _coalesce
 from chatcore.dispatch import dispatcher as _dispatcher
-from chatcore.eventloop import note_interest_change as _note_interest_change
+from chatcore.eventloop import interest_changes as _interest_changes
 from chatcore.events import DISCONNECTED as _DISCONNECTED
 
 __all__ += ["handle_read", "deliver_received", "deliver_messages", "get_terminator",
@@ -26,6 +26,19 @@ free_receive_buffers = []
 
 cdef inline bint _in_instance_dict(object channel, str name):
     return name in PyObject_GenericGetDict(channel, NULL)
+
+
+cdef inline int _note_interest_change(object channel_map, object fd) except -1:
+    # chatcore.eventloop.note_interest_change, in line (every push runs it);
+    # the twin calls that function.
+    cdef Py_ssize_t count
+    pending = _interest_changes.get(id(channel_map))
+    if pending is not None:
+        # Not pending[-1]: this file is compiled with wraparound=False.
+        count = len(pending)
+        if not count or pending[count - 1] != fd:
+            pending.append(fd)
+    return 0
 
 
 @cython.binding(True)

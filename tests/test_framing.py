@@ -349,6 +349,9 @@ class Sender:
     def __init__(self, accept=None):
         self.producer_fifo = deque()
         self.connected = True
+        # Its own socket: with zero_copy (send not overridden) the engine
+        # calls channel.socket.send, as dispatcher.send would.
+        self.socket = self
         self.sent = []
         self.calls = []
         self.closed = 0
