@@ -30,6 +30,16 @@ _BUFFER_TYPES = (bytes, bytearray, memoryview)
 Terminator = Union[bytes, str, int, None]
 
 
+def _disable_nagle(sock: Any) -> None:
+    """Set TCP_NODELAY on *sock* if it is a TCP socket (anything else is left alone)."""
+    if (isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM
+            and sock.family in (socket.AF_INET, socket.AF_INET6)):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # e.g. already reset by the peer: the first send will tell
+
+
 #: class -> whether its send path (send, initiate_send) is chatcore's own
 _coalescing_classes: Dict[type, bool] = {}
 
@@ -75,6 +85,15 @@ class async_chat(dispatcher):
     #: ``push()``).  False (the default in ``chatcore.compat.asynchat``) keeps
     #: stdlib's timing: every push is handed to the socket before it returns.
     ac_coalesce_sends = True
+
+    #: Whether a TCP socket given to the channel gets ``TCP_NODELAY``.  True
+    #: here, as asyncio does: with Nagle's algorithm a reply that follows
+    #: another still unacknowledged waits for the peer's delayed ACK (40 ms
+    #: on Linux) — a pipelining request/response client stalls on every such
+    #: reply — and coalescing already gathers a turn's pushes into few sends.
+    #: False in ``chatcore.compat.asynchat``: stdlib never set it, and a
+    #: legacy program (or its test's fake socket) sees its own options only.
+    ac_tcp_nodelay = True
 
     # Whether this channel's pushes wait for the current turn's end
     # (chatcore.coalesce sets and clears it).
@@ -174,6 +193,8 @@ class async_chat(dispatcher):
     def set_socket(self, sock: Any, map: Optional[Dict[int, Any]] = None) -> None:
         coalesce.flush(self)
         dispatcher.set_socket(self, sock, map)
+        if self.ac_tcp_nodelay:
+            _disable_nagle(sock)
 
     def handle_error(self) -> None:
         if self._send_deferred:

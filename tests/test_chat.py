@@ -491,3 +491,50 @@ def test_recv_replaced_on_the_instance_is_called(chat_class, pair):
         assert channel.lines == [b"QUIET"] and calls
     finally:
         chatcore.close_all(channel_map)
+
+
+# -- TCP_NODELAY: chatcore's own channels set it, compat's leave sockets as stdlib did ---------
+
+
+def _tcp_pair():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        server, _ = listener.accept()
+    return server, client
+
+
+def _nodelay(sock):
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.parametrize("compat", [False, True], ids=["chatcore", "compat"])
+def test_tcp_nodelay_is_set_on_chatcores_channels_only(chat_class, compat):
+    import chatcore.compat.asynchat
+
+    base = chatcore.compat.asynchat.async_chat if compat else chat_class
+    server, client = _tcp_pair()
+    channel_map = {}
+    try:
+        assert not _nodelay(server)
+        channel = base(server, map=channel_map)
+        assert _nodelay(server) is (not compat)
+        # A socket created by the channel (a client) gets the same treatment.
+        outgoing = base(map=channel_map)
+        outgoing.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+        assert _nodelay(outgoing.socket) is (not compat)
+        # A subclass may opt out (or in, on compat).
+        opted = type("Opted", (base,), {"ac_tcp_nodelay": compat})
+        other_server, other_client = _tcp_pair()
+        try:
+            opted(other_server, map=channel_map)
+            assert _nodelay(other_server) is compat
+        finally:
+            other_client.close()
+        # Not TCP: nothing to set, nothing fails.
+        left, right = socket.socketpair()
+        right.close()
+        base(left, map=channel_map)
+        assert channel in channel_map.values()
+    finally:
+        chatcore.close_all(channel_map)
+        client.close()

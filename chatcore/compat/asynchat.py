@@ -16,3 +16,5 @@ class async_chat(_core_async_chat, asyncore.dispatcher):
     # push is handed to the socket at once, as stdlib does (install() can
     # opt in to coalescing).
     ac_coalesce_sends = False
+    # Nor did stdlib touch socket options.
+    ac_tcp_nodelay = False
