@@ -132,11 +132,25 @@ def _terminator_bytes(terminator: Any) -> bytes:
 
 def _partial_terminator_length(data: bytes, start: int, terminator: bytes) -> int:
     """Length of the longest proper prefix of *terminator* that ends *data[start:]*."""
-    longest = min(len(terminator) - 1, len(data) - start)
-    for length in range(longest, 0, -1):
-        if data.endswith(terminator[:length], start):
-            return length
+    # Such a prefix starts where the terminator's first byte occurs in the
+    # last len(terminator) - 1 bytes; the earliest match is the longest.
+    end = len(data)
+    index = end - len(terminator) + 1
+    if index < start:
+        index = start
+    first = terminator[:1]
+    index = data.find(first, index)
+    while index >= 0:
+        if terminator.startswith(data[index:]):
+            return end - index
+        index = data.find(first, index + 1)
     return 0
+
+
+#: Message mode: a piece shorter than this is added to a bytearray at the end
+#: of the message's parts instead of being kept as a part of its own, so a
+#: message arriving in tiny reads costs its bytes, not an object per read.
+_SMALL_PART = 1024
 
 
 class Framer:
@@ -150,16 +164,19 @@ class Framer:
     ``found_terminator()`` stops the processing as it would in stdlib.
     """
 
-    __slots__ = ("_data", "_pos", "_feeding", "_message", "_count_left", "_dropping", "_collected",
-                 "_found_owed")
+    __slots__ = ("_data", "_pos", "_feeding", "_parts", "_body_len", "_count_left", "_dropping",
+                 "_collected", "_found_owed")
 
     def __init__(self) -> None:
         self._data = b""
         self._pos = 0
         self._feeding = 0
-        # Message mode only: the body so far of a message spanning reads and
-        # the bytes an integer-framed message still needs.
-        self._message = bytearray()
+        # Message mode only: the body so far of a message spanning reads, as
+        # parts joined once when it is complete (bytes pieces, and bytearrays
+        # gathering small ones), and its length; and the bytes an
+        # integer-framed message still needs.
+        self._parts: list = []
+        self._body_len = 0
         self._count_left = 0
         # Both modes: whether the current message overflowed and is being
         # skipped.  Collect mode: bytes of it handed over so far.
@@ -213,76 +230,52 @@ class Framer:
         the piece completing the message raises, the terminator is 0 and
         ``found_terminator()`` runs at the start of the next feed.
         """
-        max_size = check_limit(max_size, "max_size")
-        self._run(self._deliver, channel, data, (call_get_terminator, max_size))
-
-    def feed_messages(self, channel: Any, data: Any, max_size: Optional[int]) -> None:
-        """Message mode: hand each complete message to ``channel.handle_message``.
-
-        One ``bytes`` per message, terminator excluded, instead of pieces to
-        ``collect_incoming_data`` plus ``found_terminator``.  The terminator is
-        read from ``channel.terminator`` before each message: bytes frame up
-        to the next occurrence, an int frames messages of exactly that many
-        bytes (it is not counted down), None/0/b"" makes each read one message.
-        A message longer than *max_size* (None: no limit) is never held: the
-        framer calls ``channel.handle_message_overflow()`` once, drops the
-        message's bytes up to its end, and goes on with the next message.
-        """
-        max_size = check_limit(max_size, "max_size")
-        if max_size is None:
-            max_size = _NO_LIMIT
-        self._run(self._deliver_messages, channel, data, max_size)
-
-    def _run(self, deliver: Any, channel: Any, data: Any, option: Any) -> None:
+        if max_size is not None and (type(max_size) is not int or max_size < 0):
+            max_size = check_limit(max_size, "max_size")
+        # One Python frame per read: the framing loop, and the steps around
+        # it that feed_messages shares, are written out here.
         if type(data) is not bytes:
-            data = bytes(memoryview(data))
+            data = bytes(data) if type(data) is memoryview else bytes(memoryview(data))
         if self._pos < len(self._data):
             data = self._data[self._pos:] + data
         self._data = data
         self._pos = 0
         self._feeding += 1
         try:
-            deliver(channel, option)
-        finally:
-            self._feeding -= 1
-            # Keep only the unprocessed rest, as an owned object.
-            if self._pos:
-                self._data = self._data[self._pos:]
-                self._pos = 0
-
-    def _deliver(self, channel: Any, options: Tuple[bool, Optional[int]]) -> None:
-        call_get_terminator, max_size = options
-        if self._found_owed:
-            self._found_owed = False
-            channel.found_terminator()
-        while True:
-            # A callback may have replaced the buffer: re-read it every step.
-            data = self._data
-            pos = self._pos
-            end = len(data)
-            if pos >= end:
-                return
-            if call_get_terminator:
-                terminator = channel.get_terminator()
-            else:
-                terminator = channel.terminator
-            if not terminator:
-                self._dropping = False
-                self._pos = end
-                channel.collect_incoming_data(data[pos:end])
-            elif isinstance(terminator, int):
-                if terminator < 0:
-                    raise ValueError("terminator must not be negative, got %d" % terminator)
-                self._dropping = False
-                available = end - pos
-                if available < terminator:
-                    self._pos = end
-                    try:
-                        channel.collect_incoming_data(data[pos:end])
-                    finally:
-                        # Handed over, so counted, even if the handler raised.
-                        channel.terminator = channel.terminator - available
+            if self._found_owed:
+                self._found_owed = False
+                channel.found_terminator()
+            while True:
+                # A callback may have replaced the buffer: re-read it every step.
+                data = self._data
+                pos = self._pos
+                end = len(data)
+                if pos >= end:
+                    return
+                if call_get_terminator:
+                    terminator = channel.get_terminator()
                 else:
+                    terminator = channel.terminator
+                if type(terminator) is bytes and terminator:
+                    needle = terminator  # the common case first
+                elif not terminator:
+                    self._dropping = False
+                    self._pos = end
+                    channel.collect_incoming_data(data[pos:end])
+                    continue
+                elif isinstance(terminator, int):
+                    if terminator < 0:
+                        raise ValueError("terminator must not be negative, got %d" % terminator)
+                    self._dropping = False
+                    available = end - pos
+                    if available < terminator:
+                        self._pos = end
+                        try:
+                            channel.collect_incoming_data(data[pos:end])
+                        finally:
+                            # Handed over, so counted, even if the handler raised.
+                            channel.terminator = channel.terminator - available
+                        continue
                     self._pos = pos + terminator
                     try:
                         channel.collect_incoming_data(data[pos:pos + terminator])
@@ -296,36 +289,45 @@ class Framer:
                     channel.terminator = 0
                     self._collected = 0
                     channel.found_terminator()
-            else:
-                needle = _terminator_bytes(terminator)
+                    continue
+                else:
+                    needle = _terminator_bytes(terminator)
                 index = data.find(needle, pos)
                 if index >= 0:
-                    self._pos = index + len(needle)
-                    collected, self._collected = self._collected, 0
-                    if self._dropping:
-                        self._dropping = False
-                    elif max_size is not None and collected + index - pos > max_size:
-                        # The message has ended: nothing left to skip.
-                        channel.handle_message_overflow()
+                    after = index + len(needle)
+                    if self._collected or self._dropping or (
+                            max_size is not None and index - pos > max_size):
+                        # A message that spans reads, or one being skipped or too long.
+                        collected = self._collected
+                        self._collected = 0
+                        self._pos = after
+                        if self._dropping:
+                            self._dropping = False
+                            continue
+                        if max_size is not None and index - pos > max_size - collected:
+                            # The message has ended: nothing left to skip.
+                            channel.handle_message_overflow()
+                            continue
+                    if index > pos:
+                        # The piece counts as consumed, its terminator not
+                        # yet: if the handler raises, the message boundary
+                        # stays for the next read.
+                        self._pos = index
+                        channel.collect_incoming_data(data[pos:index])
+                        if self._data is data and self._pos == index:
+                            self._pos = after
                     else:
-                        if index > pos:
-                            # The piece counts as consumed, its terminator not
-                            # yet: if the handler raises, the message boundary
-                            # stays for the next read.
-                            self._pos = index
-                            channel.collect_incoming_data(data[pos:index])
-                            if self._data is data and self._pos == index:
-                                self._pos = index + len(needle)
-                        channel.found_terminator()
+                        self._pos = after
+                    channel.found_terminator()
                     continue
-                partial = _partial_terminator_length(data, pos, needle)
+                partial = _partial_terminator_length(data, pos, needle) if len(needle) > 1 else 0
                 body_end = end - partial
                 if body_end == pos:
                     return
                 self._pos = body_end
                 if self._dropping:
                     return
-                if max_size is not None and self._collected + body_end - pos > max_size:
+                if max_size is not None and body_end - pos > max_size - self._collected:
                     self._dropping = True
                     self._collected = 0
                     channel.handle_message_overflow()
@@ -334,10 +336,46 @@ class Framer:
                 channel.collect_incoming_data(data[pos:body_end])
                 if partial:
                     return
+        finally:
+            self._feeding -= 1
+            # Keep only the unprocessed rest, as an owned object.
+            if self._pos:
+                self._data = self._data[self._pos:]
+                self._pos = 0
 
+    def feed_messages(self, channel: Any, data: Any, max_size: Optional[int]) -> None:
+        """Message mode: hand each complete message to ``channel.handle_message``.
+
+        One ``bytes`` per message, terminator excluded, instead of pieces to
+        ``collect_incoming_data`` plus ``found_terminator``.  The terminator is
+        read from ``channel.terminator`` before each message: bytes frame up
+        to the next occurrence, an int frames messages of exactly that many
+        bytes (it is not counted down), None/0/b"" makes each read one message.
+        A message longer than *max_size* (None: no limit) is never held: the
+        framer calls ``channel.handle_message_overflow()`` once, drops the
+        message's bytes up to its end, and goes on with the next message.
+        """
+        if max_size is None:
+            max_size = _NO_LIMIT
+        elif type(max_size) is not int or max_size < 0:
+            max_size = check_limit(max_size, "max_size")
+        if type(data) is not bytes:
+            data = bytes(data) if type(data) is memoryview else bytes(memoryview(data))
+        if self._pos < len(self._data):
+            data = self._data[self._pos:] + data
+        self._data = data
+        self._pos = 0
+        self._feeding += 1
+        try:
+            self._deliver_messages(channel, max_size)
+        finally:
+            self._feeding -= 1
+            # Keep only the unprocessed rest, as an owned object.
+            if self._pos:
+                self._data = self._data[self._pos:]
+                self._pos = 0
 
     def _deliver_messages(self, channel: Any, max_size: int) -> None:
-        message = self._message
         while True:
             data = self._data
             pos = self._pos
@@ -356,52 +394,70 @@ class Framer:
                     if terminator > max_size:
                         self._overflow(channel)
                         continue  # the handler may have replaced the buffer
-                take = min(self._count_left, end - pos)
+                take = end - pos
+                if self._count_left < take:
+                    take = self._count_left
                 self._pos = pos + take
                 self._count_left -= take
-                piece = data[pos:pos + take]
                 if self._count_left:
                     if not self._dropping:
-                        message += piece
+                        self._add_part(data[pos:pos + take])
                 elif self._dropping:
                     self._dropping = False
                 else:
-                    self._complete(channel, piece, max_size)
+                    self._complete(channel, data[pos:pos + take], max_size)
             else:
-                needle = _terminator_bytes(terminator)
+                needle = terminator if type(terminator) is bytes else _terminator_bytes(terminator)
                 index = data.find(needle, pos)
                 if index >= 0:
                     self._pos = index + len(needle)
                     if self._dropping:
                         self._dropping = False
-                        message.clear()
+                        self._drop_body()
                     else:
                         self._complete(channel, data[pos:index], max_size)
                     continue
-                body_end = end - _partial_terminator_length(data, pos, needle)
+                body_end = end
+                if len(needle) > 1:
+                    body_end -= _partial_terminator_length(data, pos, needle)
                 self._pos = body_end
                 if not self._dropping:
-                    if len(message) + body_end - pos > max_size:
+                    if self._body_len + body_end - pos > max_size:
                         self._overflow(channel)
-                    else:
-                        message += data[pos:body_end]
+                    elif body_end > pos:
+                        self._add_part(data[pos:body_end])
                 return
+
+    def _add_part(self, piece: bytes) -> None:
+        """Add *piece* to the body of the message in progress."""
+        parts = self._parts
+        self._body_len += len(piece)
+        if len(piece) >= _SMALL_PART:
+            parts.append(piece)
+        elif parts and type(parts[-1]) is bytearray:
+            parts[-1] += piece
+        else:
+            parts.append(bytearray(piece))
+
+    def _drop_body(self) -> None:
+        self._parts = []
+        self._body_len = 0
 
     def _complete(self, channel: Any, last_piece: bytes, max_size: int) -> None:
         """Hand over the message that ends with *last_piece*, or report its overflow."""
-        message = self._message
-        if len(message) + len(last_piece) > max_size:
+        if self._body_len + len(last_piece) > max_size:
             self._overflow(channel)
             self._dropping = False  # the message has ended: nothing left to skip
             return
-        if message:
-            message += last_piece
-            last_piece = bytes(message)
-            message.clear()
+        if self._body_len:
+            parts = self._parts
+            parts.append(last_piece)
+            self._drop_body()
+            last_piece = b"".join(parts)
         channel.handle_message(last_piece)
 
     def _overflow(self, channel: Any) -> None:
-        self._message.clear()
+        self._drop_body()
         self._dropping = True
         channel.handle_message_overflow()
 
@@ -525,6 +581,22 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
         return
 
 
+_NOT_SLICEABLE = object()
+
+
+def _dispatcher_send(channel: Any, data: Any) -> int:
+    """``dispatcher.send``, in line: only for channels that do not override it."""
+    try:
+        return channel.socket.send(data)
+    except OSError as err:
+        if err.errno == EWOULDBLOCK:
+            return 0
+        if err.errno in DISCONNECTED:
+            channel.handle_close()
+            return 0
+        raise
+
+
 #: Most buffers one gathered send takes: below every platform's IOV_MAX.
 GATHER_LIMIT = 512
 
@@ -581,22 +653,6 @@ def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
         if type(head) is bytearray:
             fifo[0] = head[remaining:]
         else:
-_NOT_SLICEABLE = object()
-
-
-def _dispatcher_send(channel: Any, data: Any) -> int:
-    """``dispatcher.send``, in line: only for channels that do not override it."""
-    try:
-        return channel.socket.send(data)
-    except OSError as err:
-        if err.errno == EWOULDBLOCK:
-            return 0
-        if err.errno in DISCONNECTED:
-            channel.handle_close()
-            return 0
-        raise
-
-
             fifo[0] = memoryview(head)[remaining:]
     return total - sent
 
