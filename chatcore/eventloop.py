@@ -100,8 +100,10 @@ class _Poller:
         self.scanned_mode: Optional[bool] = None
         # What an empty select-mode turn sleeps with.
         self.sleep = time.sleep
-        # The _PollerCache generation (process) it was made in.
+        # The _PollerCache generation (process) it was made in, and whether
+        # a loop()/poll() call holds it now.
         self.generation = 0
+        self.in_use = False
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -362,18 +364,24 @@ class _PollerCache:
     that calls ``loop()`` itself) gets a fresh one, so registrations are never
     shared by two waits.  A map that runs empty gives its poller back to the
     kernel, so a finished map is not kept alive here; otherwise the least
-    recently used pollers beyond ``MAX_MAPS`` are closed.  After ``fork()`` the
-    child starts afresh, because an epoll instance is shared with the parent.
+    recently taken pollers beyond ``MAX_MAPS`` are closed.  After ``fork()``
+    the child starts afresh, because an epoll instance is shared with the
+    parent.
+
+    Legacy programs call ``poll()`` or ``loop(count=1)`` once a turn, so the
+    common take/give-back (the map's kept poller, free) only flips its
+    ``in_use`` flag under the lock.
     """
 
     MAX_MAPS = 8
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # id(map) -> (map, poller), least recently given back first.
+        # id(map) -> (map, its tracking poller), lent out or not, least
+        # recently taken first.
         self._pollers: Dict[int, Tuple[ChannelMap, _Poller]] = {}
-        # id(map) -> the pollers lent out for it, the tracking one first.
-        self._lent: Dict[int, List[_Poller]] = {}
+        # id(map) -> further pollers lent out while the tracking one was busy.
+        self._extra: Dict[int, List[_Poller]] = {}
         # Bumped in a forked child: pollers of an older generation are the
         # parent's.  (Where fork() cannot be hooked, the pid tells.)
         self._generation = 0
@@ -388,65 +396,85 @@ class _PollerCache:
         with self._lock:
             if self._pid is not None and self._pid != os.getpid():
                 self._forget_parent_pollers()
-            entry = self._pollers.pop(key, None)
-            lent = self._lent.get(key)
-            if lent is None:
-                lent = self._lent[key] = []
+            pollers = self._pollers
+            entry = pollers.get(key)
             if entry is not None:
                 # The cache holds the map, so its id cannot have been reused.
                 poller = entry[1]
-            else:
+                if not poller.in_use:
+                    poller.in_use = True
+                    if len(pollers) > 1 and next(reversed(pollers)) != key:
+                        del pollers[key]
+                        pollers[key] = entry
+                    return poller
+                # Busy (another thread, or loop() inside a handler): a fresh
+                # poller that asks every channel every turn.
                 poller = new_poller()
-                poller.generation = self._generation
-                if not lent:
-                    # The only poller of this map: it may follow changes
-                    # instead of asking every channel every turn.
-                    poller.changes = []
-                    interest_changes[key] = poller.changes
-            lent.append(poller)
+                self._extra.setdefault(key, []).append(poller)
+            else:
+                # The only poller of this map: it may follow changes instead
+                # of asking every channel every turn.
+                poller = new_poller()
+                poller.changes = []
+                interest_changes[key] = poller.changes
+                pollers[key] = (map, poller)
+                evicted = self._evict_beyond_max()
+            poller.generation = self._generation
+            poller.in_use = True
+        if entry is None:
+            for stale in evicted:
+                stale.close()
         return poller
 
     def give_back(self, map: ChannelMap, poller: _Poller) -> None:
         key = id(map)
-        evicted = []
         with self._lock:
-            lent = self._lent.get(key)
-            if lent is not None:
-                if lent and lent[-1] is poller:
-                    del lent[-1]
-                elif poller in lent:
-                    lent.remove(poller)
-                if not lent:
-                    del self._lent[key]
-            if (poller.generation != self._generation or not map or poller.changes is None
-                    or (self._pid is not None and self._pid != os.getpid())):
-                evicted.append(poller)
+            entry = self._pollers.get(key)
+            kept = entry is not None and entry[1] is poller
+            if kept and map and poller.generation == self._generation:
+                poller.in_use = False
+                return
+            poller.in_use = False
+            if kept:
+                # The map ran empty (or this is a forked child's copy).
+                del self._pollers[key]
+                self._stop_tracking(map, [poller])
             else:
-                replaced = self._pollers.pop(key, None)
-                if replaced is not None:
-                    evicted.append(replaced[1])
-                self._pollers[key] = (map, poller)
-                if len(self._pollers) > self.MAX_MAPS:
-                    oldest = next(iter(self._pollers))
-                    evicted.append(self._pollers.pop(oldest)[1])
-            if evicted:
-                self._stop_tracking(map, evicted)
-        for stale in evicted:
-            stale.close()
+                extra = self._extra.get(key)
+                if extra is not None and poller in extra:
+                    extra.remove(poller)
+                    if not extra:
+                        del self._extra[key]
+        poller.close()
+
+    def _evict_beyond_max(self) -> List[_Poller]:
+        """Drop the least recently taken idle pollers beyond MAX_MAPS (lock held)."""
+        evicted = []
+        if len(self._pollers) > self.MAX_MAPS:
+            for key, (map, poller) in list(self._pollers.items()):
+                if len(self._pollers) <= self.MAX_MAPS:
+                    break
+                if not poller.in_use:
+                    del self._pollers[key]
+                    self._stop_tracking(map, [poller])
+                    evicted.append(poller)
+        return evicted
 
     def release(self, map: ChannelMap) -> None:
         """Close the poller kept for *map* (``close_all()`` emptied it)."""
         with self._lock:
-            entry = self._pollers.pop(id(map), None)
-            evicted = [] if entry is None else [entry[1]]
-            self._stop_tracking(map, evicted)
-        for stale in evicted:
-            stale.close()
+            entry = self._pollers.get(id(map))
+            if entry is None or entry[1].in_use:
+                # In use: closed when given back, the map being empty.
+                return
+            del self._pollers[id(map)]
+            self._stop_tracking(map, [entry[1]])
+        entry[1].close()
 
     def pollers_of(self, map: ChannelMap) -> List[_Poller]:
         """Every poller that holds registrations for *map* now, kept or lent."""
         with self._lock:
-            pollers = list(self._lent.get(id(map), ()))
+            pollers = list(self._extra.get(id(map), ()))
             entry = self._pollers.get(id(map))
             if entry is not None:
                 pollers.append(entry[1])
@@ -467,7 +495,7 @@ class _PollerCache:
         for _, poller in self._pollers.values():
             poller.close()
         self._pollers.clear()
-        self._lent.clear()
+        self._extra.clear()
         interest_changes.clear()
         self._generation += 1
         if self._pid is not None:

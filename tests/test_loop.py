@@ -367,6 +367,40 @@ def test_a_nested_loop_on_the_same_map_gets_its_own_poller(poller_kind):
         inner_right.close()
 
 
+def test_the_poller_in_use_survives_other_maps_filling_the_cache(poller_kind):
+    busy_map = {}
+    left, right = socket.socketpair()
+    others = [({}, socket.socketpair()) for _ in range(eventloop._PollerCache.MAX_MAPS + 2)]
+    seen = []
+
+    class PollsOthers(Reader):
+        def handle_read(self):
+            super().handle_read()
+            seen.append(_cached_poller(busy_map))
+            # More maps than the cache keeps, polled while busy_map's poller is lent.
+            for other_map, _ in others:
+                chatcore.poll(0, other_map)
+            seen.append(_cached_poller(busy_map))
+
+    channel = PollsOthers(left, busy_map)
+    for other_map, (other_left, _) in others:
+        Reader(other_left, other_map)
+    try:
+        right.sendall(b"x")
+        serve_until(busy_map, lambda: channel.received == b"x")
+        assert seen[0] is not None and seen[1] is seen[0]
+        assert len(eventloop._pollers._pollers) <= eventloop._PollerCache.MAX_MAPS
+        # Given back, it is reused.
+        chatcore.loop(timeout=0.001, map=busy_map, count=1)
+        assert _cached_poller(busy_map) is seen[0]
+    finally:
+        chatcore.close_all(busy_map)
+        right.close()
+        for other_map, (_, other_right) in others:
+            chatcore.close_all(other_map)
+            other_right.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_forked_child_does_not_share_the_parents_poller(poller_kind):
     channel_map = {}
