@@ -519,11 +519,11 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
     one ``send`` of at most ``ac_out_buffer_size`` bytes is made.  With
     *zero_copy* (only when ``channel.send`` is not overridden, so nobody sees
     the difference) an immutable head is sliced through a memoryview instead
-    of copied, and ``dispatcher.send``'s steps are taken here, without its
-    frame: the socket's ``send``, EWOULDBLOCK as 0 bytes sent, a peer gone as
-    ``handle_close()``.  A memoryview at the head (appended directly, or returned by
-    a producer) is first normalised to its bytes, so the sizes counted are
-    bytes (stdlib counts items there).
+    of copied, and ``dispatcher.send`` is called directly, past the
+    method lookup (the compiled engine takes its steps in line).  A
+    memoryview at the head (appended directly, or returned by a producer) is
+    first normalised to its bytes, so the sizes counted are bytes (stdlib
+    counts items there).
     """
     fifo = channel.producer_fifo
     while fifo and channel.connected:
@@ -580,21 +580,14 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
                 del fifo[0]
         return
 
+_stock_send = dispatcher.send
 
 _NOT_SLICEABLE = object()
 
 
 def _dispatcher_send(channel: Any, data: Any) -> int:
-    """``dispatcher.send``, in line: only for channels that do not override it."""
-    try:
-        return channel.socket.send(data)
-    except OSError as err:
-        if err.errno == EWOULDBLOCK:
-            return 0
-        if err.errno in DISCONNECTED:
-            channel.handle_close()
-            return 0
-        raise
+    """``dispatcher.send`` itself (the compiled engine takes its steps in line)."""
+    return _stock_send(channel, data)
 
 
 #: Most buffers one gathered send takes: below every platform's IOV_MAX.

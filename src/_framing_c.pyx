@@ -961,9 +961,9 @@ def initiate_send(channel, bint zero_copy=False):
     the difference) an immutable head is sliced through a memoryview instead
     of copied, and ``dispatcher.send``'s steps are taken here, without its
     frame: the socket's ``send``, EWOULDBLOCK as 0 bytes sent, a peer gone as
-    ``handle_close()``.  A memoryview at the head (appended directly, or returned by
-    a producer) is first normalised to its bytes, so the sizes counted are
-    bytes (stdlib counts items there).
+    ``handle_close()``.  A memoryview at the head (appended directly, or
+    returned by a producer) is first normalised to its bytes, so the sizes
+    counted are bytes (stdlib counts items there).
     """
     fifo = channel.producer_fifo
     while fifo and channel.connected:

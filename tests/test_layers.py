@@ -17,7 +17,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(chatcore.__file__))
 ALLOWED = {
     "events": set(),
     "limits": set(),
-    "_framing_py": {"events", "limits", "outqueue", "_framing_io_py"},
+    "_framing_py": {"dispatch", "limits", "outqueue", "_framing_io_py"},
     # The engine's per-event steps (async_chat's methods) use the dispatcher
     # and the loop's interest tracking, never chat itself.
     "_framing_io_py": {"coalesce", "dispatch", "eventloop", "events"},
