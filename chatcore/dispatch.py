@@ -23,7 +23,13 @@ from errno import (
 )
 from typing import Any, Dict, Optional, Tuple
 
-from .eventloop import forget_channel, note_interest_change, release_pollers, socket_map
+from .eventloop import (
+    forget_channel,
+    note_interest_change,
+    release_pollers,
+    socket_map,
+    track_predicates,
+)
 from .events import (
     _RERAISED,
     DISCONNECTED,
@@ -195,6 +201,8 @@ class dispatcher:
 
     def listen(self, num: int) -> None:
         self.accepting = True
+        # A listening socket is not watched for writing (see the loop).
+        note_interest_change(self._map, self._fileno)
         if self._namespace.os.name == "nt" and num > 5:
             num = 5
         return self.socket.listen(num)
@@ -352,6 +360,11 @@ class dispatcher:
     def handle_close(self) -> None:
         self.log_info("unhandled close event", "warning")
         self.close()
+
+
+# dispatcher's readable()/writable() answer True whatever happens, so the
+# loop need not ask a plain dispatcher (a listener, typically) every turn.
+track_predicates(dispatcher.readable, dispatcher.writable)
 
 
 class dispatcher_with_send(dispatcher):

@@ -30,7 +30,7 @@ import selectors
 import threading
 import time
 from time import monotonic as _monotonic
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import coalesce
 from .events import (
@@ -530,29 +530,31 @@ def release_pollers(channel_map: ChannelMap) -> None:
 #: without add_channel(), a ``connected`` flag set by hand).
 FULL_SCAN_INTERVAL = 1.0
 
-# The readable()/writable() pair whose answers change only in ways their
-# channels report through note_interest_change(); chatcore.chat registers
-# async_chat's with track_predicates().
-_TRACKED_READABLE: Any = None
-_TRACKED_WRITABLE: Any = None
+# readable()/writable() functions whose answers change only in ways their
+# channels report through note_interest_change(); chatcore.dispatch registers
+# dispatcher's (constant answers), chatcore.chat async_chat's, with
+# track_predicates().
+_TRACKED_READABLE: Set[Any] = set()
+_TRACKED_WRITABLE: Set[Any] = set()
 
 
 def track_predicates(readable: Any, writable: Any) -> None:
-    """Let the loop skip channels whose readable()/writable() are these functions.
+    """Let the loop skip channels whose readable()/writable() are such functions.
 
-    Such a channel is asked again only when it had events or reported a
-    change with ``note_interest_change()`` (and at every full scan).
+    A channel whose readable() and writable() are both registered (not
+    necessarily together) is asked again only when it had events or reported
+    a change with ``note_interest_change()`` (and at every full scan).
     """
-    global _TRACKED_READABLE, _TRACKED_WRITABLE
-    _TRACKED_READABLE, _TRACKED_WRITABLE = readable, writable
+    _TRACKED_READABLE.add(readable)
+    _TRACKED_WRITABLE.add(writable)
 
 
 def _asks_own_predicates(obj: Any) -> bool:
     """Whether obj's readable()/writable() are its own, to be asked every turn."""
     # inherits() spelled out: this runs for every channel with events, every turn.
     cls = type(obj)
-    return not (getattr(cls, "readable", None) is _TRACKED_READABLE
-                and getattr(cls, "writable", None) is _TRACKED_WRITABLE
+    return not (getattr(cls, "readable", None) in _TRACKED_READABLE
+                and getattr(cls, "writable", None) in _TRACKED_WRITABLE
                 and not ("readable" in obj.__dict__ or "writable" in obj.__dict__))
 
 
@@ -636,8 +638,8 @@ def _look_again(poller: _Poller, map: ChannelMap, fd: int, poll_mode: bool) -> N
         return
     # _asks_own_predicates() spelled out: every event runs this.
     cls = type(obj)
-    if (getattr(cls, "readable", None) is _TRACKED_READABLE
-            and getattr(cls, "writable", None) is _TRACKED_WRITABLE
+    if (getattr(cls, "readable", None) in _TRACKED_READABLE
+            and getattr(cls, "writable", None) in _TRACKED_WRITABLE
             and "readable" not in obj.__dict__ and "writable" not in obj.__dict__):
         if poller.custom:
             poller.custom.pop(fd, None)

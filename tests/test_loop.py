@@ -482,6 +482,28 @@ def test_idle_channels_are_not_asked_every_turn(counted_looks, use_poll):
             peer.close()
 
 
+@pytest.mark.parametrize("use_poll", [False, True])
+def test_an_idle_listener_is_not_asked_every_turn(counted_looks, use_poll):
+    # dispatcher's own readable()/writable() answer True whatever happens.
+    channel_map = {}
+    listener = chatcore.dispatcher(map=channel_map)
+    listener.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        chatcore.loop(timeout=0.001, use_poll=use_poll, map=channel_map, count=1)
+        assert counted_looks == [listener._fileno]
+        del counted_looks[:]
+        chatcore.loop(timeout=0.001, use_poll=use_poll, map=channel_map, count=20)
+        assert counted_looks == []
+        # It is watched for connections, never for writing.
+        poller = _cached_poller(channel_map)
+        assert poller.registrations[listener._fileno][2] & eventloop.POLLIN
+        assert not poller.registrations[listener._fileno][2] & eventloop.POLLOUT
+    finally:
+        chatcore.close_all(channel_map)
+
+
 @pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
                     reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
