@@ -21,11 +21,9 @@ The tests run every behaviour test against both modules; keep them in step.
 
 import sys
 from collections import deque
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
-from errno import EWOULDBLOCK
-
-from .events import DISCONNECTED
+from .dispatch import dispatcher
 from .limits import check_limit
 from .outqueue import OutputQueue
 
@@ -580,9 +578,9 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
                 del fifo[0]
         return
 
-_stock_send = dispatcher.send
 
 _NOT_SLICEABLE = object()
+_stock_send = dispatcher.send
 
 
 def _dispatcher_send(channel: Any, data: Any) -> int:
