@@ -100,10 +100,10 @@ class _Poller:
         self.scanned_mode: Optional[bool] = None
         # What an empty select-mode turn sleeps with.
         self.sleep = time.sleep
-        # The _PollerCache generation (process) it was made in, and whether
-        # a loop()/poll() call holds it now.
+        # The _PollerCache generation (process) it was made in, and the lock
+        # held by the loop()/poll() call using it.
         self.generation = 0
-        self.in_use = False
+        self.claim = threading.Lock()
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -364,21 +364,20 @@ class _PollerCache:
     that calls ``loop()`` itself) gets a fresh one, so registrations are never
     shared by two waits.  A map that runs empty gives its poller back to the
     kernel, so a finished map is not kept alive here; otherwise the least
-    recently taken pollers beyond ``MAX_MAPS`` are closed.  After ``fork()``
+    recently added idle pollers beyond ``MAX_MAPS`` are closed.  After ``fork()``
     the child starts afresh, because an epoll instance is shared with the
     parent.
 
     Legacy programs call ``poll()`` or ``loop(count=1)`` once a turn, so the
-    common take/give-back (the map's kept poller, free) only flips its
-    ``in_use`` flag under the lock.
+    common take/give-back (the map's kept poller, free) only acquires and
+    releases that poller's own ``claim`` lock, without the cache's.
     """
 
     MAX_MAPS = 8
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # id(map) -> (map, its tracking poller), lent out or not, least
-        # recently taken first.
+        # id(map) -> (map, its tracking poller), lent out or not, oldest first.
         self._pollers: Dict[int, Tuple[ChannelMap, _Poller]] = {}
         # id(map) -> further pollers lent out while the tracking one was busy.
         self._extra: Dict[int, List[_Poller]] = {}
@@ -393,48 +392,62 @@ class _PollerCache:
     def take(self, map: ChannelMap) -> _Poller:
         """The map's poller, for the caller alone until it calls ``give_back``."""
         key = id(map)
+        # The common case without the cache's lock: the map's kept poller,
+        # free (claim.acquire is atomic; eviction and release() claim a poller
+        # before they drop it, so a claimed one stays kept).
+        entry = self._pollers.get(key)
+        if entry is not None and self._pid is None:
+            poller = entry[1]
+            if poller.claim.acquire(False):
+                if poller.generation == self._generation and self._pollers.get(key) is entry:
+                    return poller
+                poller.claim.release()
+        return self._take_slowly(map, key)
+
+    def _take_slowly(self, map: ChannelMap, key: int) -> _Poller:
         with self._lock:
             if self._pid is not None and self._pid != os.getpid():
                 self._forget_parent_pollers()
             pollers = self._pollers
             entry = pollers.get(key)
+            evicted: List[_Poller] = []
             if entry is not None:
                 # The cache holds the map, so its id cannot have been reused.
                 poller = entry[1]
-                if not poller.in_use:
-                    poller.in_use = True
-                    if len(pollers) > 1 and next(reversed(pollers)) != key:
-                        del pollers[key]
-                        pollers[key] = entry
+                if poller.claim.acquire(False):
                     return poller
                 # Busy (another thread, or loop() inside a handler): a fresh
                 # poller that asks every channel every turn.
                 poller = new_poller()
+                poller.claim.acquire()
                 self._extra.setdefault(key, []).append(poller)
             else:
                 # The only poller of this map: it may follow changes instead
                 # of asking every channel every turn.
                 poller = new_poller()
+                poller.claim.acquire()
                 poller.changes = []
                 interest_changes[key] = poller.changes
                 pollers[key] = (map, poller)
                 evicted = self._evict_beyond_max()
             poller.generation = self._generation
-            poller.in_use = True
-        if entry is None:
-            for stale in evicted:
-                stale.close()
+        for stale in evicted:
+            stale.close()
         return poller
 
     def give_back(self, map: ChannelMap, poller: _Poller) -> None:
         key = id(map)
+        if map and poller.generation == self._generation and self._pid is None:
+            entry = self._pollers.get(key)
+            if entry is not None and entry[1] is poller:
+                poller.claim.release()
+                return
         with self._lock:
             entry = self._pollers.get(key)
             kept = entry is not None and entry[1] is poller
             if kept and map and poller.generation == self._generation:
-                poller.in_use = False
+                poller.claim.release()
                 return
-            poller.in_use = False
             if kept:
                 # The map ran empty (or this is a forked child's copy).
                 del self._pollers[key]
@@ -448,13 +461,14 @@ class _PollerCache:
         poller.close()
 
     def _evict_beyond_max(self) -> List[_Poller]:
-        """Drop the least recently taken idle pollers beyond MAX_MAPS (lock held)."""
+        """Drop the oldest idle pollers beyond MAX_MAPS (lock held)."""
         evicted = []
         if len(self._pollers) > self.MAX_MAPS:
             for key, (map, poller) in list(self._pollers.items()):
                 if len(self._pollers) <= self.MAX_MAPS:
                     break
-                if not poller.in_use:
+                # Claimed for good: it is closed.
+                if poller.claim.acquire(False):
                     del self._pollers[key]
                     self._stop_tracking(map, [poller])
                     evicted.append(poller)
@@ -464,7 +478,7 @@ class _PollerCache:
         """Close the poller kept for *map* (``close_all()`` emptied it)."""
         with self._lock:
             entry = self._pollers.get(id(map))
-            if entry is None or entry[1].in_use:
+            if entry is None or not entry[1].claim.acquire(False):
                 # In use: closed when given back, the map being empty.
                 return
             del self._pollers[id(map)]
