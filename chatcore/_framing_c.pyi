@@ -29,11 +29,16 @@ class SizeLimit:
 
     @property
     def name(self) -> str:
-        """The attribute's name, used in errors and as the instance ``__dict__`` key."""
+        """The attribute's name, used in errors."""
     @property
     def default(self) -> Optional[int]:
         """What the class, and an instance that set nothing, read."""
+    @property
+    def key(self) -> str:
+        """The plain attribute (``_limit_<name>``) holding the instance's value, else the class's default."""
     def __init__(self, name: str, default: Optional[int] = ...) -> None: ...
+    def __set_name__(self, owner: type, name: str) -> None:
+        """Put the default on *owner* under ``key``, where instances find it."""
     @overload
     def __get__(self, instance: None, owner: Any) -> Optional[int]: ...
     @overload

@@ -70,6 +70,13 @@ def declare_limits(cls: type, names: Iterable[str], engine: Any) -> None:
             continue
         if _is_size_limit(value):
             if own_engine and value.name == name and type(value) is not engine.SizeLimit:
-                setattr(cls, name, engine.SizeLimit(name, value.default))
+                _install(cls, name, engine.SizeLimit(name, value.default))
         elif klass is cls and not hasattr(type(value), "__get__"):
-            setattr(cls, name, engine.SizeLimit(name, value))
+            _install(cls, name, engine.SizeLimit(name, value))
+
+
+def _install(cls: type, name: str, limit: Any) -> None:
+    # What a class body does with a descriptor: set it, then __set_name__
+    # (which puts the default where instances find it).
+    setattr(cls, name, limit)
+    limit.__set_name__(cls, name)

@@ -29,6 +29,7 @@ from libc.string cimport memcmp, memcpy
 cimport cython
 
 from collections import deque
+from sys import intern as _intern
 
 # The one rule for a limit value (shared with the twin); the fast paths below
 # accept only what it accepts and hand everything else to it.
@@ -178,29 +179,6 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* dict.get(key, default) as a new reference, NULL with an exception set.
-       PyDict_GetItemRef where it exists: a borrowed reference from a dict is
-       not safe without the GIL (free-threaded builds). */
-    static PyObject *chatcore_dict_get(PyObject *dict, PyObject *key, PyObject *fallback)
-    {
-    #if PY_VERSION_HEX >= 0x030D0000
-        PyObject *value;
-        int found = PyDict_GetItemRef(dict, key, &value);
-        if (found < 0) return NULL;
-        if (found) return value;
-    #else
-        PyObject *value = PyDict_GetItemWithError(dict, key);
-        if (value != NULL) { Py_INCREF(value); return value; }
-        if (PyErr_Occurred()) return NULL;
-    #endif
-        Py_INCREF(fallback);
-        return fallback;
-    }
-    """
-    object chatcore_dict_get(object dict, object key, object fallback)
-
-cdef extern from *:
-    """
     #if defined(__linux__)
     #include <sys/mman.h>
     #endif
@@ -240,6 +218,8 @@ cdef extern from *:
 cdef extern from "Python.h":
     ssize_t PY_SSIZE_T_MAX
     object PyObject_GenericGetDict(object obj, void *context)
+    # value NULL: delete.
+    int PyObject_GenericSetAttr(object obj, object name, PyObject *value) except -1
     # Without Cython's exception check: _size_limit tests for overflow itself.
     Py_ssize_t _long_as_size "PyLong_AsSsize_t"(object value) noexcept
     PyObject *PyErr_Occurred() noexcept
@@ -467,32 +447,42 @@ cdef class SizeLimit:
     read the instance's own value, else *default* (also what the class
     reads).  Assigning checks the value with ``chatcore.limits.check_limit``
     (so a bad value fails at the assignment, with its name) and keeps the
-    checked ``int`` or None in the instance's ``__dict__`` under *name*;
-    ``del instance.<name>`` goes back to the default.  Reading is one dict
-    lookup, cheap enough for the per-read path.
+    checked ``int`` or None on the instance as the plain attribute *key*
+    (``_limit_<name>``), which the class holding the descriptor sets to
+    *default* (``__set_name__``); ``del instance.<name>`` goes back to the
+    default.  Nothing asks for the instance's ``__dict__`` (on Python 3.11
+    an object whose ``__dict__`` has been asked for is slower at every
+    attribute access from then on).  Reading is one attribute lookup, cheap
+    enough for the per-read path.
     """
 
     cdef readonly str name
     cdef readonly object default
+    cdef readonly str key
 
     def __init__(self, name, default=None):
         if type(name) is not str:
             raise TypeError("SizeLimit name must be a str, not %s" % type(name).__name__)
         self.name = name
         self.default = check_limit(default, name)
+        self.key = _intern("_limit_" + name)
+
+    def __set_name__(self, owner, name):
+        setattr(owner, self.key, self.default)
 
     def __get__(self, instance, owner):
         if instance is None:
             return self.default
-        return chatcore_dict_get(PyObject_GenericGetDict(instance, NULL), self.name, self.default)
+        return getattr(instance, self.key, self.default)
 
     def __set__(self, instance, value):
-        PyObject_GenericGetDict(instance, NULL)[self.name] = check_limit(value, self.name)
+        checked = check_limit(value, self.name)
+        PyObject_GenericSetAttr(instance, self.key, <PyObject *>checked)
 
     def __delete__(self, instance):
         try:
-            del PyObject_GenericGetDict(instance, NULL)[self.name]
-        except KeyError:
+            PyObject_GenericSetAttr(instance, self.key, NULL)
+        except AttributeError:
             raise AttributeError(self.name) from None
 
     def __repr__(self):

@@ -406,7 +406,9 @@ def test_limit_attributes_read_set_and_reset(chat_class):
         setattr(channel, name, None)
         assert getattr(channel, name) is None and getattr(Small, name) == 64
         setattr(channel, name, Index(7))
-        assert getattr(channel, name) == 7 and vars(channel)[name] == 7
+        # Kept as a plain attribute, beside the class's default.
+        key = inspect.getattr_static(Small, name).key
+        assert getattr(channel, name) == 7 and vars(channel)[key] == 7 and getattr(Small, key) == 64
         delattr(channel, name)
         assert getattr(channel, name) == 64
         with pytest.raises(AttributeError):
@@ -492,3 +494,28 @@ def test_size_limit_descriptor(engine):
         engine.SizeLimit(b"cap", 10)
     with pytest.raises(AttributeError):
         limit.default = 5
+    assert limit.key == "_limit_cap"
+
+
+def test_size_limits_leave_the_instance_dict_unasked(engine):
+    # On 3.11 an object whose __dict__ has been asked for is slower at every
+    # attribute access afterwards; reading, setting and deleting a limit must
+    # not ask.  (gc.get_referents shows a materialised dict without making one.)
+    class Holder:
+        cap = engine.SizeLimit("cap", 5)
+
+        def __init__(self):
+            self.other = "value"
+
+    holder = Holder()
+    assert holder.cap == 5 and Holder.cap == 5
+    holder.cap = 7
+    assert holder.cap == 7
+    del holder.cap
+    assert holder.cap == 5
+    with pytest.raises(AttributeError, match="cap"):
+        del holder.cap
+    import gc
+    assert not any(type(ref) is dict and "other" in ref for ref in gc.get_referents(holder))
+    # And the class reads its default where instances find it.
+    assert Holder._limit_cap == 5
