@@ -15,7 +15,7 @@ import socket
 from typing import Any, List
 
 from . import coalesce
-from .dispatch import dispatcher
+from .dispatch import dispatcher, inherits
 from .eventloop import note_interest_change
 from .events import DISCONNECTED
 
@@ -37,8 +37,7 @@ free_receive_buffers: List[memoryview] = []
 
 def handle_read(channel: Any) -> None:
     """``async_chat.handle_read``: receive once and hand the bytes to framing."""
-    if type(channel).recv is not _stock_recv or not isinstance(channel.socket, _socket_type) \
-            or "recv" in channel.__dict__:
+    if not inherits(channel, "recv", _stock_recv) or not isinstance(channel.socket, _socket_type):
         _read_with_recv(channel)
         return
     # dispatcher.recv's semantics, into a reusable buffer.
@@ -86,13 +85,14 @@ def _read_with_recv(channel: Any) -> None:
 
 
 def _deliver(channel: Any, data: Any) -> None:
-    deliver = type(channel)._deliver_received
-    if deliver is deliver_received and "_deliver_received" not in channel.__dict__:
+    method = channel._deliver_received
+    function = getattr(method, "__func__", None) if getattr(method, "__self__", None) is channel else None
+    if function is deliver_received:
         deliver_received(channel, data)
-    elif deliver is deliver_messages and "_deliver_received" not in channel.__dict__:
+    elif function is deliver_messages:
         deliver_messages(channel, data)
     else:
-        channel._deliver_received(data)
+        method(data)
 
 
 def get_terminator(channel: Any) -> Any:
@@ -103,9 +103,8 @@ def get_terminator(channel: Any) -> Any:
 def deliver_received(channel: Any, data: Any) -> None:
     """``async_chat._deliver_received``: frame *data* into the two callbacks."""
     # get_terminator() is called before every step only where it is overridden.
-    channel._framer.feed(channel, data, (
-        type(channel).get_terminator is not get_terminator
-        or "get_terminator" in channel.__dict__), channel.ac_max_message_size)
+    channel._framer.feed(channel, data, not inherits(channel, "get_terminator", get_terminator),
+                         channel.ac_max_message_size)
 
 
 def deliver_messages(channel: Any, data: Any) -> None:
@@ -116,7 +115,7 @@ def deliver_messages(channel: Any, data: Any) -> None:
 def initiate_send_once(channel: Any) -> None:
     """``async_chat.initiate_send``: stdlib's one step of sending, then a look by the loop."""
     channel._engine.initiate_send(
-        channel, type(channel).send is _stock_send and "send" not in channel.__dict__)
+        channel, inherits(channel, "send", _stock_send))
     note_interest_change(channel._map, channel._fileno)
 
 
@@ -140,7 +139,7 @@ def push_and_send(channel: Any, data: Any) -> None:
         # The engine appended with deque's own append, which reports nothing.
         note_interest_change(channel._map, channel._fileno)
         return
-    if type(channel).initiate_send is initiate_send_once and "initiate_send" not in channel.__dict__:
+    if inherits(channel, "initiate_send", initiate_send_once):
         initiate_send_once(channel)
         return
     note_interest_change(channel._map, channel._fileno)

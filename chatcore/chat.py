@@ -17,7 +17,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Union
 
 from . import _framing, coalesce
-from .dispatch import dispatcher
+from .dispatch import dispatcher, inherits
 from .eventloop import note_interest_change, track_predicates
 from .events import _RERAISED, DISCONNECTED
 from .limits import declare_limits
@@ -39,9 +39,6 @@ def _disable_nagle(sock: Any) -> None:
         except OSError:
             pass  # e.g. already reset by the peer: the first send will tell
 
-
-#: class -> whether its send path (send, initiate_send) is chatcore's own
-_coalescing_classes: Dict[type, bool] = {}
 
 
 if hasattr(socket.socket, "sendmsg"):
@@ -240,18 +237,10 @@ class async_chat(dispatcher):
 
     def _may_coalesce(self) -> bool:
         """Whether sends may be gathered: nothing on the send path is overridden."""
-        # Runs on every push: the class half of inherits() is cached per class.
-        cls = type(self)
-        allowed = _coalescing_classes.get(cls)
-        if allowed is None:
-            allowed = _coalescing_classes[cls] = (
-                cls.send is dispatcher.send and cls.initiate_send is cls._engine.initiate_send_once
-            )
         return (
-            allowed
-            and type(self.socket) is socket.socket
-            and "send" not in self.__dict__
-            and "initiate_send" not in self.__dict__
+            type(self.socket) is socket.socket
+            and inherits(self, "send", dispatcher.send)
+            and inherits(self, "initiate_send", self._engine.initiate_send_once)
         )
 
     def _send_gathered(self) -> None:

@@ -55,7 +55,10 @@ __all__ = [
 def inherits(obj: Any, name: str, original: Any) -> bool:
     """Whether *obj*'s method *name* is *original*: overridden neither by its
     class nor on the instance, so a fast path may stand in for calling it."""
-    return getattr(type(obj), name, None) is original and name not in getattr(obj, "__dict__", ())
+    # Through the bound method, never obj.__dict__: on Python 3.11 an object
+    # whose __dict__ has been asked for is slower at every attribute access.
+    method = getattr(obj, name, None)
+    return getattr(method, "__func__", None) is original and getattr(method, "__self__", None) is obj
 
 
 def _strerror(err: int) -> str:

@@ -565,11 +565,14 @@ def track_predicates(readable: Any, writable: Any) -> None:
 
 def _asks_own_predicates(obj: Any) -> bool:
     """Whether obj's readable()/writable() are its own, to be asked every turn."""
-    # inherits() spelled out: this runs for every channel with events, every turn.
-    cls = type(obj)
-    return not (getattr(cls, "readable", None) in _TRACKED_READABLE
-                and getattr(cls, "writable", None) in _TRACKED_WRITABLE
-                and not ("readable" in obj.__dict__ or "writable" in obj.__dict__))
+    return not (_tracked(obj, obj.readable, _TRACKED_READABLE)
+                and _tracked(obj, obj.writable, _TRACKED_WRITABLE))
+
+
+def _tracked(obj: Any, method: Any, tracked: Set[Any]) -> bool:
+    # Through the bound method, never obj.__dict__: on Python 3.11 an object
+    # whose __dict__ has been asked for is slower at every attribute access.
+    return getattr(method, "__self__", None) is obj and getattr(method, "__func__", None) in tracked
 
 
 def _look_at(poller: _Poller, fd: int, obj: Any, poll_mode: bool) -> None:
@@ -650,11 +653,7 @@ def _look_again(poller: _Poller, map: ChannelMap, fd: int, poll_mode: bool) -> N
         if fd in poller.registrations:
             poller.drop(fd)
         return
-    # _asks_own_predicates() spelled out: every event runs this.
-    cls = type(obj)
-    if (getattr(cls, "readable", None) in _TRACKED_READABLE
-            and getattr(cls, "writable", None) in _TRACKED_WRITABLE
-            and "readable" not in obj.__dict__ and "writable" not in obj.__dict__):
+    if not _asks_own_predicates(obj):
         if poller.custom:
             poller.custom.pop(fd, None)
     else:

@@ -5,6 +5,8 @@
 # are async_chat's (and message_chat's) methods, compiled: binding=True makes
 # each bind to the channel like a function defined in the class.
 
+from cpython.method cimport PyMethod_Check, PyMethod_GET_FUNCTION, PyMethod_GET_SELF
+
 import socket as _socket_module
 
 from chatcore import coalesce as _coalesce
@@ -24,8 +26,17 @@ _NO_BUFFER = memoryview(b"")
 free_receive_buffers = []
 
 
-cdef inline bint _in_instance_dict(object channel, str name):
-    return name in PyObject_GenericGetDict(channel, NULL)
+cdef inline object _bound_function(object channel, object method):
+    """The function *method* binds to *channel*, or None (not a method of it)."""
+    if PyMethod_Check(method) and <object>PyMethod_GET_SELF(method) is channel:
+        return <object>PyMethod_GET_FUNCTION(method)
+    return None
+
+
+cdef inline bint _inherits(object channel, str name, object original):
+    # dispatch.inherits: through the bound method, never channel.__dict__ (on
+    # Python 3.11 asking for it slows every later attribute access).
+    return _bound_function(channel, getattr(channel, name)) is original
 
 
 cdef inline int _note_interest_change(object channel_map, object fd) except -1:
@@ -45,8 +56,7 @@ cdef inline int _note_interest_change(object channel_map, object fd) except -1:
 def handle_read(channel):
     """``async_chat.handle_read``: receive once and hand the bytes to framing."""
     cdef Py_ssize_t size, count
-    if (type(channel).recv is not _stock_recv or not isinstance(channel.socket, _socket_type)
-            or _in_instance_dict(channel, "recv")):
+    if not _inherits(channel, "recv", _stock_recv) or not isinstance(channel.socket, _socket_type):
         _read_with_recv(channel)
         return
     size = channel.ac_in_buffer_size
@@ -95,20 +105,20 @@ cdef _read_with_recv(channel):
 
 
 cdef _deliver(channel, data):
-    deliver = type(channel)._deliver_received
-    if deliver is deliver_received and not _in_instance_dict(channel, "_deliver_received"):
+    method = channel._deliver_received
+    function = _bound_function(channel, method)
+    if function is deliver_received:
         _feed_pieces(channel, data)
-    elif deliver is deliver_messages and not _in_instance_dict(channel, "_deliver_received"):
+    elif function is deliver_messages:
         channel._framer.feed_messages(channel, data, channel.max_message_size)
     else:
-        channel._deliver_received(data)
+        method(data)
 
 
 cdef _feed_pieces(channel, data):
     channel._framer.feed(
         channel, data,
-        type(channel).get_terminator is not get_terminator
-        or _in_instance_dict(channel, "get_terminator"),
+        not _inherits(channel, "get_terminator", get_terminator),
         channel.ac_max_message_size)
 
 
@@ -133,7 +143,7 @@ def deliver_messages(channel, data):
 @cython.binding(True)
 def initiate_send_once(channel):
     """``async_chat.initiate_send``: stdlib's one step of sending, then a look by the loop."""
-    initiate_send(channel, type(channel).send is _stock_send and not _in_instance_dict(channel, "send"))
+    initiate_send(channel, _inherits(channel, "send", _stock_send))
     _note_interest_change(channel._map, channel._fileno)
 
 
@@ -156,8 +166,8 @@ def push_and_send(channel, data):
     if channel.ac_coalesce_sends and channel._may_coalesce() and _coalesce.defer(channel):
         _note_interest_change(channel._map, channel._fileno)
         return
-    if type(channel).initiate_send is initiate_send_once and not _in_instance_dict(channel, "initiate_send"):
-        initiate_send(channel, type(channel).send is _stock_send and not _in_instance_dict(channel, "send"))
+    if _inherits(channel, "initiate_send", initiate_send_once):
+        initiate_send(channel, _inherits(channel, "send", _stock_send))
         _note_interest_change(channel._map, channel._fileno)
         return
     _note_interest_change(channel._map, channel._fileno)
