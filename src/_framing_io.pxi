@@ -143,8 +143,15 @@ def deliver_messages(channel, data):
 @cython.binding(True)
 def initiate_send_once(channel):
     """``async_chat.initiate_send``: stdlib's one step of sending, then a look by the loop."""
+    _send_once(channel)
+
+
+cdef int _send_once(object channel) except -1:
+    # initiate_send_once's body, also called by push_and_send without a
+    # Python-level call.
     initiate_send(channel, _inherits(channel, "send", _stock_send))
     _note_interest_change(channel._map, channel._fileno)
+    return 0
 
 
 @cython.binding(True)
@@ -167,8 +174,7 @@ def push_and_send(channel, data):
         _note_interest_change(channel._map, channel._fileno)
         return
     if _inherits(channel, "initiate_send", initiate_send_once):
-        initiate_send(channel, _inherits(channel, "send", _stock_send))
-        _note_interest_change(channel._map, channel._fileno)
+        _send_once(channel)
         return
     _note_interest_change(channel._map, channel._fileno)
     channel.initiate_send()
