@@ -30,9 +30,7 @@ def _debug_source(path: str) -> str:
     for number, line in enumerate(lines):
         if not line.startswith("# cython:"):
             break
-        lines[number] = re.sub(
-            r"\b(boundscheck|wraparound|initializedcheck)\s*=\s*False\b", r"\1=True", line
-        )
+        lines[number] = re.sub(r"\b(boundscheck|wraparound|initializedcheck)\s*=\s*False\b", r"\1=True", line)
     os.makedirs(os.path.join("build", "debug-src"), exist_ok=True)
     copy = os.path.join("build", "debug-src", os.path.basename(path))
     with open(copy, "w", encoding="utf-8") as target:

@@ -36,11 +36,12 @@ def matches(path: str, patterns: list) -> bool:
 def source_files() -> set:
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        check=True, stdout=subprocess.PIPE, universal_newlines=True,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     ).stdout.split("\n")
     # A file deleted but not yet committed is still listed: keep real files only.
-    return {path for path in listed if path and os.path.isfile(path)
-            and not matches(path, REPOSITORY_ONLY)}
+    return {path for path in listed if path and os.path.isfile(path) and not matches(path, REPOSITORY_ONLY)}
 
 
 def check_sdist(path: str) -> set:
@@ -49,11 +50,13 @@ def check_sdist(path: str) -> set:
     top = os.path.basename(path)[: -len(".tar.gz")] + "/"
     if not all(name.startswith(top) for name in names):
         fail("%s: files outside %s" % (path, top))
-    files = {name[len(top):] for name in names if not matches(name[len(top):], SDIST_METADATA)}
+    files = {name[len(top) :] for name in names if not matches(name[len(top) :], SDIST_METADATA)}
     expected = source_files()
     if files != expected:
-        fail("%s differs from the checkout's source files:\n  missing: %s\n  unexpected: %s"
-             % (path, sorted(expected - files), sorted(files - expected)))
+        fail(
+            "%s differs from the checkout's source files:\n  missing: %s\n  unexpected: %s"
+            % (path, sorted(expected - files), sorted(files - expected))
+        )
     return files
 
 
@@ -63,14 +66,18 @@ def check_wheel(path: str, sdist_files: set) -> None:
     dist_info = {name for name in names if name.split("/")[0].endswith(".dist-info")}
     package = names - dist_info
     modules = {name for name in sdist_files if name.startswith("chatcore/")}
-    engines = {name for name in package
-               if fnmatch.fnmatch(name, "chatcore/_framing_c.*.so")
-               or fnmatch.fnmatch(name, "chatcore/_framing_c.*.pyd")}
+    engines = {
+        name
+        for name in package
+        if fnmatch.fnmatch(name, "chatcore/_framing_c.*.so") or fnmatch.fnmatch(name, "chatcore/_framing_c.*.pyd")
+    }
     if len(engines) != 1:
         fail("%s: expected one compiled engine, found %s" % (path, sorted(engines)))
     if package - engines != modules:
-        fail("%s: package files differ from the sdist's chatcore/:\n  missing: %s\n  unexpected: %s"
-             % (path, sorted(modules - package), sorted(package - engines - modules)))
+        fail(
+            "%s: package files differ from the sdist's chatcore/:\n  missing: %s\n  unexpected: %s"
+            % (path, sorted(modules - package), sorted(package - engines - modules))
+        )
     if not any(name.endswith(".dist-info/licenses/LICENSE") for name in dist_info):
         fail("%s: no LICENSE in its .dist-info" % path)
 
@@ -83,9 +90,10 @@ def main(dist: str) -> None:
     sdist_files = check_sdist(sdists[0])
     for wheel in wheels:
         check_wheel(wheel, sdist_files)
-    print("check_dist: %s: %d source files; %s: modules, typing files, one engine, LICENSE"
-          % (os.path.basename(sdists[0]), len(sdist_files),
-             ", ".join(os.path.basename(wheel) for wheel in wheels)))
+    print(
+        "check_dist: %s: %d source files; %s: modules, typing files, one engine, LICENSE"
+        % (os.path.basename(sdists[0]), len(sdist_files), ", ".join(os.path.basename(wheel) for wheel in wheels))
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ times the loopback clients (echo, SMTP) against a server started once.
 """
 
 import os
-from typing import Any, Callable, List
+from typing import Any, Callable
 
 import pytest
 
@@ -29,16 +29,16 @@ RUN_TIMEOUT = 120.0
 
 
 @pytest.fixture
-def client_rounds(benchmark) -> Callable[[Callable[[], Any]], List[Any]]:
+def client_rounds(benchmark) -> Callable[[Callable[[], Any]], list[Any]]:
     """``client_rounds(make_client)``: time ``client.run()`` of fresh clients; each round's result.
 
     A client is made (connected, its script built) in the untimed setup of
     each round; every client's sockets are closed even when a round fails.
     """
 
-    def run(make_client: Callable[[], Any]) -> List[Any]:
-        clients: List[Any] = []
-        measurements: List[Any] = []
+    def run(make_client: Callable[[], Any]) -> list[Any]:
+        clients: list[Any] = []
+        measurements: list[Any] = []
 
         def setup() -> Any:
             client = make_client()

@@ -104,25 +104,30 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     stream = LINE * args.lines
-    print("python %s on %s, %s; %d lines of %d bytes" % (
-        platform.python_version(), platform.machine(), platform.processor() or platform.system(),
-        args.lines, len(LINE)))
+    print(
+        "python %s on %s, %s; %d lines of %d bytes"
+        % (
+            platform.python_version(),
+            platform.machine(),
+            platform.processor() or platform.system(),
+            args.lines,
+            len(LINE),
+        )
+    )
     results = {}
     for name, cls in implementations().items():
         for read_size in READ_SIZES:
-            chunks = [stream[i:i + read_size] for i in range(0, len(stream), read_size)]
+            chunks = [stream[i : i + read_size] for i in range(0, len(stream), read_size)]
             repeat = 1 if name == "stdlib asynchat" and read_size > 65536 else args.repeat
             best = min(run_once(cls, chunks, args.lines) for _ in range(repeat))
             results[name, read_size] = best
-            print("%-20s read %7d B: %7.1f ns/line" % (name, read_size, best / args.lines * 1e9),
-                  flush=True)
+            print("%-20s read %7d B: %7.1f ns/line" % (name, read_size, best / args.lines * 1e9), flush=True)
     if stdlib_asynchat is not None:
         for name in implementations():
             if name == "stdlib asynchat":
                 continue
             ratios = ", ".join(
-                "%d B %.1fx" % (size, results["stdlib asynchat", size] / results[name, size])
-                for size in READ_SIZES
+                "%d B %.1fx" % (size, results["stdlib asynchat", size] / results[name, size]) for size in READ_SIZES
             )
             print("speed-up of %s over stdlib: %s" % (name, ratios))
     return 0

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -83,7 +83,7 @@ INSTRUCTION_THRESHOLD = 0.02
 TIME_THRESHOLD = 0.25
 
 
-def instruction_scales(key: str) -> Tuple[float, float]:
+def instruction_scales(key: str) -> tuple[float, float]:
     if key in INSTRUCTION_SCALES:
         return INSTRUCTION_SCALES[key]
     return INPROCESS_INSTRUCTION_SCALES if "/" in key else DEFAULT_INSTRUCTION_SCALES
@@ -92,15 +92,14 @@ def instruction_scales(key: str) -> Tuple[float, float]:
 # -- parent side ------------------------------------------------------------------------
 
 
-def _run(command: List[str], **kwargs: Any) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(command, check=True, universal_newlines=True, **kwargs)
+def _run(command: list[str], **kwargs: Any) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(command, check=True, text=True, **kwargs)
 
 
 def build(source: str, destination: str, scratch: str) -> str:
     """Build a wheel of *source*, unpack it into *destination*, compile it to bytecode."""
     wheels = tempfile.mkdtemp(dir=scratch)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source],
-         stdout=subprocess.DEVNULL)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source], stdout=subprocess.DEVNULL)
     (wheel,) = [name for name in os.listdir(wheels) if name.endswith(".whl")]
     with zipfile.ZipFile(os.path.join(wheels, wheel)) as archive:
         archive.extractall(destination)
@@ -125,8 +124,9 @@ def copy_harness(destination: str) -> str:
 def export_revision(revision: str, destination: str) -> None:
     """The tree of *revision*, as files (no .git), in *destination*."""
     os.makedirs(destination)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", revision],
-                             check=True, stdout=subprocess.PIPE).stdout
+    archive = subprocess.run(
+        ["git", "-C", ROOT, "archive", "--format=tar", revision], check=True, stdout=subprocess.PIPE
+    ).stdout
     subprocess.run(["tar", "-x", "-C", destination], input=archive, check=True)
 
 
@@ -137,8 +137,11 @@ def export_working_tree(destination: str) -> None:
     directories alike (the compiled engine records its source path), and
     nothing is written into the checkout.
     """
-    listing = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             check=True, stdout=subprocess.PIPE).stdout.decode("utf-8", "surrogateescape")
+    listing = subprocess.run(
+        ["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        stdout=subprocess.PIPE,
+    ).stdout.decode("utf-8", "surrogateescape")
     for name in sorted(set(filter(None, listing.split("\0")))):
         source = os.path.join(ROOT, name)
         if not os.path.isfile(source):
@@ -148,19 +151,19 @@ def export_working_tree(destination: str) -> None:
         shutil.copy2(source, target)
 
 
-def _child_env(site: str) -> Dict[str, str]:
+def _child_env(site: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=site, PYTHONHASHSEED="0")
     env.pop("CHATCORE_NO_EXTENSIONS", None)
     return env
 
 
-def _child_command(keys: List[str], scale: float, passes: int, harness: str) -> List[str]:
+def _child_command(keys: list[str], scale: float, passes: int, harness: str) -> list[str]:
     # -S: no site-packages, so neither an installed chatcore nor the start-up
     # cost of .pth files (seconds under callgrind) gets into a measurement.
     return [sys.executable, "-S", CHILD, harness, str(scale), str(passes)] + keys
 
 
-def _child_results(output: str, site: str) -> Dict[str, float]:
+def _child_results(output: str, site: str) -> dict[str, float]:
     """The child's timings, once it is clear it measured the build in *site*."""
     result = json.loads(output)
     if not result["chatcore"].startswith(os.path.realpath(site) + os.sep):
@@ -168,8 +171,8 @@ def _child_results(output: str, site: str) -> Dict[str, float]:
     return result["seconds"]
 
 
-def time_mode(sites: Dict[str, str], harness: str, rounds: int, passes: int) -> Dict[str, Dict[str, float]]:
-    best: Dict[str, Dict[str, float]] = {label: {} for label in sites}
+def time_mode(sites: dict[str, str], harness: str, rounds: int, passes: int) -> dict[str, dict[str, float]]:
+    best: dict[str, dict[str, float]] = {label: {} for label in sites}
     scales = sorted(set(TIME_SCALES.values()) | {DEFAULT_TIME_SCALE})
     for round_index in range(rounds):
         # Alternate the order so a slow phase of the machine hits both builds.
@@ -177,8 +180,12 @@ def time_mode(sites: Dict[str, str], harness: str, rounds: int, passes: int) -> 
         for label in order:
             for scale in scales:
                 keys = [key for key in GATED if TIME_SCALES.get(key, DEFAULT_TIME_SCALE) == scale]
-                output = _run(_child_command(keys, scale, passes, harness), env=_child_env(sites[label]),
-                              stdout=subprocess.PIPE, cwd=HERE).stdout
+                output = _run(
+                    _child_command(keys, scale, passes, harness),
+                    env=_child_env(sites[label]),
+                    stdout=subprocess.PIPE,
+                    cwd=HERE,
+                ).stdout
                 for key, seconds in _child_results(output, sites[label]).items():
                     best[label][key] = min(seconds, best[label].get(key, float("inf")))
         print("  round %d/%d done" % (round_index + 1, rounds), file=sys.stderr, flush=True)
@@ -199,31 +206,38 @@ def _instructions(site: str, key: str, scale: float, harness: str) -> int:
     return int(match.group(1))
 
 
-def _count_all(sites: Dict[str, str], keys: List[str], harness: str, jobs: int, verbose: bool,
-               counts: Dict[Tuple[str, str, float], int]) -> None:
+def _count_all(
+    sites: dict[str, str],
+    keys: list[str],
+    harness: str,
+    jobs: int,
+    verbose: bool,
+    counts: dict[tuple[str, str, float], int],
+) -> None:
     """Count every run of *keys* on every build, *jobs* at a time; keep the least count of each.
 
     Counts do not depend on what else runs, so the valgrind runs go in parallel.
     """
     runs = [(label, key, scale) for key in keys for label in sites for scale in instruction_scales(key)]
-    seen: Dict[str, int] = {}
+    seen: dict[str, int] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_instructions, sites[label], key, scale, harness): (label, key, scale)
-                   for label, key, scale in runs}
+        futures = {
+            pool.submit(_instructions, sites[label], key, scale, harness): (label, key, scale)
+            for label, key, scale in runs
+        }
         for future in concurrent.futures.as_completed(futures):
             label, key, scale = futures[future]
             count = future.result()
             counts[label, key, scale] = min(count, counts.get((label, key, scale), count))
             if verbose:
-                print("  %s %s at scale %g: %d instructions" % (label, key, scale, count),
-                      file=sys.stderr, flush=True)
+                print("  %s %s at scale %g: %d instructions" % (label, key, scale, count), file=sys.stderr, flush=True)
             seen[key] = seen.get(key, 0) + 1
             if seen[key] == 2 * len(sites):
                 print("  %s counted" % key, file=sys.stderr, flush=True)
 
 
-def _differences(sites: Dict[str, str], counts: Dict[Tuple[str, str, float], int]) -> Dict[str, Dict[str, float]]:
-    result: Dict[str, Dict[str, float]] = {label: {} for label in sites}
+def _differences(sites: dict[str, str], counts: dict[tuple[str, str, float], int]) -> dict[str, dict[str, float]]:
+    result: dict[str, dict[str, float]] = {label: {} for label in sites}
     for key in GATED:
         small, large = instruction_scales(key)
         for label in sites:
@@ -235,8 +249,9 @@ def _differences(sites: Dict[str, str], counts: Dict[Tuple[str, str, float], int
 RECOUNTS = 2
 
 
-def instruction_mode(sites: Dict[str, str], harness: str, jobs: int, threshold: float,
-                     verbose: bool = False) -> Dict[str, Dict[str, float]]:
+def instruction_mode(
+    sites: dict[str, str], harness: str, jobs: int, threshold: float, verbose: bool = False
+) -> dict[str, dict[str, float]]:
     """Instructions of the large size minus the small one, per build and workload.
 
     A run now and then counts some ten thousand instructions more than its
@@ -244,12 +259,15 @@ def instruction_mode(sites: Dict[str, str], harness: str, jobs: int, threshold: 
     per cent of a workload: a workload over *threshold* is counted again, up
     to RECOUNTS times, keeping each run's least count, before it is reported.
     """
-    counts: Dict[Tuple[str, str, float], int] = {}
+    counts: dict[tuple[str, str, float], int] = {}
     _count_all(sites, GATED, harness, jobs, verbose, counts)
     for _ in range(RECOUNTS):
         results = _differences(sites, counts)
-        over = [key for key in GATED if results["base"][key] <= 0
-                or results["tree"][key] / results["base"][key] - 1.0 > threshold]
+        over = [
+            key
+            for key in GATED
+            if results["base"][key] <= 0 or results["tree"][key] / results["base"][key] - 1.0 > threshold
+        ]
         if not over:
             break
         print("  counting again: %s" % ", ".join(over), file=sys.stderr, flush=True)
@@ -257,7 +275,7 @@ def instruction_mode(sites: Dict[str, str], harness: str, jobs: int, threshold: 
     return _differences(sites, counts)
 
 
-def compare(results: Dict[str, Dict[str, float]], threshold: float, unit: str) -> bool:
+def compare(results: dict[str, dict[str, float]], threshold: float, unit: str) -> bool:
     """Print base vs tree per workload; True when none got slower than *threshold*."""
     ok = True
     print("%-26s %14s %14s %9s" % ("workload", "base " + unit, "tree " + unit, "change"))
@@ -277,19 +295,26 @@ def compare(results: Dict[str, Dict[str, float]], threshold: float, unit: str) -
     return ok
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
     parser.add_argument("--mode", choices=["time", "instructions"], default="time")
     parser.add_argument("--threshold", type=float, help="allowed slow-down, e.g. 0.25 for 25%%")
     parser.add_argument("--rounds", type=int, default=6, help="time mode: alternations (default 6)")
     parser.add_argument("--passes", type=int, default=3, help="time mode: passes per process")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="instructions mode: valgrind runs at once (default: one per CPU)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="instructions mode: valgrind runs at once (default: one per CPU)",
+    )
     parser.add_argument("--verbose", action="store_true", help="instructions mode: print every count")
     args = parser.parse_args(argv)
-    threshold = args.threshold if args.threshold is not None else (
-        TIME_THRESHOLD if args.mode == "time" else INSTRUCTION_THRESHOLD)
+    threshold = (
+        args.threshold
+        if args.threshold is not None
+        else (TIME_THRESHOLD if args.mode == "time" else INSTRUCTION_THRESHOLD)
+    )
     if args.mode == "instructions" and shutil.which("valgrind") is None:
         print("gate: instructions mode needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -301,9 +326,10 @@ def main(argv: List[str]) -> int:
         export_working_tree(os.path.join(scratch, "tree-src"))
         # Both builds at once: compiling the engine is most of the gate's fixed cost.
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            builds = {label: pool.submit(build, os.path.join(scratch, label + "-src"),
-                                         os.path.join(scratch, label), scratch)
-                      for label in ("base", "tree")}
+            builds = {
+                label: pool.submit(build, os.path.join(scratch, label + "-src"), os.path.join(scratch, label), scratch)
+                for label in ("base", "tree")
+            }
             sites = {label: future.result() for label, future in builds.items()}
         if args.mode == "time":
             results = time_mode(sites, harness, args.rounds, args.passes)

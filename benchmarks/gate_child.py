@@ -15,7 +15,7 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any
 
 
 def _load_harness(directory: str, name: str) -> Any:
@@ -26,14 +26,15 @@ def _load_harness(directory: str, name: str) -> Any:
     return module
 
 
-def measure(keys: List[str], scale: float, passes: int, harness: str) -> Dict[str, Any]:
+def measure(keys: list[str], scale: float, passes: int, harness: str) -> dict[str, Any]:
     """Fastest of *passes* timings per workload, on the build chatcore resolves to."""
     import chatcore
 
     if chatcore.implementation != "cython":
-        raise SystemExit("gate: %s runs the %s engine, not the compiled one"
-                         % (chatcore.__file__, chatcore.implementation))
-    best: Dict[str, float] = {}
+        raise SystemExit(
+            "gate: %s runs the %s engine, not the compiled one" % (chatcore.__file__, chatcore.implementation)
+        )
+    best: dict[str, float] = {}
     framing_keys = [key for key in keys if "/" not in key]
     if framing_keys:
         framing = _load_harness(harness, "framing")
@@ -41,8 +42,10 @@ def measure(keys: List[str], scale: float, passes: int, harness: str) -> Dict[st
         for key in framing_keys:
             workload, read_size = key.split("@")
             framing.prepared_reads(workload, scale, int(read_size))
-            best[key] = min(framing.run_once(workload, "chatcore-cython", int(read_size), scale, runner).seconds
-                            for _ in range(passes))
+            best[key] = min(
+                framing.run_once(workload, "chatcore-cython", int(read_size), scale, runner).seconds
+                for _ in range(passes)
+            )
     inprocess_keys = [key for key in keys if "/" in key]
     if inprocess_keys:
         inprocess = _load_harness(harness, "inprocess")
@@ -52,7 +55,7 @@ def measure(keys: List[str], scale: float, passes: int, harness: str) -> Dict[st
     return {"chatcore": os.path.realpath(chatcore.__file__), "seconds": best}
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     if len(argv) < 4:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2

@@ -81,7 +81,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -147,13 +147,13 @@ class ExampleServer:
         self.max_line = max_line
         self.max_seconds = max_seconds
         self.script = script
-        self.process: Optional["subprocess.Popen[bytes]"] = None
+        self.process: Optional[subprocess.Popen[bytes]] = None
         self.port: Optional[int] = None
         self.engine = "unknown"
         self.log_lines = 0
         self.uncaptured = 0
         self.overflows = 0
-        self.last_log: Deque[str] = collections.deque(maxlen=5)
+        self.last_log: collections.deque[str] = collections.deque(maxlen=5)
         self.exit_status: Optional[int] = None
         self.stopped_by_us = False
         self._listening = threading.Event()
@@ -168,13 +168,28 @@ class ExampleServer:
     def start(self) -> "ExampleServer":
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
-            [package_root()] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry])
+            [package_root()] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry]
+        )
         self._stderr = tempfile.TemporaryFile()
-        command = [sys.executable, "-u", str(self.script), "--port", "0",
-                   "--max-line", str(self.max_line), "--max-seconds", repr(self.max_seconds)]
+        command = [
+            sys.executable,
+            "-u",
+            str(self.script),
+            "--port",
+            "0",
+            "--max-line",
+            str(self.max_line),
+            "--max-seconds",
+            repr(self.max_seconds),
+        ]
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
-            cwd=str(ROOT), env=environment)
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=str(ROOT),
+            env=environment,
+        )
         self._reader = threading.Thread(target=self._read_stdout, name="server-stdout", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -265,7 +280,7 @@ class Client:
         self.closed = False
         self.want_read = False
         self.paused = False
-        self.out: Deque[Any] = collections.deque()
+        self.out: collections.deque[Any] = collections.deque()
         self.current: Optional[memoryview] = None
         self.expect = bytearray()
         self.pos = 0
@@ -342,8 +357,8 @@ class Client:
                 self.tail += data
             else:
                 self.expect += self.tail
-                self.expect += memoryview(data)[:newline + 1]
-                self.tail = bytearray(data[newline + 1:])
+                self.expect += memoryview(data)[: newline + 1]
+                self.tail = bytearray(data[newline + 1 :])
         view = memoryview(data)
         rng = self.rng
         if chunking == "trickle":  # a few bytes at a time, with pauses, then the rest
@@ -419,7 +434,7 @@ class Client:
             self.server_closed("EOF")
             return None
         end = self.pos + len(data)
-        if end > len(self.expect) or self.expect[self.pos:end] != data:
+        if end > len(self.expect) or self.expect[self.pos : end] != data:
             self.report_mismatch(data)
             return None
         self.pos = end
@@ -427,19 +442,21 @@ class Client:
         lines = data.count(b"\n")
         self.soak.verified(self.kind, lines, len(data))
         if self.pos > 1 << 16 and 2 * self.pos > len(self.expect):
-            del self.expect[:self.pos]
+            del self.expect[: self.pos]
             self.pos = 0
         return data
 
     def report_mismatch(self, data: bytes) -> None:
-        owed = bytes(self.expect[self.pos:self.pos + len(data)])
-        if len(data) > len(owed) and data[:len(owed)] == owed:
+        owed = bytes(self.expect[self.pos : self.pos + len(data)])
+        if len(data) > len(owed) and data[: len(owed)] == owed:
             what = "%d bytes more than it was owed" % (len(data) - len(owed))
         else:
-            first = next(i for i in range(min(len(data), len(owed)) + 1)
-                         if i == len(owed) or data[i] != owed[i])
+            first = next(i for i in range(min(len(data), len(owed)) + 1) if i == len(owed) or data[i] != owed[i])
             what = "byte %d differs: got %r, expected %r" % (
-                self.received + first, data[first:first + 24], owed[first:first + 24])
+                self.received + first,
+                data[first : first + 24],
+                owed[first : first + 24],
+            )
         self.soak.wrong_echoes += 1
         self.fail("wrong echo: " + what)
 
@@ -487,8 +504,7 @@ class Client:
         if not self.connected:
             self.fail("not connected after %g s" % self.soak.close_timeout)
         else:
-            self.fail("no echo for %g s with %d bytes owed"
-                      % (self.soak.close_timeout, len(self.expect) - self.pos))
+            self.fail("no echo for %g s with %d bytes owed" % (self.soak.close_timeout, len(self.expect) - self.pos))
 
     def server_closed(self, how: str) -> None:
         self.fail("closed by the server (%s) with %d bytes owed" % (how, len(self.expect) - self.pos))
@@ -732,15 +748,19 @@ class OversizedSender(Client):
     def server_closed(self, how: str) -> None:
         sent_long = self.sent - self.normal_bytes
         if not self.long_sent or sent_long <= self.soak.max_line:
-            self.fail("closed (%s) after only %d bytes of the long line (limit %d)"
-                      % (how, max(0, sent_long), self.soak.max_line))
+            self.fail(
+                "closed (%s) after only %d bytes of the long line (limit %d)"
+                % (how, max(0, sent_long), self.soak.max_line)
+            )
         else:
             self.finish("closed by the server")
 
     def on_deadline(self) -> None:
         if self.long_sent:
-            self.fail("the server did not close the connection within %g s (%d bytes sent)"
-                      % (self.soak.close_timeout, self.sent))
+            self.fail(
+                "the server did not close the connection within %g s (%d bytes sent)"
+                % (self.soak.close_timeout, self.sent)
+            )
         else:
             Client.on_deadline(self)
 
@@ -759,11 +779,11 @@ class GarbageSender(Client):
         start = rng.randrange(POOL_SIZE - size)
         variant = rng.choice(("binary", "no-newline", "text"))
         if variant == "binary":
-            data = self.soak.pool_raw[start:start + size]
+            data = self.soak.pool_raw[start : start + size]
         elif variant == "no-newline":
-            data = self.soak.pool_no_newline[start:start + size]
+            data = self.soak.pool_no_newline[start : start + size]
         else:
-            data = self.soak.pool_raw[start:start + size].translate(_TEXT_TABLE)
+            data = self.soak.pool_raw[start : start + size].translate(_TEXT_TABLE)
         cuts = sorted(rng.randint(0, size) for _ in range(rng.randint(0, 3)))
         self.bursts = [data[low:high] for low, high in zip([0] + cuts, cuts + [size])]
         self.want_read = True
@@ -800,8 +820,16 @@ BEHAVIOURS = dict(zip(KINDS, (EchoClient, SlowReader, Resetter, HalfCloser, Over
 class Soak:
     """One client process driving every connection from one selectors loop."""
 
-    def __init__(self, port: int, connections: int, seconds: float, seed: int, max_line: int,
-                 close_timeout: float, behaviours: Tuple[str, ...] = KINDS):
+    def __init__(
+        self,
+        port: int,
+        connections: int,
+        seconds: float,
+        seed: int,
+        max_line: int,
+        close_timeout: float,
+        behaviours: tuple[str, ...] = KINDS,
+    ):
         self.port = port
         self.target = connections
         self.seconds = seconds
@@ -818,9 +846,9 @@ class Soak:
         self.pool_no_newline = pool.replace(b"\n", b"N")
         self.max_body = max(1, min(max_line // 2, 32 << 10) - 24)
         self.selector = selectors.DefaultSelector()
-        self.timers: List[Tuple[float, int, Client, Callable[[], None]]] = []
+        self.timers: list[tuple[float, int, Client, Callable[[], None]]] = []
         self._timer_seq = 0
-        self.active: Dict[int, Client] = {}
+        self.active: dict[int, Client] = {}
         self.next_ident = 0
         self.connecting = 0
         self.draining = False
@@ -829,9 +857,9 @@ class Soak:
         self.bytes_verified = 0
         self.messages_verified = 0
         self.wrong_echoes = 0
-        self.failures: List[str] = []
+        self.failures: list[str] = []
         self.failure_count = 0
-        self.kinds: Dict[str, collections.Counter] = {kind: collections.Counter() for kind in KINDS}
+        self.kinds: dict[str, collections.Counter] = {kind: collections.Counter() for kind in KINDS}
 
     # Bookkeeping the clients call
 
@@ -876,8 +904,7 @@ class Soak:
         length = min(length, longest or self.max_body, self.max_body)
         start = rng.randrange(POOL_SIZE - length)
         client.lines_queued += 1
-        return (b"%x:%x:" % (client.ident, client.lines_queued)
-                + self.pool_no_newline[start:start + length] + b"\n")
+        return b"%x:%x:" % (client.ident, client.lines_queued) + self.pool_no_newline[start : start + length] + b"\n"
 
     def filler(self, rng: random.Random, size: int) -> bytes:
         """*size* random bytes without a newline."""
@@ -885,7 +912,7 @@ class Soak:
         while left:
             step = min(left, POOL_SIZE // 2)
             start = rng.randrange(POOL_SIZE - step)
-            pieces.append(self.pool_no_newline[start:start + step])
+            pieces.append(self.pool_no_newline[start : start + step])
             left -= step
         return b"".join(pieces)
 
@@ -910,8 +937,9 @@ class Soak:
         that last longest (slow readers): the mix, and the server's memory
         with it, would keep shifting for minutes instead of holding steady.
         """
-        room = [max(0.0, share * self.target - self.open_by_kind[kind])
-                for kind, share in zip(self.behaviours, self.shares)]
+        room = [
+            max(0.0, share * self.target - self.open_by_kind[kind]) for kind, share in zip(self.behaviours, self.shares)
+        ]
         return self.rng.choices(self.behaviours, room if sum(room) > 0 else self.shares)[0]
 
     def connected_count(self) -> int:
@@ -943,11 +971,11 @@ class Soak:
         self.selector.close()
 
 
-def _median(values: List[int]) -> Optional[float]:
+def _median(values: list[int]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-def run(options: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
+def run(options: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     """One whole soak: server, clients, sampling, verdict; the summary as a dict."""
     began = time.monotonic()
     budget = STARTUP_SECONDS + RAMP_SECONDS + options.seconds + options.close_timeout + 30.0
@@ -963,9 +991,16 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, An
             os._exit(3)
 
     threading.Thread(target=watchdog, name="soak-watchdog", daemon=True).start()
-    soak = Soak(server.port, options.connections, options.seconds, options.seed, options.max_line,  # type: ignore[arg-type]
-                options.close_timeout, options.behaviours)
-    samples: List[Tuple[float, Optional[int], int]] = []
+    soak = Soak(
+        server.port,
+        options.connections,
+        options.seconds,
+        options.seed,
+        options.max_line,  # type: ignore[arg-type]
+        options.close_timeout,
+        options.behaviours,
+    )
+    samples: list[tuple[float, Optional[int], int]] = []
     phase = "ramp"
     load_start = load_end = None
     min_open: Optional[int] = None
@@ -1027,9 +1062,18 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, An
                 if options.progress and now >= next_progress:
                     next_progress += options.progress
                     rss = server.rss()
-                    log("[%5.0fs] %s: %d open, %d opened, %d messages, %.1f MiB verified, server RSS %s"
-                        % (now - began, phase, len(soak.active), soak.opened, soak.messages_verified,
-                           soak.bytes_verified / MIB, "%.1f MiB" % (rss / MIB) if rss else "unavailable"))
+                    log(
+                        "[%5.0fs] %s: %d open, %d opened, %d messages, %.1f MiB verified, server RSS %s"
+                        % (
+                            now - began,
+                            phase,
+                            len(soak.active),
+                            soak.opened,
+                            soak.messages_verified,
+                            soak.bytes_verified / MIB,
+                            "%.1f MiB" % (rss / MIB) if rss else "unavailable",
+                        )
+                    )
             soak.wait_for_events(min(0.1, max(0.0, next_sample - time.monotonic())))
     finally:
         soak.close_all("aborted")
@@ -1041,8 +1085,9 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, An
         finished.set()
     runtime = time.monotonic() - began
     if server.uncaptured:
-        soak.failure("the server logged %d uncaptured exceptions, last: %s"
-                     % (server.uncaptured, list(server.last_log)[-1:]))
+        soak.failure(
+            "the server logged %d uncaptured exceptions, last: %s" % (server.uncaptured, list(server.last_log)[-1:])
+        )
     if server_died is None and not server.stopped_by_us:
         soak.failure("the server exited early with status %s" % server.exit_status)
 
@@ -1055,8 +1100,10 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, An
     growth = (last - first) if available else None  # type: ignore[operator]
     growth_limit = max(RSS_GROWTH_BYTES, RSS_GROWTH_FRACTION * first) if available else None  # type: ignore[operator]
     if available and growth > growth_limit:  # type: ignore[operator]
-        soak.failure("server RSS grew by %.1f MiB between the first and last third of the run (limit %.1f MiB)"
-                     % (growth / MIB, growth_limit / MIB))  # type: ignore[operator]
+        soak.failure(
+            "server RSS grew by %.1f MiB between the first and last third of the run (limit %.1f MiB)"
+            % (growth / MIB, growth_limit / MIB)
+        )  # type: ignore[operator]
     behaviours = {kind: dict(sorted(counter.items())) for kind, counter in soak.kinds.items()}
     return {
         "verdict": "fail" if soak.failure_count else "pass",
@@ -1088,7 +1135,8 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, An
             "samples": [[round(t, 1), rss, open_] for t, rss, open_ in samples],
         },
         "server": {
-            "script": os.path.relpath(str(server.script), str(ROOT)) if server.script.is_relative_to(ROOT)
+            "script": os.path.relpath(str(server.script), str(ROOT))
+            if server.script.is_relative_to(ROOT)
             else str(server.script),
             "log_lines": server.log_lines,
             "uncaptured_exceptions": server.uncaptured,
@@ -1105,37 +1153,66 @@ def _mib(value: Optional[float]) -> str:
     return "unavailable" if value is None else "%.1f MiB" % (value / MIB)
 
 
-def format_report(summary: Dict[str, Any]) -> str:
+def format_report(summary: dict[str, Any]) -> str:
     connections, rss = summary["connections"], summary["rss"]
     lines = [
         "soak: %d connections for %.0f s against %s (engine %s, max line %d bytes), seed %d"
-        % (connections["target"], summary["load_seconds"], summary["server"]["script"], summary["engine"],
-           summary["max_line"], summary["seed"]),
+        % (
+            connections["target"],
+            summary["load_seconds"],
+            summary["server"]["script"],
+            summary["engine"],
+            summary["max_line"],
+            summary["seed"],
+        ),
         "connections: %d opened in total, %d concurrent (at least %s open during the load)"
         % (connections["opened"], connections["target"], connections["min_open_during_load"]),
         "echoed and verified: %d messages, %.1f MiB (%.1f MiB sent); wrong echoes: %d"
-        % (summary["messages_verified"], summary["bytes_verified"] / MIB, summary["bytes_sent"] / MIB,
-           summary["wrong_echoes"]),
+        % (
+            summary["messages_verified"],
+            summary["bytes_verified"] / MIB,
+            summary["bytes_sent"] / MIB,
+            summary["wrong_echoes"],
+        ),
         "behaviours:",
     ]
     for kind, counts in summary["behaviours"].items():
-        outcomes = ", ".join("%s %d" % (name[len("outcome: "):], number)
-                             for name, number in counts.items() if name.startswith("outcome: "))
-        lines.append("  %-10s %6d opened; %s; %d messages, %.1f MiB verified"
-                     % (kind, counts.get("opened", 0), outcomes or "none finished",
-                        counts.get("messages", 0), counts.get("bytes", 0) / MIB))
+        outcomes = ", ".join(
+            "%s %d" % (name[len("outcome: ") :], number)
+            for name, number in counts.items()
+            if name.startswith("outcome: ")
+        )
+        lines.append(
+            "  %-10s %6d opened; %s; %d messages, %.1f MiB verified"
+            % (
+                kind,
+                counts.get("opened", 0),
+                outcomes or "none finished",
+                counts.get("messages", 0),
+                counts.get("bytes", 0) / MIB,
+            )
+        )
     if rss["available"]:
-        lines.append("server RSS: start %s (connections established), max %s, end %s; after all clients closed %s"
-                     % (_mib(rss["start"]), _mib(rss["max"]), _mib(rss["end"]), _mib(rss["after_close"])))
-        lines.append("  median of the first third %s, of the last third %s: growth %+.1f MiB (limit %.1f MiB)"
-                     % (_mib(rss["first_third_median"]), _mib(rss["last_third_median"]),
-                        rss["growth"] / MIB, rss["growth_limit"] / MIB))
+        lines.append(
+            "server RSS: start %s (connections established), max %s, end %s; after all clients closed %s"
+            % (_mib(rss["start"]), _mib(rss["max"]), _mib(rss["end"]), _mib(rss["after_close"]))
+        )
+        lines.append(
+            "  median of the first third %s, of the last third %s: growth %+.1f MiB (limit %.1f MiB)"
+            % (
+                _mib(rss["first_third_median"]),
+                _mib(rss["last_third_median"]),
+                rss["growth"] / MIB,
+                rss["growth_limit"] / MIB,
+            )
+        )
     else:
         lines.append("server RSS: unavailable (no /proc here)")
     server = summary["server"]
-    lines.append("server: %d log lines (%d overflows), %d uncaptured exceptions, exit status %s"
-                 % (server["log_lines"], server["overflows_logged"], server["uncaptured_exceptions"],
-                    server["exit_status"]))
+    lines.append(
+        "server: %d log lines (%d overflows), %d uncaptured exceptions, exit status %s"
+        % (server["log_lines"], server["overflows_logged"], server["uncaptured_exceptions"], server["exit_status"])
+    )
     for failure in summary["failures"]:
         lines.append("FAILURE: " + failure)
     if summary["failure_count"] > len(summary["failures"]):
@@ -1144,21 +1221,34 @@ def format_report(summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Soak the example echo server with random client behaviour.")
     parser.add_argument("--connections", type=int, default=1000, help="connections kept open (default 1000)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load phase (default 60)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the behaviour RNG (default 1)")
-    parser.add_argument("--max-line", type=int, default=DEFAULT_MAX_LINE,
-                        help="the server's line limit, passed to it (default %(default)s)")
-    parser.add_argument("--close-timeout", type=float, default=30.0,
-                        help="seconds a client waits for an echo or a close before failing (default 30)")
-    parser.add_argument("--progress", type=float, default=10.0,
-                        help="seconds between progress lines on stderr; 0 for none (default 10)")
-    parser.add_argument("--server", default=str(EXAMPLE_SERVER),
-                        help="the echo server script (default examples/echo_server.py)")
-    parser.add_argument("--behaviours", default=",".join(KINDS),
-                        help="comma-separated behaviours to draw from (default: all of %(default)s)")
+    parser.add_argument(
+        "--max-line",
+        type=int,
+        default=DEFAULT_MAX_LINE,
+        help="the server's line limit, passed to it (default %(default)s)",
+    )
+    parser.add_argument(
+        "--close-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client waits for an echo or a close before failing (default 30)",
+    )
+    parser.add_argument(
+        "--progress", type=float, default=10.0, help="seconds between progress lines on stderr; 0 for none (default 10)"
+    )
+    parser.add_argument(
+        "--server", default=str(EXAMPLE_SERVER), help="the echo server script (default examples/echo_server.py)"
+    )
+    parser.add_argument(
+        "--behaviours",
+        default=",".join(KINDS),
+        help="comma-separated behaviours to draw from (default: all of %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     options = parser.parse_args(argv)
     options.behaviours = tuple(kind.strip() for kind in options.behaviours.split(",") if kind.strip())

@@ -22,7 +22,7 @@ measured before listening (with ``ac_coalesce_sends`` for chatcore's).
     CHATCORE_BENCH_SCALE=0.01 python -m pytest benchmarks/test_echo.py --benchmark-disable
 """
 
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import pytest
 
@@ -52,7 +52,7 @@ def echo_server(request) -> Iterator[EchoServerProcess]:
         yield server
 
 
-def record(benchmark, echo_server: EchoServerProcess, measurements: List[ClientMeasurement]) -> None:
+def record(benchmark, echo_server: EchoServerProcess, measurements: list[ClientMeasurement]) -> None:
     fastest = min(measurements, key=lambda measurement: measurement.seconds)
     benchmark.extra_info.update(
         echo_server.report(),
@@ -67,8 +67,7 @@ def record(benchmark, echo_server: EchoServerProcess, measurements: List[ClientM
 
 def test_echo_pipelined(benchmark, scale, echo_server, client_rounds):
     lines = scaled(PIPELINED_LINES, scale)
-    benchmark.group = "echo pipelined, %d connections x %d lines of %d B" % (
-        PIPELINED_CONNECTIONS, lines, LINE_SIZE)
+    benchmark.group = "echo pipelined, %d connections x %d lines of %d B" % (PIPELINED_CONNECTIONS, lines, LINE_SIZE)
 
     def make_client() -> PipelinedClient:
         return PipelinedClient(echo_server.port, PIPELINED_CONNECTIONS, lines, LINE_SIZE, timeout=RUN_TIMEOUT)

@@ -19,7 +19,7 @@ fastest round, and what served with its measured send timing.
     CHATCORE_BENCH_SCALE=0.01 python -m pytest benchmarks/test_smtp.py --benchmark-disable
 """
 
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,13 +39,12 @@ def smtp_server(request) -> Iterator[SMTPServerProcess]:
 
 def test_smtp_request_response(benchmark, scale, smtp_server, client_rounds):
     transactions = max(2, int(TRANSACTIONS * scale))
-    benchmark.group = "smtp, %d connections x %d transactions, one command at a time" % (
-        CONNECTIONS, transactions)
+    benchmark.group = "smtp, %d connections x %d transactions, one command at a time" % (CONNECTIONS, transactions)
 
     def make_client() -> SMTPClient:
         return SMTPClient(smtp_server.port, CONNECTIONS, transactions, timeout=RUN_TIMEOUT)
 
-    measurements: List[SMTPMeasurement] = client_rounds(make_client)
+    measurements: list[SMTPMeasurement] = client_rounds(make_client)
     # HELO and QUIT, then five commands a transaction, on every connection.
     assert all(m.commands == CONNECTIONS * (2 + 5 * transactions) for m in measurements)
     fastest = min(measurements, key=lambda measurement: measurement.seconds)

@@ -12,7 +12,7 @@ Without a command the help is printed and the exit status is 2.
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Optional
 
 from . import demo
 from .benchmark import cli as bench_cli
@@ -65,12 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
             "and in order.  Exits 0 on success, 1 on a mismatch or timeout."
         ),
     )
-    demo_parser.add_argument(
-        "--lines", type=_positive_int, default=1000, help="lines per connection (default 1000)"
-    )
-    demo_parser.add_argument(
-        "--connections", type=_positive_int, default=4, help="client connections (default 4)"
-    )
+    demo_parser.add_argument("--lines", type=_positive_int, default=1000, help="lines per connection (default 1000)")
+    demo_parser.add_argument("--connections", type=_positive_int, default=4, help="client connections (default 4)")
     demo_parser.add_argument(
         "--timeout",
         type=_positive_seconds,
@@ -82,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line *argv* (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

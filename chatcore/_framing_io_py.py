@@ -12,15 +12,21 @@ fast paths below are taken only where nothing of the sort is overridden.
 """
 
 import socket
-from typing import Any, List
+from typing import Any
 
 from . import coalesce
 from .dispatch import dispatcher, inherits
 from .eventloop import note_interest_change
 from .events import DISCONNECTED
 
-__all__ = ["handle_read", "deliver_received", "deliver_messages", "get_terminator",
-           "push_and_send", "initiate_send_once"]
+__all__ = [
+    "deliver_messages",
+    "deliver_received",
+    "get_terminator",
+    "handle_read",
+    "initiate_send_once",
+    "push_and_send",
+]
 
 _stock_recv = dispatcher.recv
 _stock_send = dispatcher.send
@@ -32,7 +38,7 @@ _NO_BUFFER = memoryview(b"")
 #: that finds none (another thread is reading, or a handler re-entered
 #: handle_read) makes one.  There are never more buffers than reads running
 #: at the same time, so idle channels hold none.  list.pop/append are atomic.
-free_receive_buffers: List[memoryview] = []
+free_receive_buffers: list[memoryview] = []
 
 
 def handle_read(channel: Any) -> None:
@@ -103,8 +109,9 @@ def get_terminator(channel: Any) -> Any:
 def deliver_received(channel: Any, data: Any) -> None:
     """``async_chat._deliver_received``: frame *data* into the two callbacks."""
     # get_terminator() is called before every step only where it is overridden.
-    channel._framer.feed(channel, data, not inherits(channel, "get_terminator", get_terminator),
-                         channel.ac_max_message_size)
+    channel._framer.feed(
+        channel, data, not inherits(channel, "get_terminator", get_terminator), channel.ac_max_message_size
+    )
 
 
 def deliver_messages(channel: Any, data: Any) -> None:
@@ -114,8 +121,7 @@ def deliver_messages(channel: Any, data: Any) -> None:
 
 def initiate_send_once(channel: Any) -> None:
     """``async_chat.initiate_send``: stdlib's one step of sending, then a look by the loop."""
-    channel._engine.initiate_send(
-        channel, inherits(channel, "send", _stock_send))
+    channel._engine.initiate_send(channel, inherits(channel, "send", _stock_send))
     note_interest_change(channel._map, channel._fileno)
 
 

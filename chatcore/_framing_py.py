@@ -31,8 +31,14 @@ from .outqueue import OutputQueue
 _deque_append = deque.append
 
 __all__ = [
-    "Framer", "push", "initiate_send", "send_gathered",
-    "set_terminator", "collect_incoming_piece", "join_incoming", "SizeLimit",
+    "Framer",
+    "SizeLimit",
+    "collect_incoming_piece",
+    "initiate_send",
+    "join_incoming",
+    "push",
+    "send_gathered",
+    "set_terminator",
 ]
 
 # feed_messages(max_size=None): larger than any message can be, as in the
@@ -103,6 +109,7 @@ class SizeLimit:
 # async_chat methods that legacy handlers call once or twice per message; they
 # live here so the compiled twin can speed them up.
 
+
 def set_terminator(channel: Any, term: Any) -> None:
     """Set the input delimiter: bytes of any length, a byte count, or None."""
     if type(term) is bytes:
@@ -135,10 +142,7 @@ def _terminator_bytes(terminator: Any) -> bytes:
     try:
         return bytes(memoryview(terminator))
     except TypeError:
-        raise TypeError(
-            "terminator must be bytes-like, an int or None, not %r"
-            % type(terminator).__name__
-        ) from None
+        raise TypeError("terminator must be bytes-like, an int or None, not %r" % type(terminator).__name__) from None
 
 
 def _partial_terminator_length(data: bytes, start: int, terminator: bytes) -> int:
@@ -175,8 +179,17 @@ class Framer:
     ``found_terminator()`` stops the processing as it would in stdlib.
     """
 
-    __slots__ = ("_data", "_pos", "_feeding", "_parts", "_body_len", "_count_left", "_dropping",
-                 "_collected", "_found_owed")
+    __slots__ = (
+        "_data",
+        "_pos",
+        "_feeding",
+        "_parts",
+        "_body_len",
+        "_count_left",
+        "_dropping",
+        "_collected",
+        "_found_owed",
+    )
 
     def __init__(self) -> None:
         self._data = b""
@@ -202,7 +215,7 @@ class Framer:
     @property
     def pending(self) -> bytes:
         """Received bytes not yet handed to the channel (stdlib's ``ac_in_buffer``)."""
-        return self._data[self._pos:]
+        return self._data[self._pos :]
 
     @pending.setter
     def pending(self, value: Any) -> None:
@@ -215,9 +228,7 @@ class Framer:
         """True while ``feed`` is running (a handler callback re-entered it)."""
         return self._feeding > 0
 
-    def feed(
-        self, channel: Any, data: Any, call_get_terminator: bool = True, max_size: Optional[int] = None
-    ) -> None:
+    def feed(self, channel: Any, data: Any, call_get_terminator: bool = True, max_size: Optional[int] = None) -> None:
         """Append *data* to the pending bytes and deliver every complete piece.
 
         Calls ``channel.collect_incoming_data(bytes)`` and
@@ -248,7 +259,7 @@ class Framer:
         if type(data) is not bytes:
             data = bytes(data) if type(data) is memoryview else bytes(memoryview(data))
         if self._pos < len(self._data):
-            data = self._data[self._pos:] + data
+            data = self._data[self._pos :] + data
         self._data = data
         self._pos = 0
         self._feeding += 1
@@ -289,7 +300,7 @@ class Framer:
                         continue
                     self._pos = pos + terminator
                     try:
-                        channel.collect_incoming_data(data[pos:pos + terminator])
+                        channel.collect_incoming_data(data[pos : pos + terminator])
                     except BaseException:
                         # The message is complete: its found_terminator()
                         # is owed to the next feed.
@@ -306,8 +317,7 @@ class Framer:
                 index = data.find(needle, pos)
                 if index >= 0:
                     after = index + len(needle)
-                    if self._collected or self._dropping or (
-                            max_size is not None and index - pos > max_size):
+                    if self._collected or self._dropping or (max_size is not None and index - pos > max_size):
                         # A message that spans reads, or one being skipped or too long.
                         collected = self._collected
                         self._collected = 0
@@ -351,7 +361,7 @@ class Framer:
             self._feeding -= 1
             # Keep only the unprocessed rest, as an owned object.
             if self._pos:
-                self._data = self._data[self._pos:]
+                self._data = self._data[self._pos :]
                 self._pos = 0
 
     def feed_messages(self, channel: Any, data: Any, max_size: Optional[int]) -> None:
@@ -373,7 +383,7 @@ class Framer:
         if type(data) is not bytes:
             data = bytes(data) if type(data) is memoryview else bytes(memoryview(data))
         if self._pos < len(self._data):
-            data = self._data[self._pos:] + data
+            data = self._data[self._pos :] + data
         self._data = data
         self._pos = 0
         self._feeding += 1
@@ -383,7 +393,7 @@ class Framer:
             self._feeding -= 1
             # Keep only the unprocessed rest, as an owned object.
             if self._pos:
-                self._data = self._data[self._pos:]
+                self._data = self._data[self._pos :]
                 self._pos = 0
 
     def _deliver_messages(self, channel: Any, max_size: int) -> None:
@@ -412,11 +422,11 @@ class Framer:
                 self._count_left -= take
                 if self._count_left:
                     if not self._dropping:
-                        self._add_part(data[pos:pos + take])
+                        self._add_part(data[pos : pos + take])
                 elif self._dropping:
                     self._dropping = False
                 else:
-                    self._complete(channel, data[pos:pos + take], max_size)
+                    self._complete(channel, data[pos : pos + take], max_size)
             else:
                 needle = terminator if type(terminator) is bytes else _terminator_bytes(terminator)
                 index = data.find(needle, pos)
@@ -499,9 +509,7 @@ def push(channel: Any, data: Any) -> None:
         if type(data) is memoryview:
             data = _byte_view(data)
         elif not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                "push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__
-            )
+            raise TypeError("push() takes bytes, bytearray or memoryview, not %r" % type(data).__name__)
     fifo = channel.producer_fifo
     piece = channel.ac_out_buffer_size
     size = len(data)
@@ -513,12 +521,12 @@ def push(channel: Any, data: Any) -> None:
             _deque_append(fifo, data)
             return
         for start in range(0, size, piece):
-            _deque_append(fifo, data[start:start + piece])
+            _deque_append(fifo, data[start : start + piece])
     elif size <= piece:
         fifo.append(data)
     else:
         for start in range(0, size, piece):
-            fifo.append(data[start:start + piece])
+            fifo.append(data[start : start + piece])
 
 
 def initiate_send(channel: Any, zero_copy: bool = False) -> None:
@@ -638,7 +646,7 @@ def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
         return 0
     sent = sendmsg(buffers)
     remaining = sent
-    for index, item in enumerate(buffers):
+    for index, item in enumerate(buffers):  # noqa: B007 (index is read after the loop)
         size = len(item)
         if remaining < size:
             break
@@ -671,5 +679,11 @@ from ._framing_io_py import (  # noqa: E402
     push_and_send,
 )
 
-__all__ += ["handle_read", "deliver_received", "deliver_messages", "get_terminator",
-            "push_and_send", "initiate_send_once"]
+__all__ += [
+    "deliver_messages",
+    "deliver_received",
+    "get_terminator",
+    "handle_read",
+    "initiate_send_once",
+    "push_and_send",
+]

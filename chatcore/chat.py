@@ -14,7 +14,8 @@ slices) are taken only where nothing observable changes.
 """
 
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Union
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import _framing, coalesce
 from .dispatch import dispatcher, inherits
@@ -32,29 +33,38 @@ Terminator = Union[bytes, str, int, None]
 
 def _disable_nagle(sock: Any) -> None:
     """Set TCP_NODELAY on *sock* if it is a TCP socket (anything else is left alone)."""
-    if (isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM
-            and sock.family in (socket.AF_INET, socket.AF_INET6)):
+    if (
+        isinstance(sock, socket.socket)
+        and sock.type == socket.SOCK_STREAM
+        and sock.family in (socket.AF_INET, socket.AF_INET6)
+    ):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # e.g. already reset by the peer: the first send will tell
 
 
-
 if hasattr(socket.socket, "sendmsg"):
+
     def _gathering_send(sock: socket.socket) -> Any:
         return sock.sendmsg
 else:  # Windows: no sendmsg; one joined send is still one call
+
     def _gathering_send(sock: socket.socket) -> Any:
         return lambda buffers: sock.send(b"".join(buffers))
-
 
 
 #: async_chat methods the engine implements (each engine function has the
 #: method's own name or, for the first three, the name it has in the engine).
 _ENGINE_METHODS = (
-    "set_terminator", "_collect_incoming_data", "_get_data", "get_terminator",
-    "handle_read", "_deliver_received", "push", "initiate_send",
+    "set_terminator",
+    "_collect_incoming_data",
+    "_get_data",
+    "get_terminator",
+    "handle_read",
+    "_deliver_received",
+    "push",
+    "initiate_send",
 )
 _ENGINE_MODULES = ("chatcore._framing_c", "chatcore._framing_py", "chatcore._framing_io_py")
 
@@ -119,12 +129,12 @@ class async_chat(dispatcher):
                 # _deliver_received is not async_chat's).
                 setattr(cls, method, getattr(engine, current.__name__))
 
-    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None):
         self._framer = self._engine.Framer()
         # Where _get_data()/_collect_incoming_data() accumulate pieces.
         self.incoming: list = []
         # Buffers, producers and None (= close) waiting to be sent, in order.
-        self.producer_fifo: Deque[Any] = OutputQueue()
+        self.producer_fifo: deque[Any] = OutputQueue()
         self.producer_fifo.set_owner(self)
         dispatcher.__init__(self, sock, map)
 
@@ -150,6 +160,7 @@ class async_chat(dispatcher):
     set_terminator: Callable[["async_chat", Terminator], None] = _framing.engine.set_terminator
 
     if TYPE_CHECKING:
+
         def get_terminator(self) -> Terminator: ...
         def handle_read(self) -> None: ...
         def _deliver_received(self, data: Any) -> None: ...
@@ -181,13 +192,13 @@ class async_chat(dispatcher):
         coalesce.flush(self)
         dispatcher.close(self)
 
-    def del_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
+    def del_channel(self, map: Optional[dict[int, Any]] = None) -> None:
         # Coalesced pushes belong to the socket they were pushed on, which a
         # STARTTLS-style swap (del_channel, wrap, set_socket) replaces.
         coalesce.flush(self)
         dispatcher.del_channel(self, map)
 
-    def set_socket(self, sock: Any, map: Optional[Dict[int, Any]] = None) -> None:
+    def set_socket(self, sock: Any, map: Optional[dict[int, Any]] = None) -> None:
         coalesce.flush(self)
         dispatcher.set_socket(self, sock, map)
         if self.ac_tcp_nodelay:
@@ -343,7 +354,7 @@ class simple_producer:
     def more(self) -> bytes:
         if len(self.data) > self.buffer_size:
             result = self.data[: self.buffer_size]
-            self.data = self.data[self.buffer_size:]
+            self.data = self.data[self.buffer_size :]
             return result
         result, self.data = self.data, b""
         return result

@@ -16,7 +16,7 @@ The state is per thread: each thread's loop has its own turn.
 """
 
 import threading
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from .events import _RERAISED
 
@@ -26,13 +26,13 @@ __all__ = ["begin_turn", "defer", "end_turn", "flush"]
 class _Turn(threading.local):
     def __init__(self) -> None:
         # The channels deferred in this thread's current turn; None outside one.
-        self.channels: Optional[List[Any]] = None
+        self.channels: Optional[list[Any]] = None
 
 
 _turn = _Turn()
 
 
-def begin_turn() -> Optional[List[Any]]:
+def begin_turn() -> Optional[list[Any]]:
     """Start deferring; returns what ``end_turn`` must be given (an outer turn's state)."""
     outer = _turn.channels
     _turn.channels = []
@@ -56,7 +56,7 @@ def flush(channel: Any) -> None:
         channel._send_gathered()
 
 
-def end_turn(outer: Optional[List[Any]]) -> None:
+def end_turn(outer: Optional[list[Any]]) -> None:
     """Send what the turn deferred, one channel after another, in push order."""
     channels, _turn.channels = _turn.channels, outer
     for position, channel in enumerate(channels or ()):
@@ -64,7 +64,7 @@ def end_turn(outer: Optional[List[Any]]) -> None:
             flush(channel)
         except _RERAISED:
             # The channels not reached send their pushes themselves from now on.
-            for skipped in channels[position + 1:]:
+            for skipped in channels[position + 1 :]:
                 skipped._send_deferred = False
             raise
         except BaseException:

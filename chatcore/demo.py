@@ -14,7 +14,7 @@ serves with them:
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import chatcore
 
@@ -29,7 +29,7 @@ __all__ = [
     "start_echo_server",
 ]
 
-ChannelMap = Dict[int, Any]
+ChannelMap = dict[int, Any]
 HandlerFactory = Callable[..., Any]
 
 
@@ -62,7 +62,7 @@ class Listener(chatcore.dispatcher):
         self.listen(backlog)
 
     @property
-    def address(self) -> Tuple[str, int]:
+    def address(self) -> tuple[str, int]:
         """The bound (host, port): the port the kernel chose when 0 was asked for."""
         host, port = self.socket.getsockname()[:2]
         return host, port
@@ -80,7 +80,7 @@ class EchoHandler(chatcore.async_chat):
 
     def __init__(self, sock: Optional[socket.socket] = None, map: Optional[ChannelMap] = None):
         chatcore.async_chat.__init__(self, sock, map)
-        self._line_parts: List[bytes] = []
+        self._line_parts: list[bytes] = []
         self._line_length = 0
         self.set_terminator(self.terminator_bytes)
 
@@ -136,17 +136,13 @@ class DemoResult:
         return self.lines / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> str:
-        return (
-            "chatcore demo: %d connections x %d lines = %d lines echoed in %.3f s "
-            "(%.0f lines/s), engine: %s"
-            % (
-                self.connections,
-                self.lines // self.connections,
-                self.lines,
-                self.seconds,
-                self.lines_per_second,
-                self.engine,
-            )
+        return "chatcore demo: %d connections x %d lines = %d lines echoed in %.3f s (%.0f lines/s), engine: %s" % (
+            self.connections,
+            self.lines // self.connections,
+            self.lines,
+            self.seconds,
+            self.lines_per_second,
+            self.engine,
         )
 
 
@@ -183,7 +179,7 @@ class EchoClient(chatcore.async_chat):
         self,
         connection: int,
         lines: int,
-        address: Tuple[str, int],
+        address: tuple[str, int],
         run: _DemoRun,
         map: Optional[ChannelMap] = None,
     ):
@@ -193,7 +189,7 @@ class EchoClient(chatcore.async_chat):
         self.sent = 0
         self.received = 0
         self._run = run
-        self._line_parts: List[bytes] = []
+        self._line_parts: list[bytes] = []
         self.set_terminator(b"\n")
         self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
         self.connect(address)
@@ -218,14 +214,12 @@ class EchoClient(chatcore.async_chat):
         self._line_parts.clear()
         if self.received >= self.sent:
             self._run.fail(
-                "connection %d: unexpected extra line %r after %d lines"
-                % (self.connection, line, self.received)
+                "connection %d: unexpected extra line %r after %d lines" % (self.connection, line, self.received)
             )
         expected = demo_line(self.connection, self.received)
         if line != expected:
             self._run.fail(
-                "connection %d, line %d: expected %r, got %r"
-                % (self.connection, self.received, expected, line)
+                "connection %d, line %d: expected %r, got %r" % (self.connection, self.received, expected, line)
             )
         self.received += 1
         if self.received == self.lines:
@@ -236,15 +230,12 @@ class EchoClient(chatcore.async_chat):
 
     def handle_close(self) -> None:
         self._run.fail(
-            "connection %d: closed by the server after %d of %d lines"
-            % (self.connection, self.received, self.lines)
+            "connection %d: closed by the server after %d of %d lines" % (self.connection, self.received, self.lines)
         )
 
     def handle_error(self) -> None:
         error = sys.exc_info()[1]
-        self._run.fail(
-            "connection %d: %s: %s" % (self.connection, type(error).__name__, error)
-        )
+        self._run.fail("connection %d: %s: %s" % (self.connection, type(error).__name__, error))
 
 
 def run_demo(
@@ -262,7 +253,7 @@ def run_demo(
         raise ValueError("lines and connections must be at least 1")
     channel_map: ChannelMap = {}
     run = _DemoRun(connections)
-    clients: List[EchoClient] = []
+    clients: list[EchoClient] = []
     try:
         run.listener = start_echo_server(channel_map, "127.0.0.1", 0, handler_class)
         started = time.perf_counter()

@@ -21,7 +21,7 @@ from errno import (
     EWOULDBLOCK,
     errorcode,
 )
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 from .eventloop import (
     forget_channel,
@@ -68,7 +68,7 @@ def _strerror(err: int) -> str:
         return errorcode.get(err, "Unknown error %s" % err)
 
 
-def compact_traceback() -> Tuple[Tuple[str, str, str], Any, Any, str]:
+def compact_traceback() -> tuple[tuple[str, str, str], Any, Any, str]:
     """The exception being handled as ((file, function, line), type, value, one-line trace)."""
     exc_type, exc_value, tb = sys.exc_info()
     if not tb:
@@ -82,7 +82,7 @@ def compact_traceback() -> Tuple[Tuple[str, str, str], Any, Any, str]:
     return frames[-1], exc_type, exc_value, info
 
 
-def close_all(map: Optional[Dict[int, Any]] = None, ignore_all: bool = False) -> None:
+def close_all(map: Optional[dict[int, Any]] = None, ignore_all: bool = False) -> None:
     """Close every object in *map* (default: ``socket_map``) and empty it."""
     if map is None:
         map = socket_map
@@ -119,7 +119,7 @@ class dispatcher:
     #: names itself, so a test that replaces ``asyncore.socket`` is honoured.
     _namespace: Any = sys.modules[__name__]
 
-    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None):
         self._map = self._default_map() if map is None else map
         self._fileno: Optional[int] = None
         if not sock:
@@ -139,7 +139,7 @@ class dispatcher:
             self.connected = False
 
     @staticmethod
-    def _default_map() -> Dict[int, Any]:
+    def _default_map() -> dict[int, Any]:
         """The map used when none is given; the compat module reads its own global."""
         return socket_map
 
@@ -157,13 +157,13 @@ class dispatcher:
                 status.append(repr(self.addr))
         return "<%s at %#x>" % (" ".join(status), id(self))
 
-    def add_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
+    def add_channel(self, map: Optional[dict[int, Any]] = None) -> None:
         if map is None:
             map = self._map
         map[self._fileno] = self
         note_interest_change(map, self._fileno)
 
-    def del_channel(self, map: Optional[Dict[int, Any]] = None) -> None:
+    def del_channel(self, map: Optional[dict[int, Any]] = None) -> None:
         if map is None:
             map = self._map
         fd = self._fileno
@@ -179,7 +179,7 @@ class dispatcher:
         sock.setblocking(False)
         self.set_socket(sock)
 
-    def set_socket(self, sock: Any, map: Optional[Dict[int, Any]] = None) -> None:
+    def set_socket(self, sock: Any, map: Optional[dict[int, Any]] = None) -> None:
         self.socket = sock
         self._fileno = sock.fileno()
         self.add_channel(map)
@@ -218,8 +218,7 @@ class dispatcher:
         self.connected = False
         self.connecting = True
         err = self.socket.connect_ex(address)
-        if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (
-                err == EINVAL and self._namespace.os.name == "nt"):
+        if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (err == EINVAL and self._namespace.os.name == "nt"):
             self.addr = address
             return
         if err in (0, EISCONN):
@@ -228,7 +227,7 @@ class dispatcher:
         else:
             raise OSError(err, errorcode[err])
 
-    def accept(self) -> Optional[Tuple[socket.socket, Any]]:
+    def accept(self) -> Optional[tuple[socket.socket, Any]]:
         """A (socket, address) pair, or None when nobody is waiting."""
         try:
             conn, addr = self.socket.accept()
@@ -333,8 +332,7 @@ class dispatcher:
         except BaseException:
             self_repr = "<__repr__(self) failed for object at %0x>" % id(self)
         self.log_info(
-            "uncaptured python exception, closing channel %s (%s:%s %s)"
-            % (self_repr, exc_type, exc_value, info),
+            "uncaptured python exception, closing channel %s (%s:%s %s)" % (self_repr, exc_type, exc_value, info),
             "error",
         )
         self.handle_close()
@@ -373,7 +371,7 @@ track_predicates(dispatcher.readable, dispatcher.writable)
 class dispatcher_with_send(dispatcher):
     """A dispatcher whose send() buffers, for simple clients."""
 
-    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None):
         dispatcher.__init__(self, sock, map)
         self.out_buffer = b""
 
@@ -408,7 +406,7 @@ if os.name == "posix":
 
         def __del__(self) -> None:
             if self.fd >= 0:
-                warnings.warn("unclosed file %r" % self, ResourceWarning, source=self)
+                warnings.warn("unclosed file %r" % self, ResourceWarning, source=self)  # noqa: B028 (as asyncore)
             self.close()
 
         def recv(self, *args: Any) -> bytes:
@@ -438,7 +436,7 @@ if os.name == "posix":
     class file_dispatcher(dispatcher):
         """A dispatcher over a pipe or file descriptor instead of a socket."""
 
-        def __init__(self, fd: Any, map: Optional[Dict[int, Any]] = None):
+        def __init__(self, fd: Any, map: Optional[dict[int, Any]] = None):
             dispatcher.__init__(self, None, map)
             self.connected = True
             try:

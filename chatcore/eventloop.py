@@ -30,7 +30,7 @@ import selectors
 import threading
 import time
 from time import monotonic as _monotonic
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Optional
 
 from . import coalesce
 from .events import (
@@ -48,8 +48,8 @@ from .events import (
 
 __all__ = ["loop", "poll", "poll2", "poll3", "socket_map"]
 
-ChannelMap = Dict[Any, Any]
-Events = List[Tuple[int, int]]
+ChannelMap = dict[Any, Any]
+Events = list[tuple[int, int]]
 
 _REPORTED = POLLIN | POLLPRI | POLLOUT | POLLERR | POLLHUP | POLLNVAL
 
@@ -58,7 +58,7 @@ socket_map: ChannelMap = {}
 
 #: id(map) -> descriptors whose channel may want other events now, for the
 #: loop's poller of that map (present only while one follows the map).
-interest_changes: Dict[int, list] = {}
+interest_changes: dict[int, list] = {}
 
 
 def note_interest_change(channel_map: Any, fd: Any) -> None:
@@ -81,19 +81,19 @@ class _Poller:
     def __init__(self) -> None:
         #: fd -> (channel, its socket, poll mask) as registered; read-only
         #: outside this class.
-        self.registrations: Dict[int, Tuple[Any, Any, int]] = {}
+        self.registrations: dict[int, tuple[Any, Any, int]] = {}
         # Descriptors the kernel poller refused, answered without it.
-        self._always_ready: Dict[int, int] = {}
-        self._invalid: Dict[int, int] = {}
+        self._always_ready: dict[int, int] = {}
+        self._invalid: dict[int, int] = {}
         # What each descriptor of the map wants (fd -> poll mask, 0 included),
         # as of the last look at its channel.
-        self.wanted: Dict[int, int] = {}
+        self.wanted: dict[int, int] = {}
         # Channels whose readable()/writable() are their own: asked every turn.
-        self.custom: Dict[int, Any] = {}
+        self.custom: dict[int, Any] = {}
         # Descriptors whose channel may want something else now: reported by
         # dispatch.note_interest_change (None when this poller is not tracking)
         # and by the events of the last turn.
-        self.changes: Optional[List[Any]] = None
+        self.changes: Optional[list[Any]] = None
         # The (fd, flags) events of the last turn.
         self.touched: Events = []
         self.scanned_at = 0.0
@@ -136,7 +136,7 @@ class _Poller:
         self._register(fd, mask)
         registered[fd] = (obj, sock, mask)
 
-    def drop_except(self, wanted: Dict[int, int]) -> None:
+    def drop_except(self, wanted: dict[int, int]) -> None:
         """Unregister every descriptor that wants nothing or is not in *wanted*."""
         for fd in [fd for fd in self.registrations if not wanted.get(fd)]:
             self._forget(fd)
@@ -239,9 +239,7 @@ class _SelectorsPoller(_Poller):
 
     @staticmethod
     def _events(mask: int) -> int:
-        return (selectors.EVENT_READ if mask & POLLIN else 0) | (
-            selectors.EVENT_WRITE if mask & POLLOUT else 0
-        )
+        return (selectors.EVENT_READ if mask & POLLIN else 0) | (selectors.EVENT_WRITE if mask & POLLOUT else 0)
 
     def _add(self, fd: int, mask: int) -> None:
         events = self._events(mask)
@@ -280,9 +278,7 @@ class _SelectorsPoller(_Poller):
                 timeout = 0.0
         events = []
         for key, ready in selected:
-            flags = (POLLIN if ready & selectors.EVENT_READ else 0) | (
-                POLLOUT if ready & selectors.EVENT_WRITE else 0
-            )
+            flags = (POLLIN if ready & selectors.EVENT_READ else 0) | (POLLOUT if ready & selectors.EVENT_WRITE else 0)
             events.append((key.fd, flags))
         return events
 
@@ -319,7 +315,7 @@ class _ModulePoller(_Poller):
         self._select = select_module
         self.sleep = time_module.sleep
         self._pollster = select_module.poll() if poll_mode else None
-        self._masks: Dict[int, int] = {}
+        self._masks: dict[int, int] = {}
 
     def _add(self, fd: int, mask: int) -> None:
         self._masks[fd] = mask
@@ -378,9 +374,9 @@ class _PollerCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # id(map) -> (map, its tracking poller), lent out or not, oldest first.
-        self._pollers: Dict[int, Tuple[ChannelMap, _Poller]] = {}
+        self._pollers: dict[int, tuple[ChannelMap, _Poller]] = {}
         # id(map) -> further pollers lent out while the tracking one was busy.
-        self._extra: Dict[int, List[_Poller]] = {}
+        self._extra: dict[int, list[_Poller]] = {}
         # Bumped in a forked child: pollers of an older generation are the
         # parent's.  (Where fork() cannot be hooked, the pid tells.)
         self._generation = 0
@@ -410,7 +406,7 @@ class _PollerCache:
                 self._forget_parent_pollers()
             pollers = self._pollers
             entry = pollers.get(key)
-            evicted: List[_Poller] = []
+            evicted: list[_Poller] = []
             if entry is not None:
                 # The cache holds the map, so its id cannot have been reused.
                 poller = entry[1]
@@ -460,7 +456,7 @@ class _PollerCache:
                         del self._extra[key]
         poller.close()
 
-    def _evict_beyond_max(self) -> List[_Poller]:
+    def _evict_beyond_max(self) -> list[_Poller]:
         """Drop the oldest idle pollers beyond MAX_MAPS (lock held)."""
         evicted = []
         if len(self._pollers) > self.MAX_MAPS:
@@ -485,7 +481,7 @@ class _PollerCache:
             self._stop_tracking(map, [entry[1]])
         entry[1].close()
 
-    def pollers_of(self, map: ChannelMap) -> List[_Poller]:
+    def pollers_of(self, map: ChannelMap) -> list[_Poller]:
         """Every poller that holds registrations for *map* now, kept or lent."""
         with self._lock:
             pollers = list(self._extra.get(id(map), ()))
@@ -495,7 +491,7 @@ class _PollerCache:
         return pollers
 
     @staticmethod
-    def _stop_tracking(map: ChannelMap, evicted: List[_Poller]) -> None:
+    def _stop_tracking(map: ChannelMap, evicted: list[_Poller]) -> None:
         for stale in evicted:
             if stale.changes is not None and interest_changes.get(id(map)) is stale.changes:
                 del interest_changes[id(map)]
@@ -548,8 +544,8 @@ FULL_SCAN_INTERVAL = 1.0
 # channels report through note_interest_change(); chatcore.dispatch registers
 # dispatcher's (constant answers), chatcore.chat async_chat's, with
 # track_predicates().
-_TRACKED_READABLE: Set[Any] = set()
-_TRACKED_WRITABLE: Set[Any] = set()
+_TRACKED_READABLE: set[Any] = set()
+_TRACKED_WRITABLE: set[Any] = set()
 
 
 def track_predicates(readable: Any, writable: Any) -> None:
@@ -565,11 +561,10 @@ def track_predicates(readable: Any, writable: Any) -> None:
 
 def _asks_own_predicates(obj: Any) -> bool:
     """Whether obj's readable()/writable() are its own, to be asked every turn."""
-    return not (_tracked(obj, obj.readable, _TRACKED_READABLE)
-                and _tracked(obj, obj.writable, _TRACKED_WRITABLE))
+    return not (_tracked(obj, obj.readable, _TRACKED_READABLE) and _tracked(obj, obj.writable, _TRACKED_WRITABLE))
 
 
-def _tracked(obj: Any, method: Any, tracked: Set[Any]) -> bool:
+def _tracked(obj: Any, method: Any, tracked: set[Any]) -> bool:
     # Through the bound method, never obj.__dict__: on Python 3.11 an object
     # whose __dict__ has been asked for is slower at every attribute access.
     return getattr(method, "__self__", None) is obj and getattr(method, "__func__", None) in tracked
@@ -596,8 +591,7 @@ def _look_at(poller: _Poller, fd: int, obj: Any, poll_mode: bool) -> None:
         return
     current = poller.registrations.get(fd)
     # Only a change costs a system call.
-    if (current is None or current[2] != mask or current[0] is not obj
-            or current[1] is not getattr(obj, "socket", None)):
+    if current is None or current[2] != mask or current[0] is not obj or current[1] is not getattr(obj, "socket", None):
         poller.update(fd, obj, mask)
 
 
@@ -668,8 +662,11 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
     reported a change (push, close, ...) or have readable()/writable() of
     their own; any other poller asks every channel, as asyncore does.
     """
-    if (poller.changes is None or poller.scanned_mode != poll_mode
-            or _monotonic() - poller.scanned_at > FULL_SCAN_INTERVAL):
+    if (
+        poller.changes is None
+        or poller.scanned_mode != poll_mode
+        or _monotonic() - poller.scanned_at > FULL_SCAN_INTERVAL
+    ):
         _scan_all(poller, map, poll_mode)
     elif poller.touched or poller.changes or poller.custom:
         _scan_changes(poller, map, poll_mode)
@@ -698,7 +695,7 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
         coalesce.end_turn(outer)
 
 
-def _dispatch_selected(events: Events, wanted: Dict[int, int], map: ChannelMap) -> None:
+def _dispatch_selected(events: Events, wanted: dict[int, int], map: ChannelMap) -> None:
     """select() semantics: every read event of the turn, then writes, then urgent data."""
     if len(events) == 1:
         # One ready channel (request/response traffic): the same order, no lists.
@@ -741,8 +738,7 @@ def _patched_modules(system: Any) -> bool:
     return system is not None and (system.select is not select or system.time is not time)
 
 
-def poll_once(timeout: Optional[float], map: Optional[ChannelMap], poll_mode: bool,
-              system: Any = None) -> None:
+def poll_once(timeout: Optional[float], map: Optional[ChannelMap], poll_mode: bool, system: Any = None) -> None:
     """One turn, with poll semantics or select's; *system* as for ``run_loop``."""
     if map is None:
         map = socket_map
@@ -795,8 +791,9 @@ def loop(
     run_loop(timeout, use_poll, map, count)
 
 
-def run_loop(timeout: Optional[float], use_poll: bool, map: Optional[ChannelMap],
-             count: Optional[int], system: Any = None) -> None:
+def run_loop(
+    timeout: Optional[float], use_poll: bool, map: Optional[ChannelMap], count: Optional[int], system: Any = None
+) -> None:
     """``loop()``; *system* is a module whose ``select`` and ``time`` to honour.
 
     ``chatcore.compat.asyncore`` passes itself: when a program has replaced

@@ -32,6 +32,7 @@ _RERAISED = (ExitNow, KeyboardInterrupt, SystemExit)
 # taking the handler's name: they run for every event, and the helper's frame
 # and getattr() were a measurable part of a request/response turn.
 
+
 def read(obj: Any) -> None:
     """Deliver a read event to *obj*; any exception but ExitNow & co. goes to handle_error()."""
     try:

@@ -20,7 +20,8 @@ set in a subclass body is checked when the class is created.
 """
 
 import operator
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 __all__ = ["check_limit", "declare_limits"]
 
@@ -37,9 +38,7 @@ def check_limit(value: Any, name: str) -> Optional[int]:
     try:
         limit = operator.index(value)
     except TypeError:
-        raise TypeError(
-            "%s must be None or an int >= 0, not %s" % (name, type(value).__name__)
-        ) from None
+        raise TypeError("%s must be None or an int >= 0, not %s" % (name, type(value).__name__)) from None
     if limit < 0:
         raise ValueError("%s must not be negative, got %d" % (name, limit))
     return limit

@@ -13,7 +13,8 @@ only additions made behind ``push()``'s back pay for a Python-level call.
 
 import weakref
 from collections import deque
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional, TypeVar
 
 __all__ = ["OutputQueue"]
 
@@ -23,6 +24,9 @@ _extend = deque.extend
 _extendleft = deque.extendleft
 _insert = deque.insert
 _iadd = deque.__iadd__
+
+
+_Queue = TypeVar("_Queue", bound="OutputQueue")
 
 
 class OutputQueue(deque):
@@ -77,7 +81,7 @@ class OutputQueue(deque):
         if was_empty and self:
             self._filled()
 
-    def __iadd__(self, items: Iterable[Any]) -> "OutputQueue":
+    def __iadd__(self: _Queue, items: Iterable[Any]) -> _Queue:
         was_empty = not self
         _iadd(self, items)
         if was_empty and self:

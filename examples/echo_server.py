@@ -18,7 +18,7 @@ tests can serve from their own loop.
 import argparse
 import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
 import chatcore
 from chatcore.demo import EchoHandler, Listener, start_echo_server
@@ -32,10 +32,14 @@ DEFAULT_MAX_LINE = 64 * 1024
 
 def limited_handler(max_line: int) -> type:
     """An EchoHandler that closes a connection whose line grows past *max_line* bytes."""
-    return type("EchoHandler", (EchoHandler,), {
-        "ac_max_message_size": max_line,  # chatcore's input limit: logs the peer and closes
-        "max_line_length": max_line,  # EchoHandler's own check, kept in step
-    })
+    return type(
+        "EchoHandler",
+        (EchoHandler,),
+        {
+            "ac_max_message_size": max_line,  # chatcore's input limit: logs the peer and closes
+            "max_line_length": max_line,  # EchoHandler's own check, kept in step
+        },
+    )
 
 
 def _positive(text: str) -> float:
@@ -45,14 +49,24 @@ def _positive(text: str) -> float:
     return value
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Line-echo server on chatcore.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default)")
-    parser.add_argument("--max-line", type=int, default=DEFAULT_MAX_LINE, metavar="BYTES",
-                        help="close a connection whose line grows past this many bytes (default %(default)s)")
-    parser.add_argument("--max-seconds", type=_positive, default=None, metavar="SECONDS",
-                        help="stop serving after this many seconds (default: until interrupted)")
+    parser.add_argument(
+        "--max-line",
+        type=int,
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help="close a connection whose line grows past this many bytes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="stop serving after this many seconds (default: until interrupted)",
+    )
     args = parser.parse_args(argv)
     if args.max_line < 1:
         parser.error("--max-line must be at least 1")

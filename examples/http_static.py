@@ -28,7 +28,7 @@ import socket
 import stat
 import sys
 from http import HTTPStatus
-from typing import IO, Dict, List, NamedTuple, Optional, Tuple
+from typing import IO, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
 import chatcore
@@ -36,10 +36,10 @@ from chatcore.demo import Listener
 
 __all__ = [
     "FileProducer",
-    "content_type",
     "HTTPRequestHandler",
     "Request",
     "RequestError",
+    "content_type",
     "main",
     "parse_request_head",
     "resolve_path",
@@ -70,8 +70,8 @@ class Request(NamedTuple):
 
     method: str
     path: str
-    version: Tuple[int, int]
-    headers: Dict[str, str]
+    version: tuple[int, int]
+    headers: dict[str, str]
 
 
 def _request_path(target: str) -> str:
@@ -116,7 +116,7 @@ def parse_request_head(head: bytes) -> Request:
         raise RequestError(505, "only HTTP/1.x is supported")
     if not _TARGET.match(target):
         raise RequestError(400, "malformed request target")
-    headers: Dict[str, str] = {}
+    headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         # A name with surrounding whitespace (including obsolete line folding) is invalid.
@@ -200,15 +200,13 @@ class HTTPRequestHandler(chatcore.async_chat):
     max_head_size = 64 * 1024
     producer_class = FileProducer
 
-    def __init__(
-        self, sock: Optional[socket.socket] = None, map: Optional[dict] = None, root: str = "."
-    ):
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict] = None, root: str = "."):
         chatcore.async_chat.__init__(self, sock, map)
         self.root = os.path.realpath(root)
-        self._head_parts: List[bytes] = []
+        self._head_parts: list[bytes] = []
         self._head_size = 0
         self._responded = False
-        self._producers: List[FileProducer] = []
+        self._producers: list[FileProducer] = []
         self._reading = False
         self._input_ended = False
         self.set_terminator(b"\r\n\r\n")
@@ -298,7 +296,7 @@ class HTTPRequestHandler(chatcore.async_chat):
             raise
         self.close_when_done()
 
-    def _send_head(self, status: int, headers: List[Tuple[str, str]]) -> None:
+    def _send_head(self, status: int, headers: list[tuple[str, str]]) -> None:
         self._responded = True
         # Everything after the head is now ignored, so stop looking for terminators.
         self.set_terminator(None)
@@ -309,9 +307,7 @@ class HTTPRequestHandler(chatcore.async_chat):
         lines.append("Connection: close")
         self.push(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
-    def _send_error(
-        self, status: int, head_only: bool, extra_headers: Optional[List[Tuple[str, str]]] = None
-    ) -> None:
+    def _send_error(self, status: int, head_only: bool, extra_headers: Optional[list[tuple[str, str]]] = None) -> None:
         body = ("%d %s\n" % (status, HTTPStatus(status).phrase)).encode("ascii")
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
         self._send_head(status, headers + (extra_headers or []))
@@ -340,7 +336,7 @@ def start_http_server(
     return Listener(functools.partial(handler_class, root=root), host, port, map=channel_map)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Static-file HTTP server on chatcore.")
     parser.add_argument("--root", default=".", help="directory to serve (default: the current one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

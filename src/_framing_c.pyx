@@ -745,7 +745,6 @@ cdef class Framer:
                     return 0
                 channel.collect_incoming_data(_piece(data, ptr, pos, available))
 
-
     cdef int _deliver_messages(self, object channel, Py_ssize_t max_size) except -1:
         cdef object data, terminator, needle
         cdef const char *ptr
@@ -1094,5 +1093,3 @@ cdef object _dispatcher_send(object channel, object data):
             channel.handle_close()
             return 0
         raise
-
-

@@ -10,7 +10,7 @@ normal build that lacks the compiled module.
 import os
 import sys
 from types import ModuleType
-from typing import Optional, Type
+from typing import Optional
 
 import pytest
 
@@ -38,7 +38,7 @@ def engine(request) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def chat_class(engine) -> Type[chatcore.async_chat]:
+def chat_class(engine) -> type[chatcore.async_chat]:
     """``chatcore.async_chat`` running on the engine under test."""
     return type("async_chat", (chatcore.async_chat,), {"_engine": engine})
 

@@ -12,7 +12,8 @@ import glob
 import os
 import sys
 import sysconfig
-from typing import Dict, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 from conftest import ENGINES, extensions_disabled
 
@@ -44,7 +45,7 @@ def engine_available(engine_id: str) -> bool:
     return engine_id == "py" or (ENGINES["c"] is not None and not extensions_disabled())
 
 
-def engine_env(engine_id: str) -> Dict[str, str]:
+def engine_env(engine_id: str) -> dict[str, str]:
     """This process's environment, selecting engine *engine_id* (anything else: the default)."""
     env = dict(os.environ)
     if engine_id == "py":

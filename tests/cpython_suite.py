@@ -37,8 +37,9 @@ def main(path: str) -> int:
         # lists this among the differences from stdlib.
         for cls in vars(module).values():
             if isinstance(cls, type) and hasattr(cls, "test_handle_expt"):
-                cls.test_handle_expt = unittest.skip(
-                    "chatcore reports urgent data only through epoll")(cls.test_handle_expt)
+                cls.test_handle_expt = unittest.skip("chatcore reports urgent data only through epoll")(
+                    cls.test_handle_expt
+                )
     suite = unittest.defaultTestLoader.loadTestsFromModule(module)
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
     if result.testsRun == 0:

@@ -43,10 +43,9 @@ import time
 import traceback
 import types
 import unittest
-from typing import Tuple
 
 #: (asyncore, asynchat) of one backend.
-Pair = Tuple[types.ModuleType, types.ModuleType]
+Pair = tuple[types.ModuleType, types.ModuleType]
 
 #: Exit status when there is no oracle to run on (the caller skips).
 NO_ORACLE = 3
@@ -75,7 +74,7 @@ def _bind(asyncore: types.ModuleType, asynchat: types.ModuleType) -> None:
             setattr(test.support, name, module)
 
 
-def _install_chatcore() -> Tuple[str, Pair]:
+def _install_chatcore() -> tuple[str, Pair]:
     import chatcore
     import chatcore.compat
 
@@ -89,7 +88,7 @@ def _install_chatcore() -> Tuple[str, Pair]:
     return "chatcore engine: %s" % chatcore.implementation, (asyncore, asynchat)
 
 
-def _install_oracle() -> Tuple[str, Pair]:
+def _install_oracle() -> tuple[str, Pair]:
     # tests/oracle.py is the one definition of the oracle (stdlib's pair on
     # <= 3.11, pyasyncore/pyasynchat on 3.12+); this script's folder is on sys.path.
     import oracle
@@ -118,8 +117,9 @@ def _check_modules(module: types.ModuleType, pair: Pair, backend: str) -> str:
             if used is None:
                 continue
             if used is not expected:
-                raise AssertionError("%s.%s is %r, not the %s backend's %r" % (
-                    holder_name, name, used, backend, expected))
+                raise AssertionError(
+                    "%s.%s is %r, not the %s backend's %r" % (holder_name, name, used, backend, expected)
+                )
             seen.append("%s.%s=%s" % (holder_name, name, used.__name__))
     if not seen:
         raise AssertionError("the suite uses neither asyncore nor asynchat")
@@ -162,8 +162,15 @@ class _RecordingResult(unittest.TextTestResult):
         if self._timeout:
             faulthandler.cancel_dump_traceback_later()
         outcome, detail = self._outcome.pop(test.id(), ("pass", ""))
-        self._record({"event": "result", "id": test.id(), "outcome": outcome, "detail": detail,
-                      "seconds": round(time.monotonic() - self._started, 3)})
+        self._record(
+            {
+                "event": "result",
+                "id": test.id(),
+                "outcome": outcome,
+                "detail": detail,
+                "seconds": round(time.monotonic() - self._started, 3),
+            }
+        )
 
     def addError(self, test, err):
         super().addError(test, err)
@@ -222,9 +229,11 @@ def main(argv=None) -> int:
     parser.add_argument("--exclude", help="file of test ids not to run")
     parser.add_argument("--only", help="file of the only test ids to run")
     parser.add_argument("--test-timeout", type=float, default=0.0)
-    parser.add_argument("--smtpd-copy", action="store_true",
-                        help="serve `import smtpd` from test.support's copy (3.11's "
-                             "test_smtpd.py on 3.12+)")
+    parser.add_argument(
+        "--smtpd-copy",
+        action="store_true",
+        help="serve `import smtpd` from test.support's copy (3.11's test_smtpd.py on 3.12+)",
+    )
     args = parser.parse_args(argv)
 
     # A crash (say, in the compiled engine) then leaves Python's traceback.
@@ -260,9 +269,10 @@ def main(argv=None) -> int:
     only = _read_ids(args.only) if args.only else None
     suite = _filtered(unittest.defaultTestLoader.loadTestsFromModule(module), exclude, only)
     runner = unittest.TextTestRunner(
-        stream=sys.stdout, verbosity=2,
-        resultclass=lambda *a, **kw: _RecordingResult(
-            *a, record=record, timeout=args.test_timeout, **kw))
+        stream=sys.stdout,
+        verbosity=2,
+        resultclass=lambda *a, **kw: _RecordingResult(*a, record=record, timeout=args.test_timeout, **kw),
+    )
     result = runner.run(suite)
     record({"event": "done", "ran": result.testsRun})
     results.close()

@@ -16,7 +16,7 @@ import os
 import sys
 from importlib import metadata
 from types import ModuleType
-from typing import Optional, Tuple
+from typing import Optional
 
 import pytest
 
@@ -32,7 +32,7 @@ def is_chatcore(module: object) -> bool:
     return name.split(".")[0] == "chatcore" or "chatcore" in os.path.normpath(path).split(os.sep)
 
 
-def load() -> Tuple[Optional[Tuple[ModuleType, ModuleType]], str]:
+def load() -> tuple[Optional[tuple[ModuleType, ModuleType]], str]:
     """((asynchat, asyncore), label) for the oracle, or (None, the reason it is missing).
 
     The import, and the check that the files really are the standard
@@ -44,21 +44,18 @@ def load() -> Tuple[Optional[Tuple[ModuleType, ModuleType]], str]:
         origin, asynchat, asyncore = import_legacy()
     except ImportError as exc:
         if sys.version_info < (3, 12):
-            return None, "stdlib asyncore/asynchat, the oracle, cannot be imported on %s (%s)" % (
-                python, exc)
+            return None, "stdlib asyncore/asynchat, the oracle, cannot be imported on %s (%s)" % (python, exc)
         return None, (
             "the oracle, PyPI's pyasyncore and pyasynchat (stdlib's asyncore/asynchat were "
-            "removed in Python 3.12), is not installed on %s: pip install -e \".[test]\" (%s)"
-            % (python, exc))
+            'removed in Python 3.12), is not installed on %s: pip install -e ".[test]" (%s)' % (python, exc)
+        )
     # pyasynchat must run on pyasyncore, not on whatever else was importable.
     if asynchat.asyncore is not asyncore:
-        return None, "no oracle on %s: asynchat runs on another asyncore (%r)" % (
-            python, asynchat.asyncore)
+        return None, "no oracle on %s: asynchat runs on another asyncore (%r)" % (python, asynchat.asyncore)
     if origin == STDLIB:
         source = "stdlib"
     else:
-        source = " + ".join("%s %s" % (name, metadata.version(name))
-                            for name in ("pyasyncore", "pyasynchat"))
+        source = " + ".join("%s %s" % (name, metadata.version(name)) for name in ("pyasyncore", "pyasynchat"))
     return (asynchat, asyncore), "%s on %s" % (source, python)
 
 

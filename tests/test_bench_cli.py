@@ -76,7 +76,11 @@ def test_a_ratio_against_a_fallback_baseline_names_it():
     assert "2.00x" in table[2] and " vs " not in table[2].split("|")[5]
     assert "3.00x vs asyncio" in table[4]
     assert [row["baseline_implementation"] for row in cli.to_json(rows, "quick", {})["results"]] == [
-        "stdlib", "stdlib", "asyncio", "asyncio"]
+        "stdlib",
+        "stdlib",
+        "asyncio",
+        "asyncio",
+    ]
 
 
 def test_server_notes_list_each_echo_server_once():
@@ -120,9 +124,10 @@ def test_quick_run_writes_json_and_reports_the_plot(tmp_path):
     json_path = tmp_path / "bench.json"
     plot_path = tmp_path / "bench.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "chatcore", "bench", "--quick",
-         "--json", str(json_path), "--plot", str(plot_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300,
+        [sys.executable, "-m", "chatcore", "bench", "--quick", "--json", str(json_path), "--plot", str(plot_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -143,8 +148,7 @@ def test_quick_run_writes_json_and_reports_the_plot(tmp_path):
         # The legacy row this Python really has, under its own name, is the baseline.
         assert framing_names & set(framing.LEGACY_ROWS.values()) == {framing.LEGACY_ROWS[origin]}
         assert echo_names & set(echo.LEGACY_SERVERS.values()) == {echo.LEGACY_SERVERS[origin]}
-        assert data["baseline"] == {"stdlib": "stdlib asynchat/asyncore",
-                                    "pyasynchat": "pyasynchat/pyasyncore"}[origin]
+        assert data["baseline"] == {"stdlib": "stdlib asynchat/asyncore", "pyasynchat": "pyasynchat/pyasyncore"}[origin]
         assert "vs " + data["baseline"] in out
     benchmarks = {row["benchmark"] for row in data["results"] if row["suite"] == "echo"}
     assert len(benchmarks) == 2  # pipelined and ping-pong, every server in each
@@ -172,8 +176,11 @@ def test_quick_run_writes_json_and_reports_the_plot(tmp_path):
 
 
 def test_bench_rejects_quick_and_full_together():
-    proc = subprocess.run([sys.executable, "-m", "chatcore", "bench", "--quick", "--full"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "chatcore", "bench", "--quick", "--full"],
+        capture_output=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
 
 
@@ -196,8 +203,12 @@ def test_the_legacy_row_looks_past_chatcore_compat_under_the_legacy_names():
         "print(sorted(framing.implementations()))\n"
         "print(sys.modules['asynchat'].__name__, sys.modules['asyncore'].__name__)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     names, modules = proc.stdout.splitlines()
     assert "chatcore-python" in names

@@ -90,6 +90,7 @@ def test_end_of_stream_closes_and_processes_pending(chat_class, pair):
 def test_overridden_recv_is_called(chat_class, pair):
     left, right = pair
     channel_map = {}
+
     class Shouting(line_channel_class(chat_class, channel_map)):
         recv_calls = 0
 
@@ -129,8 +130,7 @@ def test_overridden_send_gets_bytes_as_stdlib_passes_them(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
-                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_close_when_done_sends_everything_then_closes(chat_class, pair):
     left, right = pair
     channel_map = {}

@@ -5,10 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import oracle
 import pytest
 
 import chatcore
-import oracle
 from chatcore.compat import asynchat as compat_asynchat
 from chatcore.compat import asyncore as compat_asyncore
 
@@ -43,7 +43,10 @@ def test_install_makes_unchanged_programs_import_chatcore():
     )
     out = subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", program],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, universal_newlines=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+        text=True,
     )
     assert out.returncode == 0, out.stdout
     assert out.stdout.split() == ["chatcore.compat.asynchat", "chatcore.compat.asyncore", "b'HELLO\\n'"]
@@ -78,10 +81,33 @@ def test_default_maps_are_shared_until_replaced():
 
 def test_module_level_names_match_stdlib():
     expected_asyncore = {
-        "dispatcher", "dispatcher_with_send", "loop", "poll", "poll2", "poll3", "read", "write",
-        "readwrite", "close_all", "socket_map", "ExitNow", "compact_traceback", "file_wrapper",
-        "file_dispatcher", "_exception", "_strerror", "_DISCONNECTED", "_reraised_exceptions",
-        "EWOULDBLOCK", "ECONNRESET", "errorcode", "socket", "select", "os", "sys", "time",
+        "dispatcher",
+        "dispatcher_with_send",
+        "loop",
+        "poll",
+        "poll2",
+        "poll3",
+        "read",
+        "write",
+        "readwrite",
+        "close_all",
+        "socket_map",
+        "ExitNow",
+        "compact_traceback",
+        "file_wrapper",
+        "file_dispatcher",
+        "_exception",
+        "_strerror",
+        "_DISCONNECTED",
+        "_reraised_exceptions",
+        "EWOULDBLOCK",
+        "ECONNRESET",
+        "errorcode",
+        "socket",
+        "select",
+        "os",
+        "sys",
+        "time",
     }
     missing = {name for name in expected_asyncore if not hasattr(compat_asyncore, name)}
     if sys.platform == "win32":
@@ -118,8 +144,17 @@ def test_every_oracle_name_exists_where_the_oracle_has_it():
             (reference_asyncore.file_wrapper, compat_asyncore.file_wrapper),
         ]
     # Module plumbing that is not API (__path__: pyasyncore/pyasynchat are packages).
-    ignored = {"_DEPRECATION_MSG", "_deprecated", "__file__", "__cached__", "__spec__",
-               "__loader__", "__builtins__", "__warningregistry__", "__path__"}
+    ignored = {
+        "_DEPRECATION_MSG",
+        "_deprecated",
+        "__file__",
+        "__cached__",
+        "__spec__",
+        "__loader__",
+        "__builtins__",
+        "__warningregistry__",
+        "__path__",
+    }
     for reference, ours in pairs:
         missing = sorted(set(dir(reference)) - set(dir(ours)) - ignored)
         assert not missing, (reference, missing)
@@ -137,9 +172,11 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 def _run(program):
     """Run *program* in a child interpreter with tests/ importable; its stdout, split."""
     out = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n" % TESTS_DIR
-         + textwrap.dedent(program)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, universal_newlines=True,
+        [sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n" % TESTS_DIR + textwrap.dedent(program)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+        text=True,
     )
     assert out.returncode == 0, out.stdout
     return out.stdout.split()
@@ -153,7 +190,7 @@ def test_oracle_is_found_where_the_test_extra_installs_it():
         try:
             metadata.distribution("pyasynchat")
         except metadata.PackageNotFoundError:
-            pytest.skip("pyasynchat is not installed here (pip install -e \".[test]\")")
+            pytest.skip('pyasynchat is not installed here (pip install -e ".[test]")')
         assert oracle.SOURCE.startswith("pyasyncore "), oracle.SOURCE
     else:
         assert oracle.SOURCE.startswith("stdlib "), oracle.SOURCE
@@ -173,8 +210,7 @@ def test_oracle_is_never_chatcores_stand_in_and_leaves_sys_modules_alone():
               oracle.is_chatcore(oracle.asynchat.asyncore), asynchat.__name__, asyncore.__name__)
         """
     )
-    assert names == ["True", "False", "False", "chatcore.compat.asynchat",
-                     "chatcore.compat.asyncore"]
+    assert names == ["True", "False", "False", "chatcore.compat.asynchat", "chatcore.compat.asyncore"]
     # Imported first, the oracle does not stay in sys.modules, so install() still works.
     names = _run(
         """
@@ -207,5 +243,8 @@ def test_a_missing_oracle_skips_with_its_reason():
     )
     assert names[:2] == ["True", "True"]
     reason = " ".join(names[2:])
-    assert "cannot be imported" in reason if sys.version_info < (3, 12) else (
-        "pyasynchat" in reason and ".[test]" in reason), reason
+    assert (
+        "cannot be imported" in reason
+        if sys.version_info < (3, 12)
+        else ("pyasynchat" in reason and ".[test]" in reason)
+    ), reason

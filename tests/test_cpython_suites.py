@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ENGINES
 from cpython_files import engine_available, engine_env, find_cpython_test
 
@@ -43,7 +42,7 @@ def test_cpython_suite_passes(suite, engine_id, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         timeout=600,
-        universal_newlines=True,
+        text=True,
     )
     output = proc.stdout
     assert output.startswith("chatcore engine: %s\n" % expected), output[:500]

@@ -31,13 +31,13 @@ import select
 import socket
 from collections import deque
 
+import oracle
 import pytest
+from fakes import FakeConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chatcore
-import oracle
-from fakes import FakeConnection
 
 # The reference: stdlib's asynchat on <= 3.11, pyasynchat on 3.12+ (see oracle.py).
 oracle.require()
@@ -128,9 +128,7 @@ def reader_class(base):
         # Stdlib's unbounded input (chatcore's limit is tested in test_limits.py).
         ac_max_message_size = None
 
-        def __init__(
-            self, sock, initial, script, use_encoding, in_buffer_size, cycle, edits=()
-        ):
+        def __init__(self, sock, initial, script, use_encoding, in_buffer_size, cycle, edits=()):
             self.edits = list(edits)
             self.events = []
             self.pending_seen = []  # ac_in_buffer as found_terminator() sees it
@@ -216,8 +214,7 @@ def merge_data(events):
 
 def _short(value, limit=80):
     if isinstance(value, tuple):
-        value = tuple(bytes(item) if isinstance(item, (bytearray, memoryview)) else item
-                      for item in value)
+        value = tuple(bytes(item) if isinstance(item, (bytearray, memoryview)) else item for item in value)
     elif isinstance(value, (bytearray, memoryview)):
         value = bytes(value)
     text = repr(value)
@@ -259,13 +256,11 @@ def assert_same(what, expected, actual):
                 index,
                 len(expected),
                 len(actual),
-                _short(bytes(expected[index:index + 40])),
-                _short(bytes(actual[index:index + 40])),
+                _short(bytes(expected[index : index + 40])),
+                _short(bytes(actual[index : index + 40])),
             )
         )
-    pytest.fail(
-        "%s differ:\n  oracle:   %s\n  chatcore: %s" % (what, _short(expected), _short(actual))
-    )
+    pytest.fail("%s differ:\n  oracle:   %s\n  chatcore: %s" % (what, _short(expected), _short(actual)))
 
 
 # ---------------------------------------------------------------------------
@@ -281,10 +276,7 @@ _terminator_bytes = st.one_of(
 # Kinds of terminator in a script, repeated to weight them (sampled_from shrinks
 # towards the first).  "substring" is cut out of the stream, so it does occur.
 _TERMINATOR_KINDS = (
-    ["substring"] * 4
-    + ["alphabet"] * 4
-    + ["small_int"] * 3
-    + ["int", "zero", "none", "binary", "buffer"]
+    ["substring"] * 4 + ["alphabet"] * 4 + ["small_int"] * 3 + ["int", "zero", "none", "binary", "buffer"]
 )
 
 
@@ -296,7 +288,7 @@ def _draw_terminator(draw, stream, use_encoding, kinds=_TERMINATOR_KINDS):
         return wrap(draw(_terminator_bytes))
     if kind == "substring" and stream:
         start = draw(st.integers(0, len(stream) - 1))
-        term = stream[start:start + draw(st.integers(1, 6))]
+        term = stream[start : start + draw(st.integers(1, 6))]
     elif kind in ("substring", "alphabet"):
         term = draw(_terminator_bytes)
     elif kind == "binary":
@@ -332,7 +324,7 @@ def _split(stream, sizes):
     while pos < len(stream):
         size = sizes[index % len(sizes)] if len(chunks) < MAX_CHUNKS else MIB
         index += 1
-        chunks.append(stream[pos:pos + size])
+        chunks.append(stream[pos : pos + size])
         pos += size
     return chunks
 
@@ -410,13 +402,9 @@ def incoming_cases(draw):
         use_encoding,
         ["substring", "alphabet", "small_int"] * 2 + ["substring"] + _TERMINATOR_KINDS,
     )
-    script = [
-        _draw_terminator(draw, stream, use_encoding) for _ in range(draw(st.integers(0, 24)))
-    ]
+    script = [_draw_terminator(draw, stream, use_encoding) for _ in range(draw(st.integers(0, 24)))]
     # For the real socket: small receive sizes, but never more than ~256 reads.
-    socket_in_size = max(
-        draw(st.sampled_from([1, 2, 3, 7, 64, 4096, 65536, MIB])), len(stream) // 256 + 1
-    )
+    socket_in_size = max(draw(st.sampled_from([1, 2, 3, 7, 64, 4096, 65536, MIB])), len(stream) // 256 + 1)
     return IncomingCase(recipe, sizes, initial, script, use_encoding, socket_in_size, stream)
 
 
@@ -503,17 +491,13 @@ def test_incoming_matches_oracle(chat_class, case):
     # Same reads, same pieces: the collect_incoming_data() calls match one for one.
     assert_same("unmerged callback sequences", expected["events"], actual["events"])
     # What is left to process is visible (and replaceable) from found_terminator().
-    assert_same(
-        "ac_in_buffer inside found_terminator()", expected["pending_seen"], actual["pending_seen"]
-    )
+    assert_same("ac_in_buffer inside found_terminator()", expected["pending_seen"], actual["pending_seen"])
 
     # chatcore's recv_into fast path on a real socket; the kernel re-chunks the stream,
     # which merged sequences do not depend on.
     real = feed_socketpair(chat_class, case)
     assert_same("merged callback sequences (socketpair)", merged, merge_data(real["events"]))
-    assert_same(
-        "leftover ac_in_buffer (socketpair)", expected["ac_in_buffer"], real["ac_in_buffer"]
-    )
+    assert_same("leftover ac_in_buffer (socketpair)", expected["ac_in_buffer"], real["ac_in_buffer"])
     assert_same("final terminators (socketpair)", expected["terminator"], real["terminator"])
 
 
@@ -531,9 +515,7 @@ def test_incoming_buffer_edits_match_oracle(chat_class, case, edits):
     expected = feed_fake(oracle_asynchat.async_chat, case, edits)
     actual = feed_fake(chat_class, case, edits)
     assert_same("callback sequences", expected["events"], actual["events"])
-    assert_same(
-        "ac_in_buffer inside found_terminator()", expected["pending_seen"], actual["pending_seen"]
-    )
+    assert_same("ac_in_buffer inside found_terminator()", expected["pending_seen"], actual["pending_seen"])
     assert_same("leftover ac_in_buffer", expected["ac_in_buffer"], actual["ac_in_buffer"])
     assert_same("final terminators", expected["terminator"], actual["terminator"])
 
@@ -581,9 +563,7 @@ def test_terminator_switch_to_str_and_collect_all(chat_class, use_encoding, coll
 # Outgoing
 # ---------------------------------------------------------------------------
 
-_payload = st.tuples(
-    st.one_of(st.integers(0, 64), st.integers(0, 200 * 1024)), st.integers(0, 2**32 - 1)
-)
+_payload = st.tuples(st.one_of(st.integers(0, 64), st.integers(0, 200 * 1024)), st.integers(0, 2**32 - 1))
 _buffer_kind = st.sampled_from(["bytes", "bytearray", "memoryview"])
 
 _push = st.tuples(st.just("push"), _buffer_kind, _payload)
@@ -641,8 +621,7 @@ class ScriptedProducer:
 def _returns_str(operations):
     """Whether a scripted producer in *operations* returns a str."""
     return any(
-        operation[0] == "producer" and any(chunk[0] == "str" for chunk in operation[1])
-        for operation in operations
+        operation[0] == "producer" and any(chunk[0] == "str" for chunk in operation[1]) for operation in operations
     )
 
 
@@ -692,8 +671,8 @@ def play_outgoing(base, simple_producer, case):
                 channel.ac_out_buffer_size = operation[1]
             else:
                 channel.handle_write()
-        turn = len(case["operations"])
-        for turn in range(turn, turn + MAX_DRAIN_TURNS):
+        first_drain_turn = len(case["operations"])
+        for turn in range(first_drain_turn, first_drain_turn + MAX_DRAIN_TURNS):
             if not channel.producer_fifo or not channel.connected:
                 break
             channel.turn = turn

@@ -17,13 +17,13 @@ import pytest
 import chatcore
 from chatcore.benchmark import echo
 from chatcore.benchmark.echo import (
+    SENT_AT_ONCE,
+    SENT_AT_TURN_END,
     EchoBenchmarkError,
     EchoServerProcess,
     EchoStreamCheck,
     EchoTimeoutError,
     EchoVerificationError,
-    SENT_AT_ONCE,
-    SENT_AT_TURN_END,
     PingPongClient,
     PipelinedClient,
     available_servers,
@@ -82,13 +82,13 @@ def test_available_servers_lists_real_servers_only():
 def test_expected_stream_has_lines_of_the_asked_size(line_size):
     stream = expected_stream(2, 300, line_size)
     assert len(stream) == 300 * line_size
-    lines = [stream[start:start + line_size] for start in range(0, len(stream), line_size)]
+    lines = [stream[start : start + line_size] for start in range(0, len(stream), line_size)]
     assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
 
 
 def test_expected_stream_differs_per_line_and_per_connection():
     first = expected_stream(0, 1000, 16)
-    lines = [first[start:start + 16] for start in range(0, len(first), 16)]
+    lines = [first[start : start + 16] for start in range(0, len(first), 16)]
     assert len(set(lines)) == len(lines)
     assert expected_stream(1, 1000, 16) != first
 
@@ -100,7 +100,7 @@ def test_expected_stream_rejects_a_line_without_room_for_its_terminator():
 
 def feed_in_pieces(check: EchoStreamCheck, data: bytes, piece: int = 7) -> None:
     for start in range(0, len(data), piece):
-        check.feed(memoryview(data)[start:start + piece])
+        check.feed(memoryview(data)[start : start + piece])
 
 
 def test_stream_check_accepts_the_exact_stream_in_any_chunking():
@@ -268,8 +268,16 @@ def test_result_reports_the_servers_chatcore_engine_and_serialises():
     as_dict = result.to_dict()
     assert as_dict["messages"] == 20 and as_dict["implementation"] == chatcore.implementation
     assert set(as_dict) >= {
-        "server", "mode", "connections", "messages", "bytes", "seconds",
-        "messages_per_s", "mb_per_s", "p50_us", "p99_us",
+        "server",
+        "mode",
+        "connections",
+        "messages",
+        "bytes",
+        "seconds",
+        "messages_per_s",
+        "mb_per_s",
+        "p50_us",
+        "p99_us",
     }
 
 
@@ -308,7 +316,7 @@ def test_a_server_that_never_listens_fails_within_the_timeout():
 
 def test_a_server_that_dies_at_start_fails_at_once_with_its_error():
     started = []
-    with pytest.raises(EchoBenchmarkError, match="exited with status 1 before listening(.|\n)*refuses to start"):
+    with pytest.raises(EchoBenchmarkError, match=r"exited with status 1 before listening(.|\n)*refuses to start"):
         run_echo("fault:exit-early", "pipelined", 1, 10, timeout=30, on_server_started=started.append)
     assert_process_gone(started[0].process)
 
@@ -323,10 +331,10 @@ def test_a_server_that_never_echoes_fails_within_the_timeout():
 def test_clients_give_up_at_their_deadline():
     with EchoServerProcess("fault:silent") as server:
         pipelined = PipelinedClient(server.port, 2, 10)
-        with pytest.raises(EchoTimeoutError, match="did not finish within 0.5 s.*echoed 0 of 160 bytes"):
+        with pytest.raises(EchoTimeoutError, match=r"did not finish within 0\.5 s.*echoed 0 of 160 bytes"):
             pipelined.run(timeout=0.5)
         ping = PingPongClient(server.port, 10)
-        with pytest.raises(EchoTimeoutError, match="did not finish within 0.5 s: 0 of 10 round trips"):
+        with pytest.raises(EchoTimeoutError, match=r"did not finish within 0\.5 s: 0 of 10 round trips"):
             ping.run(timeout=0.5)
     assert_process_gone(server.process)
 
@@ -394,8 +402,19 @@ def test_server_process_exits_by_itself_when_its_stdin_closes():
 
 def test_server_process_exits_by_itself_after_max_seconds(tmp_path):
     port_file = str(tmp_path / "port.json")
-    command = [sys.executable, "-m", "chatcore.benchmark.echo", "serve", "--server", "chatcore",
-               "--port-file", port_file, "--max-seconds", "0.5", "--ignore-stdin"]
+    command = [
+        sys.executable,
+        "-m",
+        "chatcore.benchmark.echo",
+        "serve",
+        "--server",
+        "chatcore",
+        "--port-file",
+        port_file,
+        "--max-seconds",
+        "0.5",
+        "--ignore-stdin",
+    ]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _, stderr = process.communicate(timeout=30)

@@ -18,10 +18,9 @@ import sys
 import tracemalloc
 
 import pytest
+from conftest import ENGINES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import ENGINES
 
 
 class Messages:
@@ -55,7 +54,7 @@ def feed(engine, channel, chunks, max_size=None, framer=None):
 
 
 def chunked(data, size):
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def pattern(size, seed=0):
@@ -85,12 +84,18 @@ def test_delivered_messages_never_change_afterwards(engine, read_size):
         if channel.script:
             channel.terminator = channel.script.pop(0)
 
-    stream = (pattern(3000, 1) + pattern(2000, 2) + b"\r\n" + pattern(100, 3) + b"\r\n"
-              + pattern(7000, 4) + pattern(10, 5))
+    stream = (
+        pattern(3000, 1) + pattern(2000, 2) + b"\r\n" + pattern(100, 3) + b"\r\n" + pattern(7000, 4) + pattern(10, 5)
+    )
     channel = Messages(3000, script=[b"\r\n", b"\r\n", 7000, 10], on_message=keep)
     feed(engine, channel, chunked(stream, read_size))
     assert [message for message, _ in kept] == [
-        pattern(3000, 1), pattern(2000, 2), pattern(100, 3), pattern(7000, 4), pattern(10, 5)]
+        pattern(3000, 1),
+        pattern(2000, 2),
+        pattern(100, 3),
+        pattern(7000, 4),
+        pattern(10, 5),
+    ]
     for message, copy in kept:
         assert message == copy
 
@@ -246,20 +251,20 @@ class Snapshots(Messages):
 @pytest.mark.skipif(ENGINES["c"] is None, reason="compiled engine not built")
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    pieces=st.lists(st.one_of(st.integers(1, 2000), st.sampled_from([b"\n", b"\r\n", b"ab"])),
-                    min_size=1, max_size=10),
+    pieces=st.lists(st.one_of(st.integers(1, 2000), st.sampled_from([b"\n", b"\r\n", b"ab"])), min_size=1, max_size=10),
     read_size=st.integers(16, 700),
     max_size=st.one_of(st.none(), st.integers(0, 3000)),
-    outside=st.dictionaries(st.integers(0, 20),
-                            st.one_of(st.integers(1, 2000), st.sampled_from([b"\n", b"xy"])),
-                            max_size=3),
+    outside=st.dictionaries(
+        st.integers(0, 20), st.one_of(st.integers(1, 2000), st.sampled_from([b"\n", b"xy"])), max_size=3
+    ),
 )
 def test_engines_agree_on_long_bodies(pieces, read_size, max_size, outside):
     # Long messages (up to a few KiB, many reads each) with the terminator
     # switched between messages, and at some reads from outside handle_message.
     stream = b"".join(
         pattern(piece, index) if isinstance(piece, int) else b"x" * (index * 97 % 500) + piece
-        for index, piece in enumerate(pieces))
+        for index, piece in enumerate(pieces)
+    )
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
         channel = Snapshots(pieces[0], pieces[1:])
@@ -281,14 +286,18 @@ class Incoming:
         self.incoming = pieces
 
 
-@pytest.mark.parametrize("pieces", [
-    [],
-    [b"one"],
-    [b"a", b"", b"bc"],
-    [bytearray(b"ab"), b"cd", memoryview(b"ef")],
-    [b"x" * (3 << 20), b"y" * (2 << 20)],  # large: the huge-page path
-    [b"x" * (3 << 20), bytearray(b"y" * (2 << 20))],  # large, not all bytes
-], ids=["empty", "one", "several", "buffers", "large", "large-mixed"])
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [],
+        [b"one"],
+        [b"a", b"", b"bc"],
+        [bytearray(b"ab"), b"cd", memoryview(b"ef")],
+        [b"x" * (3 << 20), b"y" * (2 << 20)],  # large: the huge-page path
+        [b"x" * (3 << 20), bytearray(b"y" * (2 << 20))],  # large, not all bytes
+    ],
+    ids=["empty", "one", "several", "buffers", "large", "large-mixed"],
+)
 def test_join_incoming_is_bytes_join(engine, pieces):
     expected = b"".join(pieces)
     channel = Incoming(list(pieces))

@@ -17,12 +17,11 @@ non-raising handler sees with the oracle (stdlib/pyasynchat).
 
 import socket
 
+import oracle
 import pytest
+from conftest import ENGINES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import oracle
-from conftest import ENGINES
 
 
 class Boom(Exception):
@@ -81,7 +80,10 @@ def test_a_raising_partial_piece_still_counts_down(engine):
     assert channel.terminator == 6 and framer.pending == b""
     assert feed(framer, channel, b"efghijKL") is None
     assert channel.events == [
-        ("data", b"abcd", 10), ("data", b"efghij", 6), ("found", 0), ("data", b"KL", 0),
+        ("data", b"abcd", 10),
+        ("data", b"efghij", 6),
+        ("found", 0),
+        ("data", b"KL", 0),
     ]
 
 
@@ -95,7 +97,10 @@ def test_a_raising_completing_piece_runs_found_terminator_on_the_next_feed(engin
     # found_terminator() comes first, before the rest is framed by what it set.
     assert feed(framer, channel, b"") is None
     assert channel.events == [
-        ("data", b"abcde", 5), ("found", 0), ("data", b"XY", b"\n"), ("found", b"\n"),
+        ("data", b"abcde", 5),
+        ("found", 0),
+        ("data", b"XY", b"\n"),
+        ("found", b"\n"),
         ("data", b"Z", b"\n"),
     ]
 
@@ -117,7 +122,11 @@ def test_the_owed_found_terminator_runs_before_new_data(engine):
     feed(framer, channel, b"abc")
     assert feed(framer, channel, b"defg") is None
     assert channel.events == [
-        ("data", b"abc", 3), ("found", 0), ("data", b"de", 2), ("found", 0), ("data", b"fg", 0),
+        ("data", b"abc", 3),
+        ("found", 0),
+        ("data", b"de", 2),
+        ("found", 0),
+        ("data", b"fg", 0),
     ]
 
 
@@ -175,7 +184,7 @@ _scripts = st.lists(
 def test_raising_handlers_lose_and_repeat_nothing(engine, stream, cuts, first, script, fail):
     """With some collect_incoming_data calls raising, the pieces and boundaries a
     handler sees are exactly those of a run where none raises."""
-    bounds = sorted(set(cut for cut in cuts if cut <= len(stream)))
+    bounds = sorted({cut for cut in cuts if cut <= len(stream)})
     chunks = [stream[a:b] for a, b in zip([0] + bounds, bounds + [len(stream)])] + [b""]
     runs = []
     for failing in (set(), fail):

@@ -49,8 +49,7 @@ class Pieces:
 
 def split_by_framer(engine, stream, terminator, read_size=None):
     """Messages of *stream* as message mode and collect mode find them (both must agree)."""
-    reads = [stream] if read_size is None else [
-        stream[i:i + read_size] for i in range(0, len(stream), read_size)]
+    reads = [stream] if read_size is None else [stream[i : i + read_size] for i in range(0, len(stream), read_size)]
     found = []
     for channel, feed in ((Messages(terminator), "feed_messages"), (Pieces(terminator), "feed")):
         framer = engine.Framer()
@@ -66,14 +65,26 @@ def split_by_framer(engine, stream, terminator, read_size=None):
 
 # Terminators of every byte class the compiled search ranks differently.
 TERMINATORS = [
-    b"\r\n", b"\n\n", b"\r\n\r\n", b"\r\n.\r\n", b"ab", b"--boundary--", b"\x00\x00",
-    b"\xff\xfe", b"\x01\x02\x03", b"END", b"a.b", b"\t;\t", b"zz" * 20, b"x" * 2 + b"y",
+    b"\r\n",
+    b"\n\n",
+    b"\r\n\r\n",
+    b"\r\n.\r\n",
+    b"ab",
+    b"--boundary--",
+    b"\x00\x00",
+    b"\xff\xfe",
+    b"\x01\x02\x03",
+    b"END",
+    b"a.b",
+    b"\t;\t",
+    b"zz" * 20,
+    b"x" * 2 + b"y",
 ]
 
 
 @pytest.mark.parametrize("terminator", TERMINATORS)
 def test_a_match_at_every_offset(engine, terminator):
-    for offset in range(0, 70):
+    for offset in range(70):
         stream = b"q" * offset + terminator + b"w" * 40
         assert split_by_framer(engine, stream, terminator) == [b"q" * offset]
 
@@ -89,8 +100,7 @@ def test_a_match_in_the_last_bytes(engine, terminator):
 def test_near_misses_everywhere(engine, terminator):
     # Every proper prefix and every one-byte change of the terminator, many times.
     misses = [terminator[:n] for n in range(1, len(terminator))]
-    misses += [terminator[:n] + bytes([terminator[n] ^ 1]) + terminator[n + 1:]
-               for n in range(len(terminator))]
+    misses += [terminator[:n] + bytes([terminator[n] ^ 1]) + terminator[n + 1 :] for n in range(len(terminator))]
     body = b"|".join(misses) * 20
     assert terminator not in body
     stream = (body + terminator) * 3
@@ -98,10 +108,17 @@ def test_near_misses_everywhere(engine, terminator):
     assert split_by_framer(engine, stream, terminator, read_size=61) == [body] * 3
 
 
-@pytest.mark.parametrize("terminator,filler", [
-    (b"aaaaab", b"a"), (b"\r\n\r\n", b"\r\n"), (b"ab" * 8 + b"c", b"ab"), (b"\x00\x00\x01", b"\x00"),
-    (b"axxxb", b"ayyyb"), (b"\r\n.\r\n", b"\r\n.\n\n"),
-])
+@pytest.mark.parametrize(
+    "terminator,filler",
+    [
+        (b"aaaaab", b"a"),
+        (b"\r\n\r\n", b"\r\n"),
+        (b"ab" * 8 + b"c", b"ab"),
+        (b"\x00\x00\x01", b"\x00"),
+        (b"axxxb", b"ayyyb"),
+        (b"\r\n.\r\n", b"\r\n.\n\n"),
+    ],
+)
 def test_candidates_everywhere(engine, terminator, filler):
     # Data where the rare bytes the search tests are at nearly every
     # position: it goes over to memmem, and still finds every match.

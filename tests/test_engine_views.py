@@ -23,15 +23,15 @@ import socket
 import struct
 from collections import deque
 
+import oracle
 import pytest
+from conftest import ENGINES
+from fakes import FakeConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chatcore
-import oracle
-from fakes import FakeConnection
 from chatcore.compat import asynchat as compat_asynchat
-from conftest import ENGINES
 
 try:
     import _testbuffer  # CPython's own test exporter: strided N-d, Fortran, PIL-style views
@@ -92,8 +92,20 @@ if _testbuffer is not None:
     VIEWS["nd-pil"] = lambda: _testbuffer_view(_testbuffer.ND_PIL)
 
 #: Views whose bytes are contiguous in memory: queued without a copy.
-ZERO_COPY = {"bytes", "bytearray", "int32", "double", "int32-2d", "bytes-3d", "char", "signed",
-             "ctypes-2d", "ctypes-struct", "zero-dim", "empty-int32"}
+ZERO_COPY = {
+    "bytes",
+    "bytearray",
+    "int32",
+    "double",
+    "int32-2d",
+    "bytes-3d",
+    "char",
+    "signed",
+    "ctypes-2d",
+    "ctypes-struct",
+    "zero-dim",
+    "empty-int32",
+}
 
 
 def raw(data):
@@ -348,8 +360,7 @@ def test_outgoing_engines_agree_on_views(items, accepts, size, zero_copy, gather
         turns = (len(expected) + len(items) + 1) * len(accepts)
         if gathered:
             sendmsg = ByteSendmsg(accepts)
-            assert gather_all(engine, sender.producer_fifo, sendmsg, max_bytes=size,
-                              turns=turns) == expected
+            assert gather_all(engine, sender.producer_fifo, sendmsg, max_bytes=size, turns=turns) == expected
             results.append(sendmsg.calls)
         else:
             assert drain(engine, sender, zero_copy, turns) == expected
@@ -382,8 +393,14 @@ def socket_pair():
 def _payload():
     # Large enough that the socket takes it in several partial sends.
     big = memoryview(array.array("i", range(200_000)))
-    return [big, VIEWS["uint16-strided"](), b"|bytes|", VIEWS["int32-2d"](), VIEWS["ctypes-struct"](),
-            VIEWS["nd-strided"]() if "nd-strided" in VIEWS else VIEWS["bytes-strided"]()]
+    return [
+        big,
+        VIEWS["uint16-strided"](),
+        b"|bytes|",
+        VIEWS["int32-2d"](),
+        VIEWS["ctypes-struct"](),
+        VIEWS["nd-strided"]() if "nd-strided" in VIEWS else VIEWS["bytes-strided"](),
+    ]
 
 
 def _serve_and_collect(channel_map, peer, size=None, turns=5000):
@@ -410,8 +427,7 @@ def test_views_pushed_by_a_handler_arrive_exactly(chat_class, socket_pair, timin
     """A handler pushes views in reply to a line; the peer gets exactly their bytes."""
     channel_map = {}
     payload = _payload()
-    expected = b"".join(item.tobytes() if isinstance(item, memoryview) else item
-                        for item in payload)
+    expected = b"".join(item.tobytes() if isinstance(item, memoryview) else item for item in payload)
 
     class Replier(chat_class):
         ac_coalesce_sends = timing == "coalesced"
@@ -431,6 +447,7 @@ def test_views_pushed_by_a_handler_arrive_exactly(chat_class, socket_pair, timin
             self.close_when_done()
 
         if timing == "send-overridden":
+
             def send(self, data):  # stdlib's path: initiate_send() without zero-copy
                 return chat_class.send(self, data)
 
@@ -515,6 +532,5 @@ def test_compat_matches_the_oracle_on_byte_views_and_sends_typed_ones_exactly(en
     sent, offered = play_pushes(compat_class, items, lambda channel: channel.handle_write())
     assert sent == expected and max(offered) <= 11
     if kind in ("bytes", "bytearray") and oracle.asynchat is not None:
-        reference = play_pushes(oracle.asynchat.async_chat, items,
-                                lambda channel: oracle.asyncore.write(channel))
+        reference = play_pushes(oracle.asynchat.async_chat, items, lambda channel: oracle.asyncore.write(channel))
         assert (sent, offered) == reference

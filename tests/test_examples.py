@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import pytest
 
@@ -45,7 +45,7 @@ http_static = _load_example("http_static")
 # Driving the loop --------------------------------------------------------------
 
 
-def run_until(channel_map: Dict[int, Any], condition: Callable[[], bool], what: str) -> None:
+def run_until(channel_map: dict[int, Any], condition: Callable[[], bool], what: str) -> None:
     """Turn the loop of *channel_map* until *condition()* holds, failing after WAIT seconds."""
     deadline = time.monotonic() + WAIT
     while not condition():
@@ -54,14 +54,14 @@ def run_until(channel_map: Dict[int, Any], condition: Callable[[], bool], what: 
         chatcore.loop(timeout=0.01, map=channel_map, count=1)
 
 
-def serve_while(channel_map: Dict[int, Any], *clients: Callable[[], Any]) -> List[Any]:
+def serve_while(channel_map: dict[int, Any], *clients: Callable[[], Any]) -> list[Any]:
     """Run each client function in its own thread while the loop turns here; their results.
 
     A client's exception is re-raised here.  Clients must bound their own
     waits (socket timeouts), so the threads end even if the server misbehaves.
     """
-    results: List[Any] = [None] * len(clients)
-    errors: List[BaseException] = []
+    results: list[Any] = [None] * len(clients)
+    errors: list[BaseException] = []
 
     def run(index: int, client: Callable[[], Any]) -> None:
         try:
@@ -69,10 +69,7 @@ def serve_while(channel_map: Dict[int, Any], *clients: Callable[[], Any]) -> Lis
         except BaseException as error:  # handed to the test thread
             errors.append(error)
 
-    threads = [
-        threading.Thread(target=run, args=(index, client), daemon=True)
-        for index, client in enumerate(clients)
-    ]
+    threads = [threading.Thread(target=run, args=(index, client), daemon=True) for index, client in enumerate(clients)]
     for thread in threads:
         thread.start()
     try:
@@ -114,7 +111,7 @@ def receive_until_closed(sock: socket.socket) -> bytes:
 
 @pytest.fixture
 def channel_map():
-    channels: Dict[int, Any] = {}
+    channels: dict[int, Any] = {}
     try:
         yield channels
     finally:
@@ -158,7 +155,7 @@ def test_echo_lines_split_at_random_points(channel_map, echo_handler):
             offset = 0
             while offset < len(payload):
                 step = generator.randint(1, 120)
-                sock.sendall(payload[offset:offset + step])
+                sock.sendall(payload[offset : offset + step])
                 offset += step
             return receive_exactly(sock, len(payload))
 
@@ -168,7 +165,7 @@ def test_echo_lines_split_at_random_points(channel_map, echo_handler):
 
 def test_echo_line_split_across_reads(channel_map, echo_handler):
     """Each piece is read by the server before the next is sent: lines really span reads."""
-    handlers: List[Any] = []
+    handlers: list[Any] = []
 
     class CountingHandler(echo_handler):
         reads = 0
@@ -189,7 +186,7 @@ def test_echo_line_split_across_reads(channel_map, echo_handler):
         for piece in pieces:
             reads_before = handler.reads
             sock.sendall(piece)
-            run_until(channel_map, lambda: handler.reads > reads_before, "the server to read")
+            run_until(channel_map, lambda count=reads_before: handler.reads > count, "the server to read")
         expected = b"hello world\nsecond\n\nthird\n\n"
         assert receive_exactly(sock, len(expected)) == expected
     assert handler.reads >= len(pieces)
@@ -237,7 +234,7 @@ BIG_SIZE = 3 * 1024 * 1024
 
 class Response(NamedTuple):
     status: int
-    headers: Dict[str, str]
+    headers: dict[str, str]
     body: bytes
     raw: bytes
 
@@ -292,11 +289,9 @@ def site(tmp_path_factory) -> Site:
 class HTTPServer:
     """A static server on a private map, and a way to send it raw requests."""
 
-    def __init__(self, channel_map: Dict[int, Any], root: Path, handler_class: type):
+    def __init__(self, channel_map: dict[int, Any], root: Path, handler_class: type):
         self.channel_map = channel_map
-        self.listener = http_static.start_http_server(
-            str(root), channel_map, handler_class=handler_class
-        )
+        self.listener = http_static.start_http_server(str(root), channel_map, handler_class=handler_class)
 
     def exchange_raw(self, request: bytes, half_close: bool = False) -> bytes:
         """Send *request*, optionally shut down the sending side, read until the server closes."""
@@ -315,9 +310,7 @@ class HTTPServer:
         return parse_response(self.exchange_raw(request, half_close))
 
     def get(self, target: str, method: str = "GET") -> Response:
-        return self.exchange(
-            ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (method, target)).encode("latin-1")
-        )
+        return self.exchange(("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (method, target)).encode("latin-1"))
 
 
 @pytest.fixture
@@ -527,7 +520,7 @@ def test_file_producer_stops_at_announced_size(tmp_path):
 
 
 def test_http_client_leaving_mid_transfer_closes_the_file(channel_map, site, http_handler):
-    producers: List[Any] = []
+    producers: list[Any] = []
 
     class RecordingProducer(http_static.FileProducer):
         def __init__(self, *args: Any, **kwargs: Any):
@@ -626,8 +619,7 @@ def test_cli_rejects_bad_arguments(capsys):
 def test_cli_demo_subprocess():
     completed = subprocess.run(
         [sys.executable, "-m", "chatcore", "demo", "--lines", "2000", "--connections", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         timeout=120,
     )
     output = completed.stdout.decode()

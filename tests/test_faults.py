@@ -23,13 +23,13 @@ import os
 import sys
 from collections import deque
 
+import oracle
 import pytest
+from fakes import FakeConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chatcore
-import oracle
-from fakes import FakeConnection
 from chatcore import dispatch
 
 # -- the implementations ------------------------------------------------------------
@@ -54,8 +54,11 @@ class Impl:
 
 
 #: The oracle as an Impl, or None where it is not installed (see oracle.py).
-ORACLE = None if oracle.MISSING else Impl(
-    "oracle", oracle.asynchat.async_chat, oracle.asynchat.simple_producer, oracle.asyncore)
+ORACLE = (
+    None
+    if oracle.MISSING
+    else Impl("oracle", oracle.asynchat.async_chat, oracle.asynchat.simple_producer, oracle.asyncore)
+)
 
 
 class _ChatcoreCore:
@@ -66,8 +69,12 @@ class _ChatcoreCore:
 
 
 def chatcore_impl(chat_class):
-    return Impl("chatcore-" + chat_class._engine.__name__.rsplit("_", 1)[-1],
-                chat_class, chatcore.simple_producer, _ChatcoreCore)
+    return Impl(
+        "chatcore-" + chat_class._engine.__name__.rsplit("_", 1)[-1],
+        chat_class,
+        chatcore.simple_producer,
+        _ChatcoreCore,
+    )
 
 
 def check(scenario, chat_class, expected, *args, **kwargs):
@@ -238,8 +245,11 @@ _payload = st.binary(max_size=2500)
 _operation = st.one_of(
     st.tuples(st.just("push"), st.sampled_from([bytes, bytearray, memoryview]), _payload),
     st.tuples(st.just("simple_producer"), _payload, st.integers(1, 700)),
-    st.tuples(st.just("producer"), st.lists(st.binary(min_size=1, max_size=600), max_size=5),
-              st.sampled_from([bytes, bytearray])),
+    st.tuples(
+        st.just("producer"),
+        st.lists(st.binary(min_size=1, max_size=600), max_size=5),
+        st.sampled_from([bytes, bytearray]),
+    ),
     st.just(("write",)),
 )
 _send_step = st.one_of(st.integers(1, 900), st.just("eagain"))
@@ -247,8 +257,7 @@ _send_step = st.one_of(st.integers(1, 900), st.just("eagain"))
 
 def play_sends(impl, operations, sends, out_buffer_size):
     """Queue *operations*, close_when_done(), then write events until closed."""
-    script = [BlockingIOError(errno.EAGAIN, "full") if step == "eagain" else step
-              for step in sends]
+    script = [BlockingIOError(errno.EAGAIN, "full") if step == "eagain" else step for step in sends]
     sock = FakeSocket(sends=script)
     channel = recorder(impl.async_chat)(sock)
     channel.ac_out_buffer_size = out_buffer_size
@@ -273,19 +282,22 @@ def play_sends(impl, operations, sends, out_buffer_size):
             break
         impl.write(channel)
     return {
-        "pushed": bytes(pushed), "sent": bytes(sock.sent), "events": channel.events,
-        "sent_at_close": sock.sent_at_close, "used_after_close": sock.used_after_close,
+        "pushed": bytes(pushed),
+        "sent": bytes(sock.sent),
+        "events": channel.events,
+        "sent_at_close": sock.sent_at_close,
+        "used_after_close": sock.used_after_close,
         "send_sizes": sock.send_sizes,
     }
 
 
-@settings(deadline=None, max_examples=60,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(operations=st.lists(_operation, max_size=10),
-       sends=st.lists(_send_step, max_size=60),
-       out_buffer_size=st.one_of(st.sampled_from([1, 512, 65536]), st.integers(1, 3000)))
-def test_random_partial_sends_deliver_the_pushed_stream_then_close(
-        chat_class, operations, sends, out_buffer_size):
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    operations=st.lists(_operation, max_size=10),
+    sends=st.lists(_send_step, max_size=60),
+    out_buffer_size=st.one_of(st.sampled_from([1, 512, 65536]), st.integers(1, 3000)),
+)
+def test_random_partial_sends_deliver_the_pushed_stream_then_close(chat_class, operations, sends, out_buffer_size):
     outcome = play_sends(chatcore_impl(chat_class), operations, sends, out_buffer_size)
     # Everything pushed, in order, once; the close right after the last byte.
     assert outcome["sent"] == outcome["pushed"]
@@ -332,8 +344,7 @@ def expected_after_recv_fault(code, kind, on_error):
         # The partial terminator is still processed, but is only a prefix.
         return {"events": before + [("close",)], "pending": b"\r"}
     if on_error == "close":
-        return {"events": before + [("error", EXCEPTION_NAMES[code]), ("close",)],
-                "pending": b"\r"}
+        return {"events": before + [("error", EXCEPTION_NAMES[code]), ("close",)], "pending": b"\r"}
     return {"events": before + [("error", EXCEPTION_NAMES[code])] + rest, "pending": b""}
 
 
@@ -349,14 +360,14 @@ def play_recv_fault(impl, code, on_error):
 
 # (fault, what handle_error does): "keep" only where handle_error is called.
 FAULT_CASES = [(fault, "close") for fault in sorted(RECV_FAULTS)] + [
-    (fault, "keep") for fault in sorted(RECV_FAULTS) if RECV_FAULTS[fault][1] == ERROR]
+    (fault, "keep") for fault in sorted(RECV_FAULTS) if RECV_FAULTS[fault][1] == ERROR
+]
 
 
 @pytest.mark.parametrize("fault, on_error", FAULT_CASES)
 def test_recv_fault_is_handled_as_stdlib(chat_class, fault, on_error):
     code, kind = RECV_FAULTS[fault]
-    check(play_recv_fault, chat_class, expected_after_recv_fault(code, kind, on_error),
-          code, on_error)
+    check(play_recv_fault, chat_class, expected_after_recv_fault(code, kind, on_error), code, on_error)
 
 
 # -- send faults ------------------------------------------------------------------------------
@@ -370,16 +381,19 @@ SEND_FAULTS = RECV_FAULTS
 def play_send_fault(impl, code, on_error):
     sock = FakeSocket(sends=[3, err(code)])
     channel = recorder(impl.async_chat)(sock, on_error=on_error)
-    channel.push(b"hello\n")                      # "hel" goes at once
-    impl.write(channel)                           # the fault
+    channel.push(b"hello\n")  # "hel" goes at once
+    impl.write(channel)  # the fault
     channel.push(b"after\n")
     for _ in range(10):
         if channel.gone or not channel.producer_fifo:
             break
         impl.write(channel)
-    return {"events": channel.events, "sent": bytes(sock.sent),
-            "queued": b"".join(bytes(item) for item in channel.producer_fifo),
-            "used_after_close": sock.used_after_close}
+    return {
+        "events": channel.events,
+        "sent": bytes(sock.sent),
+        "queued": b"".join(bytes(item) for item in channel.producer_fifo),
+        "used_after_close": sock.used_after_close,
+    }
 
 
 def expected_after_send_fault(code, kind, on_error):
@@ -390,15 +404,18 @@ def expected_after_send_fault(code, kind, on_error):
     if kind == ERROR and on_error == "keep":
         return dict(everything, events=error)
     # Closed: nothing more leaves, what was queued stays queued.
-    return {"events": (error if kind == ERROR else []) + [("close",)], "sent": b"hel",
-            "queued": b"lo\nafter\n", "used_after_close": 0}
+    return {
+        "events": (error if kind == ERROR else []) + [("close",)],
+        "sent": b"hel",
+        "queued": b"lo\nafter\n",
+        "used_after_close": 0,
+    }
 
 
 @pytest.mark.parametrize("fault, on_error", FAULT_CASES)
 def test_send_fault_is_handled_as_stdlib(chat_class, fault, on_error):
     code, kind = SEND_FAULTS[fault]
-    check(play_send_fault, chat_class, expected_after_send_fault(code, kind, on_error),
-          code, on_error)
+    check(play_send_fault, chat_class, expected_after_send_fault(code, kind, on_error), code, on_error)
 
 
 @pytest.mark.parametrize("fault", ["ECONNRESET", "EPIPE", "EINTR"])
@@ -416,8 +433,7 @@ def test_fault_inside_close_when_done_drain(chat_class, fault):
             if channel.gone:
                 break
             impl.write(channel)
-        return {"events": channel.events, "sent": bytes(sock.sent),
-                "used_after_close": sock.used_after_close}
+        return {"events": channel.events, "sent": bytes(sock.sent), "used_after_close": sock.used_after_close}
 
     events = ([("error", EXCEPTION_NAMES[code])] if fault == "EINTR" else []) + [("close",)]
     check(play, chat_class, {"events": events, "sent": b"01234567", "used_after_close": 0})
@@ -450,20 +466,24 @@ def play_failing_producer(impl, on_error, first_fails):
     producer = FailingProducer([] if first_fails else [b"p1|", b"p2|"])
     escaped = []
     channel.push(b"head|")
-    for call in (lambda: channel.push_with_producer(producer),
-                 lambda: channel.push(b"tail|")):
+    for call in (lambda: channel.push_with_producer(producer), lambda: channel.push(b"tail|")):
         try:
             call()
         except ProducerBug:
-            escaped.append("raised")    # stdlib lets it out of push*() itself
+            escaped.append("raised")  # stdlib lets it out of push*() itself
         else:
             escaped.append("ok")
     for _ in range(6):
         if channel.gone:
             break
         impl.write(channel)
-    return {"events": channel.events, "sent": bytes(sock.sent), "escaped": escaped,
-            "more_calls": producer.calls, "used_after_close": sock.used_after_close}
+    return {
+        "events": channel.events,
+        "sent": bytes(sock.sent),
+        "escaped": escaped,
+        "more_calls": producer.calls,
+        "used_after_close": sock.used_after_close,
+    }
 
 
 @pytest.mark.parametrize("first_fails", [False, True], ids=["after-chunks", "at-once"])
@@ -477,14 +497,30 @@ def test_failing_producer_is_handled_as_stdlib(chat_class, on_error, first_fails
     # sent and each write event asks more() again (one handle_error per write
     # event while the channel stays open).
     expected = {
-        (False, "close"): {"events": [("error", "ProducerBug"), ("close",)],
-                           "sent": b"head|p1|p2|", "escaped": ["ok", "ok"], "more_calls": 3},
-        (False, "keep"): {"events": [("error", "ProducerBug")] * 5,
-                          "sent": b"head|p1|p2|", "escaped": ["ok", "ok"], "more_calls": 7},
-        (True, "close"): {"events": [("error", "ProducerBug"), ("close",)],
-                          "sent": b"head|", "escaped": ["ok", "raised"], "more_calls": 2},
-        (True, "keep"): {"events": [("error", "ProducerBug")] * 6,
-                         "sent": b"head|", "escaped": ["ok", "raised"], "more_calls": 7},
+        (False, "close"): {
+            "events": [("error", "ProducerBug"), ("close",)],
+            "sent": b"head|p1|p2|",
+            "escaped": ["ok", "ok"],
+            "more_calls": 3,
+        },
+        (False, "keep"): {
+            "events": [("error", "ProducerBug")] * 5,
+            "sent": b"head|p1|p2|",
+            "escaped": ["ok", "ok"],
+            "more_calls": 7,
+        },
+        (True, "close"): {
+            "events": [("error", "ProducerBug"), ("close",)],
+            "sent": b"head|",
+            "escaped": ["ok", "raised"],
+            "more_calls": 2,
+        },
+        (True, "keep"): {
+            "events": [("error", "ProducerBug")] * 6,
+            "sent": b"head|",
+            "escaped": ["ok", "raised"],
+            "more_calls": 7,
+        },
     }[first_fails, on_error]
     expected["used_after_close"] = 0
     check(play_failing_producer, chat_class, expected, on_error, first_fails)
@@ -514,11 +550,15 @@ def test_raising_found_terminator_loses_nothing(chat_class):
     """The rest of the read stays in ac_in_buffer and is processed with the next
     read: every message is delivered once, in order, as in stdlib."""
     front = [("data", b"a"), ("term",), ("data", b"b"), ("term",), ("error", "HandlerBug")]
-    check(play_raising_handler, chat_class,
-          {"events": front + [("close",)], "pending": b"c\nd"}, "found_terminator", "close")
+    check(
+        play_raising_handler,
+        chat_class,
+        {"events": front + [("close",)], "pending": b"c\nd"},
+        "found_terminator",
+        "close",
+    )
     rest = [("data", b"c"), ("term",), ("data", b"d"), ("term",), ("data", b"e"), ("term",)]
-    check(play_raising_handler, chat_class, {"events": front + rest, "pending": b""},
-          "found_terminator", "keep")
+    check(play_raising_handler, chat_class, {"events": front + rest, "pending": b""}, "found_terminator", "keep")
 
 
 def test_raising_collect_incoming_data_delivers_each_byte_once(chat_class):
@@ -529,10 +569,10 @@ def test_raising_collect_incoming_data_delivers_each_byte_once(chat_class):
     impl = chatcore_impl(chat_class)
     closed = play_raising_handler(impl, "collect_incoming_data", "close")
     assert closed["events"] == front + [("close",)]
-    assert closed["pending"] == b"\nc\nd"   # "b" is not kept for re-delivery, its "\n" is
+    assert closed["pending"] == b"\nc\nd"  # "b" is not kept for re-delivery, its "\n" is
     kept = play_raising_handler(impl, "collect_incoming_data", "keep")
     assert kept["events"][:4] == front and kept["pending"] == b""
-    assert data_of(kept["events"]) == b"abcde"   # every byte once, in order
+    assert data_of(kept["events"]) == b"abcde"  # every byte once, in order
     if ORACLE is not None:
         reference = play_raising_handler(ORACLE, "collect_incoming_data", "close")
         assert reference == {"events": front + [("close",)], "pending": b"b\nc\nd"}
@@ -546,5 +586,15 @@ def test_raising_collect_incoming_data_keeps_the_message_boundary(chat_class):
     it does not merge with the following one."""
     kept = play_raising_handler(chatcore_impl(chat_class), "collect_incoming_data", "keep")
     assert merged(kept["events"]) == [
-        ("data", b"a"), ("term",), ("data", b"b"), ("error", "HandlerBug"), ("term",),
-        ("data", b"c"), ("term",), ("data", b"d"), ("term",), ("data", b"e"), ("term",)]
+        ("data", b"a"),
+        ("term",),
+        ("data", b"b"),
+        ("error", "HandlerBug"),
+        ("term",),
+        ("data", b"c"),
+        ("term",),
+        ("data", b"d"),
+        ("term",),
+        ("data", b"e"),
+        ("term",),
+    ]

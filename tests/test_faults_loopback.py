@@ -16,19 +16,16 @@ import random
 import socket
 import struct
 
-import pytest
-
-import chatcore
 import oracle
-from chatcore import chat as chat_module
+import pytest
 from test_faults import (
     CLOSED,
     ERROR,
     EXCEPTION_NAMES,
     FAULT_CASES,
     IGNORED,
-    RECV_FAULTS,
     ORACLE,
+    RECV_FAULTS,
     ChunkProducer,
     FailingProducer,
     chatcore_impl,
@@ -37,6 +34,9 @@ from test_faults import (
     merged,
     recorder,
 )
+
+import chatcore
+from chatcore import chat as chat_module
 
 TURNS = 400  # at 10 ms a turn at most: no scenario waits more than ~4 s
 
@@ -67,7 +67,7 @@ class FaultySocket(socket.socket):
         if self.send_faults:
             raise self.send_faults.pop(0)
         if self.send_limits is not None:
-            data = memoryview(data)[:self.send_limits()]
+            data = memoryview(data)[: self.send_limits()]
         return super().send(data, *args)
 
 
@@ -165,8 +165,12 @@ def play_recv_fault(impl, code, on_error, use_poll):
         serve(impl, channel_map, lambda: data_of(channel.events) == b"onetw", use_poll)
         sock.recv_faults.append(err(code))
         right.sendall(b"o\r\nthree\r\n")
-        serve(impl, channel_map, lambda: channel.gone or channel.events[-1:] == [("term",)]
-              and b"three" in data_of(channel.events), use_poll)
+        serve(
+            impl,
+            channel_map,
+            lambda: channel.gone or (channel.events[-1:] == [("term",)] and b"three" in data_of(channel.events)),
+            use_poll,
+        )
         impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=2)
         if impl is not ORACLE:
             assert sock.calls["recv_into"] and not sock.calls["recv"]  # the fast path
@@ -184,8 +188,7 @@ def test_recv_fault_on_a_real_socket(chat_class, fault, on_error, use_poll):
     head = [("data", b"one"), ("term",), ("data", b"tw")]
     tail = [("data", b"o"), ("term",), ("data", b"three"), ("term",)]
     if kind == IGNORED:
-        expected = [("data", b"one"), ("term",), ("data", b"two"), ("term",),
-                    ("data", b"three"), ("term",)]
+        expected = [("data", b"one"), ("term",), ("data", b"two"), ("term",), ("data", b"three"), ("term",)]
     elif kind == CLOSED:
         expected = head + [("close",)]
     elif on_error == "close":
@@ -240,14 +243,11 @@ def play_send_fault(impl, code, on_error, use_poll, gathered_faults=None):
     try:
         faults.append(err(code))
         right.sendall(b"a\n")  # the echo's first send fails
-        serve(impl, channel_map, lambda: channel.gone or peer.received == b"a\n",
-              use_poll, [peer])
+        serve(impl, channel_map, lambda: channel.gone or peer.received == b"a\n", use_poll, [peer])
         if not channel.gone:
             right.sendall(b"b\n")
-        serve(impl, channel_map, lambda: peer.eof or peer.received == b"a\nb\n",
-              use_poll, [peer])
-        return {"events": merged(channel.events), "received": bytes(peer.received),
-                "eof": peer.eof}
+        serve(impl, channel_map, lambda: peer.eof or peer.received == b"a\nb\n", use_poll, [peer])
+        return {"events": merged(channel.events), "received": bytes(peer.received), "eof": peer.eof}
     finally:
         release(channel_map)
         sock.close()
@@ -256,10 +256,9 @@ def play_send_fault(impl, code, on_error, use_poll, gathered_faults=None):
 
 def expected_send_fault_outcome(code, kind, on_error):
     requests = [("data", b"a"), ("term",)]
-    if kind == IGNORED or kind == ERROR and on_error == "keep":
+    if kind == IGNORED or (kind == ERROR and on_error == "keep"):
         error = [("error", EXCEPTION_NAMES[code])] if kind == ERROR else []
-        return {"events": requests + error + [("data", b"b"), ("term",)],
-                "received": b"a\nb\n", "eof": False}
+        return {"events": requests + error + [("data", b"b"), ("term",)], "received": b"a\nb\n", "eof": False}
     error = [("error", EXCEPTION_NAMES[code])] if kind == ERROR else []
     return {"events": requests + error + [("close",)], "received": b"", "eof": True}
 
@@ -275,8 +274,7 @@ def test_send_fault_on_a_real_socket(chat_class, fault, on_error, use_poll):
 
 @pytest.mark.parametrize("use_poll", [False, True], ids=["select", "poll"])
 @pytest.mark.parametrize("fault, on_error", FAULT_CASES)
-def test_send_fault_on_the_gathered_path(chat_class, gathered_send_faults, fault, on_error,
-                                         use_poll):
+def test_send_fault_on_the_gathered_path(chat_class, gathered_send_faults, fault, on_error, use_poll):
     """chatcore's coalesced sendmsg path handles each errno as stdlib's send path."""
     code, kind = RECV_FAULTS[fault]
     faults, state = gathered_send_faults
@@ -306,8 +304,7 @@ def play_partial_sends(impl, seed, path, state=None):
         def found(self, message):
             self.push(b"<" + message)
             if rng.random() < 0.3:
-                self.push_with_producer(
-                    impl.simple_producer(message * 20, rng.choice([37, 700])))
+                self.push_with_producer(impl.simple_producer(message * 20, rng.choice([37, 700])))
                 self.push_with_producer(ChunkProducer([bytearray(b"|"), message]))
             else:
                 self.push(bytearray(message * 20))
@@ -323,8 +320,11 @@ def play_partial_sends(impl, seed, path, state=None):
         # Stdlib sends one piece per write event: many (fast) turns.
         serve(impl, channel_map, lambda: peer.eof, peers=[peer], turns=20_000)
         expected = b"".join(b"<" + w + w * 20 + b"|" + w for w in words + [b"bye"])
-        return {"received": bytes(peer.received), "expected": expected,
-                "events": [event for event in channel.events if event[0] != "data"]}
+        return {
+            "received": bytes(peer.received),
+            "expected": expected,
+            "events": [event for event in channel.events if event[0] != "data"],
+        }
     finally:
         release(channel_map)
         sock.close()
@@ -389,29 +389,30 @@ def play_peer_leaving(impl, transport, how, use_poll):
     try:
         channel.push(b"welcome\r\n")  # sent at once, before anything happens
         right.sendall(b"m1\r\nm2\r\npart\r")
-        serve(impl, channel_map, lambda: peer.received == b"welcome\r\nm1\nm2\n",
-              use_poll, [peer])
+        serve(impl, channel_map, lambda: peer.received == b"welcome\r\nm1\nm2\n", use_poll, [peer])
         if how == "half-close":
             right.shutdown(socket.SHUT_WR)
         elif how == "close":
             right.close()
         else:
             rst_close(right)
-        serve(impl, channel_map, lambda: channel.gone, use_poll, [] if how != "half-close"
-              else [peer])
+        serve(impl, channel_map, lambda: channel.gone, use_poll, [] if how != "half-close" else [peer])
         impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=2)
         if how == "half-close":
             serve(impl, channel_map, lambda: peer.eof, use_poll, [peer])
-        return {"events": merged(channel.events), "pending": bytes(channel.ac_in_buffer),
-                "received": bytes(peer.received), "eof": peer.eof}
+        return {
+            "events": merged(channel.events),
+            "pending": bytes(channel.ac_in_buffer),
+            "received": bytes(peer.received),
+            "eof": peer.eof,
+        }
     finally:
         release(channel_map)
         left.close()
         right.close()
 
 
-LEAVING = [("unix", "half-close"), ("tcp", "half-close"), ("unix", "close"), ("tcp", "close"),
-           ("tcp", "reset")]
+LEAVING = [("unix", "half-close"), ("tcp", "half-close"), ("unix", "close"), ("tcp", "close"), ("tcp", "reset")]
 
 
 @pytest.mark.parametrize("use_poll", [False, True], ids=["select", "poll"])
@@ -424,12 +425,10 @@ def test_peer_leaving_mid_message(chat_class, transport, how, use_poll):
     outcome = same_on_all(chat_class, play_peer_leaving, transport, how, use_poll)
     events = outcome["events"]
     closes = events.count(("close",))
-    assert events[:closes and -closes] == [("data", b"m1"), ("term",), ("data", b"m2"),
-                                           ("term",), ("data", b"part")]
+    assert events[: closes and -closes] == [("data", b"m1"), ("term",), ("data", b"m2"), ("term",), ("data", b"part")]
     assert events[-closes:] == [("close",)] * closes
     # poll(): a hang-up (socketpair close, RST) is also reported as POLLHUP.
-    assert closes == (2 if use_poll and (transport, how) in (("unix", "close"),
-                                                              ("tcp", "reset")) else 1)
+    assert closes == (2 if use_poll and (transport, how) in (("unix", "close"), ("tcp", "reset")) else 1)
     assert outcome["pending"] == b"\r"
     if how == "half-close":
         assert outcome["received"] == b"welcome\r\nm1\nm2\n" and outcome["eof"] is True
@@ -497,25 +496,39 @@ def test_reply_pushed_before_close_or_error_reaches_the_peer(chat_class, how):
 # channel records, what its peer receives, whether its peer sees EOF or a reset).  The
 # trigger "!" is one byte, so no read can split it.
 FAULTY = {
-    "found_terminator raises": (b"f1\n", b"!\nf2\n",
-                                [("data", b"f1"), ("term",), ("data", b"!"), ("term",),
-                                 ("error", "HandlerBug"), ("close",)], b"f1\n", True),
-    "collect_incoming_data raises": (b"c1\n", b"!\nc2\n",
-                                     [("data", b"c1"), ("term",), ("data", b"!"),
-                                      ("error", "HandlerBug"), ("close",)], b"c1\n", True),
-    "producer more() raises": (b"p1\n", None,
-                               [("data", b"p1"), ("term",), ("error", "ProducerBug"),
-                                ("close",)], b"p1\n", True),
+    "found_terminator raises": (
+        b"f1\n",
+        b"!\nf2\n",
+        [("data", b"f1"), ("term",), ("data", b"!"), ("term",), ("error", "HandlerBug"), ("close",)],
+        b"f1\n",
+        True,
+    ),
+    "collect_incoming_data raises": (
+        b"c1\n",
+        b"!\nc2\n",
+        [("data", b"c1"), ("term",), ("data", b"!"), ("error", "HandlerBug"), ("close",)],
+        b"c1\n",
+        True,
+    ),
+    "producer more() raises": (
+        b"p1\n",
+        None,
+        [("data", b"p1"), ("term",), ("error", "ProducerBug"), ("close",)],
+        b"p1\n",
+        True,
+    ),
     # Closing a socketpair end with unread input resets the peer (Linux).
     "recv EINTR": (b"r1\n", None, [("error", "InterruptedError"), ("close",)], b"", "reset"),
     "send EPIPE": (b"s1\n", None, [("data", b"s1"), ("term",), ("close",)], b"", True),
-    "peer RST": (b"t1\npart", "reset", [("data", b"t1"), ("term",), ("data", b"part"),
-                                        ("close",)], b"t1\n", False),
-    "peer closes": (b"u1\npart", "close", [("data", b"u1"), ("term",), ("data", b"part"),
-                                           ("close",)], b"u1\n", False),
-    "peer half-closes": (b"h1\npart", "half-close",
-                         [("data", b"h1"), ("term",), ("data", b"part"), ("close",)],
-                         b"h1\n", True),
+    "peer RST": (b"t1\npart", "reset", [("data", b"t1"), ("term",), ("data", b"part"), ("close",)], b"t1\n", False),
+    "peer closes": (b"u1\npart", "close", [("data", b"u1"), ("term",), ("data", b"part"), ("close",)], b"u1\n", False),
+    "peer half-closes": (
+        b"h1\npart",
+        "half-close",
+        [("data", b"h1"), ("term",), ("data", b"part"), ("close",)],
+        b"h1\n",
+        True,
+    ),
 }
 
 
@@ -535,33 +548,37 @@ def play_many(impl, use_poll, healthy=8, lines=40):
                 left.recv_faults.append(err(errno.EINTR))
             sockets += [left, right]
             channel = echo_class(impl, producer=kind.startswith("producer"))(
-                left, b"\n", channel_map,
-                fail_found=(lambda message: message == b"!") if kind.startswith("found")
-                else None,
-                fail_collect=(lambda data: b"!" in data) if kind.startswith("collect")
-                else None)
+                left,
+                b"\n",
+                channel_map,
+                fail_found=(lambda message: message == b"!") if kind.startswith("found") else None,
+                fail_collect=(lambda data: b"!" in data) if kind.startswith("collect") else None,
+            )
             channels[kind] = channel
             peers[kind] = Peer(right)
             if kind == "send EPIPE":
                 right.shutdown(socket.SHUT_RD)
             right.sendall(first)
-        requests = {index: [b"%d:%d:%s" % (index, line, b"y" * (line * 37 % 300))
-                            for line in range(lines)] for index in range(healthy)}
+        requests = {
+            index: [b"%d:%d:%s" % (index, line, b"y" * (line * 37 % 300)) for line in range(lines)]
+            for index in range(healthy)
+        }
         half = lines // 2
         for index in range(healthy):
             peers[index].sock.sendall(b"".join(line + b"\n" for line in requests[index][:half]))
 
         def echoed(index, upto):
-            return peers[index].received == b"".join(
-                line + b"\n" for line in requests[index][:upto])
+            return peers[index].received == b"".join(line + b"\n" for line in requests[index][:upto])
 
         def first_phase_done():
             # A fault needing no more input has struck; the others have had
             # their first request read.
             return all(echoed(index, half) for index in range(healthy)) and all(
-                channels[kind].gone if FAULTY[kind][1] is None
+                channels[kind].gone
+                if FAULTY[kind][1] is None
                 else data_of(channels[kind].events) == FAULTY[kind][0].replace(b"\n", b"")
-                for kind in FAULTY)
+                for kind in FAULTY
+            )
 
         serve(impl, channel_map, first_phase_done, use_poll, list(peers.values()))
         for index in range(healthy):
@@ -577,17 +594,29 @@ def play_many(impl, use_poll, healthy=8, lines=40):
             elif then is not None:
                 peer.sock.sendall(then)
         live = [peer for key, peer in peers.items() if peer.sock.fileno() >= 0]
-        serve(impl, channel_map, lambda: all(echoed(index, lines) for index in range(healthy))
-              and all(channels[kind].gone for kind in FAULTY), use_poll, live)
+        serve(
+            impl,
+            channel_map,
+            lambda: (
+                all(echoed(index, lines) for index in range(healthy)) and all(channels[kind].gone for kind in FAULTY)
+            ),
+            use_poll,
+            live,
+        )
         impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=3)
         for peer in live:
             peer.pump()
         return {
-            "healthy": [(merged(channels[index].events).count(("close",)),
-                         [event for event in channels[index].events if event[0] == "error"])
-                        for index in range(healthy)],
-            "faulty": {kind: (merged(channels[kind].events), bytes(peers[kind].received),
-                              peers[kind].eof) for kind in FAULTY},
+            "healthy": [
+                (
+                    merged(channels[index].events).count(("close",)),
+                    [event for event in channels[index].events if event[0] == "error"],
+                )
+                for index in range(healthy)
+            ],
+            "faulty": {
+                kind: (merged(channels[kind].events), bytes(peers[kind].received), peers[kind].eof) for kind in FAULTY
+            },
         }
     finally:
         release(channel_map)
@@ -605,5 +634,5 @@ def test_loop_keeps_serving_healthy_channels_next_to_every_fault(chat_class, use
         closes = events.count(("close",))
         # poll(): POLLHUP after the socketpair close / the RST calls handle_close again.
         assert closes == (2 if use_poll and kind in ("peer RST", "peer closes") else 1), kind
-        assert events[:len(events) - closes + 1] == expected_events, kind
+        assert events[: len(events) - closes + 1] == expected_events, kind
         assert (received, eof) == (expected_received, expected_eof), kind

@@ -50,15 +50,16 @@ import threading
 import types
 from collections import deque
 
+import oracle
 import pytest
 
-import chatcore
-import oracle
-from chatcore.compat import asynchat as compat_asynchat
-from chatcore.compat import asyncore as compat_asyncore
 # serve(): loop turns of 10 ms until a condition holds (at most 400); Peer: the
 # far end of a socketpair, read without blocking between turns.
 from test_faults_loopback import Peer, serve
+
+import chatcore
+from chatcore.compat import asynchat as compat_asynchat
+from chatcore.compat import asyncore as compat_asyncore
 
 try:
     import ssl
@@ -89,23 +90,29 @@ class Impl:
         return "<Impl %s>" % self.name
 
 
-ORACLE = None if oracle.MISSING else Impl(
-    "oracle", oracle.asynchat.async_chat, oracle.asynchat.simple_producer, oracle.asyncore)
+ORACLE = (
+    None
+    if oracle.MISSING
+    else Impl("oracle", oracle.asynchat.async_chat, oracle.asynchat.simple_producer, oracle.asyncore)
+)
 
 
 def compat_impl(engine, **attributes):
     """chatcore.compat's async_chat on *engine* (the ``engine`` fixture), as a program sees it."""
     cls = type("async_chat", (compat_asynchat.async_chat,), dict(attributes, _engine=engine))
     suffix = "".join("+%s=%s" % item for item in sorted(attributes.items()))
-    return Impl("compat-%s%s" % (engine.__name__.rsplit("_", 1)[-1], suffix), cls,
-                compat_asynchat.simple_producer, compat_asyncore)
+    return Impl(
+        "compat-%s%s" % (engine.__name__.rsplit("_", 1)[-1], suffix),
+        cls,
+        compat_asynchat.simple_producer,
+        compat_asyncore,
+    )
 
 
 def chatcore_impl(engine):
     """chatcore's own async_chat on *engine*: new code's API, which coalesces by default."""
     cls = type("async_chat", (chatcore.async_chat,), {"_engine": engine})
-    return Impl("chatcore-%s" % engine.__name__.rsplit("_", 1)[-1], cls,
-                chatcore.simple_producer, chatcore)
+    return Impl("chatcore-%s" % engine.__name__.rsplit("_", 1)[-1], cls, chatcore.simple_producer, chatcore)
 
 
 def check(scenario, engine, expected, *args):
@@ -332,10 +339,17 @@ def play_push_then_block(impl, resources, pushes, wait):
 @pytest.mark.parametrize("wait", ["accept", "event"])
 @pytest.mark.parametrize("pushes", [1, 2], ids=["one-push", "two-pushes"])
 def test_push_then_block(engine, resources, pushes, wait):
-    check(play_push_then_block, engine, {
-        "client": PASV_REPLIES[:pushes] + [b"226 Transfer complete\r\n"],
-        "handler": [("data", b"file contents")] if wait == "accept" else [],
-    }, resources, pushes, wait)
+    check(
+        play_push_then_block,
+        engine,
+        {
+            "client": PASV_REPLIES[:pushes] + [b"226 Transfer complete\r\n"],
+            "handler": [("data", b"file contents")] if wait == "accept" else [],
+        },
+        resources,
+        pushes,
+        wait,
+    )
 
 
 def play_push_is_sent_before_it_returns(impl, resources):
@@ -375,10 +389,29 @@ def tls_files(tmp_path_factory):
         cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
         try:
             subprocess.run(
-                [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                 "-keyout", key, "-out", cert],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, check=True)
+                [
+                    openssl,
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    key,
+                    "-out",
+                    cert,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+                check=True,
+            )
             return cert, key
         except (OSError, subprocess.SubprocessError):
             pass
@@ -388,7 +421,8 @@ def tls_files(tmp_path_factory):
 
     versions = [THIS_VERSION, "3.11"]
     keycert = find_cpython_test("keycert.pem", versions) or find_cpython_test(
-        os.path.join("certdata", "keycert.pem"), versions)
+        os.path.join("certdata", "keycert.pem"), versions
+    )
     if keycert is None:
         pytest.skip("no openssl command to make a certificate, and no CPython keycert.pem")
     return keycert, keycert
@@ -415,8 +449,9 @@ def play_starttls(impl, resources, tls_files):
             if message == b"STLS" and not self.tls:
                 self.push(b"+OK Begin TLS negotiation\r\n")
                 self.del_channel()
-                self.set_socket(server_context.wrap_socket(
-                    self.socket, server_side=True, do_handshake_on_connect=False))
+                self.set_socket(
+                    server_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+                )
                 self.tls = self.handshaking = True
             elif self.tls:
                 self.push(b"+OK over TLS: " + message + b"\r\n")
@@ -475,10 +510,16 @@ def play_starttls(impl, resources, tls_files):
 
 
 def test_starttls_socket_swap(engine, resources, tls_files):
-    check(play_starttls, engine, {
-        "client": (b"+OK Begin TLS negotiation\r\n", b"+OK over TLS: HELLO\r\n"),
-        "server": [("line", False, b"STLS"), ("handshake", True), ("line", True, b"HELLO")],
-    }, resources, tls_files)
+    check(
+        play_starttls,
+        engine,
+        {
+            "client": (b"+OK Begin TLS negotiation\r\n", b"+OK over TLS: HELLO\r\n"),
+            "server": [("line", False, b"STLS"), ("handshake", True), ("line", True, b"HELLO")],
+        },
+        resources,
+        tls_files,
+    )
 
 
 # -- patched module globals ------------------------------------------------------------
@@ -542,8 +583,7 @@ def fake_socket_module(calls):
     """What a test puts in ``asyncore.socket``: constants and a ``socket()`` factory."""
     fds = itertools.count(90_000, 10)
     module = types.ModuleType("mock_socket")
-    module.socket = lambda family=socket.AF_INET, type=socket.SOCK_STREAM: FakeSocket(
-        next(fds), calls, family, type)
+    module.socket = lambda family=socket.AF_INET, type=socket.SOCK_STREAM: FakeSocket(next(fds), calls, family, type)
     module.error = OSError
     module.AF_INET, module.SOCK_STREAM = socket.AF_INET, socket.SOCK_STREAM
     # Values of its own, so whoever reads them from the real module is caught.
@@ -595,22 +635,27 @@ def play_patched_socket(impl, monkeypatch):
 
 
 def test_patched_socket_module_builds_the_sockets(engine, monkeypatch):
-    check(play_patched_socket, engine, {
-        "server socket": ("FakeSocket", 90_000, True),
-        "map": [90_000, 90_001],
-        "calls": [
-            ("socket", 90_000, socket.AF_INET, socket.SOCK_STREAM),
-            ("setblocking", 90_000, False),
-            ("getsockopt", 90_000, 0x7001, 0x7002),
-            ("setsockopt", 90_000, 0x7001, 0x7002, 1),
-            ("bind", 90_000, ("127.0.0.1", 25)),
-            ("listen", 90_000, 5),
-            ("accept", 90_000),
-            ("socket", 90_001, None, None),
-            ("setblocking", 90_001, False),
-        ],
-        "sent": b"220 hello\r\n250 HELO there\r\n250 NOOP\r\n",
-    }, monkeypatch)
+    check(
+        play_patched_socket,
+        engine,
+        {
+            "server socket": ("FakeSocket", 90_000, True),
+            "map": [90_000, 90_001],
+            "calls": [
+                ("socket", 90_000, socket.AF_INET, socket.SOCK_STREAM),
+                ("setblocking", 90_000, False),
+                ("getsockopt", 90_000, 0x7001, 0x7002),
+                ("setsockopt", 90_000, 0x7001, 0x7002, 1),
+                ("bind", 90_000, ("127.0.0.1", 25)),
+                ("listen", 90_000, 5),
+                ("accept", 90_000),
+                ("socket", 90_001, None, None),
+                ("setblocking", 90_001, False),
+            ],
+            "sent": b"220 hello\r\n250 HELO there\r\n250 NOOP\r\n",
+        },
+        monkeypatch,
+    )
 
 
 class FakeSelect:
@@ -660,13 +705,16 @@ FD = 91_000  # the fake channel's descriptor
 
 
 def play_patched_select(impl, monkeypatch, with_poll):
-    fake = FakeSelect([
-        ([FD], [], []),  # turn 1: "one" arrives; its reply does not fit
-        ([], [FD], []),  # turn 2: writable; the reply goes
-        # turn 3, loop(use_poll=True): "two" arrives (poll), or nothing (select)
-        [(FD, select.POLLIN)] if with_poll else ([], [], []),
-        ([], [], []),  # poll() called directly: nothing
-    ], with_poll)
+    fake = FakeSelect(
+        [
+            ([FD], [], []),  # turn 1: "one" arrives; its reply does not fit
+            ([], [FD], []),  # turn 2: writable; the reply goes
+            # turn 3, loop(use_poll=True): "two" arrives (poll), or nothing (select)
+            [(FD, select.POLLIN)] if with_poll else ([], [], []),
+            ([], [], []),  # poll() called directly: nothing
+        ],
+        with_poll,
+    )
     monkeypatch.setattr(impl.core, "select", fake)
     calls = []
     sock = FakeSocket(FD, calls)
@@ -693,17 +741,30 @@ def play_patched_select(impl, monkeypatch, with_poll):
 @pytest.mark.parametrize("with_poll", [True, False], ids=["with-poll", "select-only"])
 def test_patched_select_module_is_what_the_loop_calls(engine, monkeypatch, with_poll):
     reading = select.POLLIN | select.POLLPRI
-    turn_3 = [("poll()",), ("register", FD, reading), ("poll", 1500)] if with_poll else [
-        # Without select.poll, loop(use_poll=True) falls back to select().
-        ("select", [FD], [], [FD], 1.5)]
-    check(play_patched_select, engine, {
-        "select calls": [
-            ("select", [FD], [], [FD], 2.5),
-            ("select", [FD], [FD], [FD], 2.5),
-        ] + turn_3 + [("select", [FD], [], [FD], 0.0)],
-        "lines": [b"one", b"two"] if with_poll else [b"one"],
-        "sent": b"ONE\n" + (b"TWO\n" if with_poll else b""),
-    }, monkeypatch, with_poll)
+    turn_3 = (
+        [("poll()",), ("register", FD, reading), ("poll", 1500)]
+        if with_poll
+        else [
+            # Without select.poll, loop(use_poll=True) falls back to select().
+            ("select", [FD], [], [FD], 1.5)
+        ]
+    )
+    check(
+        play_patched_select,
+        engine,
+        {
+            "select calls": [
+                ("select", [FD], [], [FD], 2.5),
+                ("select", [FD], [FD], [FD], 2.5),
+            ]
+            + turn_3
+            + [("select", [FD], [], [FD], 0.0)],
+            "lines": [b"one", b"two"] if with_poll else [b"one"],
+            "sent": b"ONE\n" + (b"TWO\n" if with_poll else b""),
+        },
+        monkeypatch,
+        with_poll,
+    )
 
 
 def play_patched_time(impl, monkeypatch):
@@ -760,6 +821,7 @@ def _play_patched_os(impl, monkeypatch, read_end, write_end):
             if name == "dup":
                 names[result] = "copy"
             return result
+
         return call
 
     for name in ("dup", "read", "write", "close", "set_blocking"):
@@ -781,12 +843,16 @@ def _play_patched_os(impl, monkeypatch, read_end, write_end):
 
 @pytest.mark.skipif(not hasattr(compat_asyncore, "file_dispatcher"), reason="POSIX only")
 def test_patched_os_module_is_what_file_dispatcher_uses(engine, monkeypatch):
-    check(play_patched_os, engine, {
-        "calls": [("dup", "pipe"), ("set_blocking", "pipe", False), ("read", "copy", 64),
-                  ("close", "copy")],
-        "received": [b"through a pipe"],
-        "map": {},
-    }, monkeypatch)
+    check(
+        play_patched_os,
+        engine,
+        {
+            "calls": [("dup", "pipe"), ("set_blocking", "pipe", False), ("read", "copy", 64), ("close", "copy")],
+            "received": [b"through a pipe"],
+            "map": {},
+        },
+        monkeypatch,
+    )
 
 
 # -- a relay that appends to another channel's producer_fifo ------------------------------
@@ -850,11 +916,19 @@ def play_relay(impl, resources, use_poll, item, where):
 @pytest.mark.parametrize("where", ["handler", "outside"], ids=["from-a-handler", "between-turns"])
 @pytest.mark.parametrize("item", ["bytes", "producer"])
 @pytest.mark.parametrize("use_poll", [False, True], ids=["select", "poll"])
-def test_direct_producer_fifo_append_goes_out_on_the_next_turn(engine, resources, use_poll,
-                                                                item, where):
-    check(play_relay, engine, {
-        "b received": b"hello (relayed)\n", "watchdog had to wake the loop": False,
-    }, resources, use_poll, item, where)
+def test_direct_producer_fifo_append_goes_out_on_the_next_turn(engine, resources, use_poll, item, where):
+    check(
+        play_relay,
+        engine,
+        {
+            "b received": b"hello (relayed)\n",
+            "watchdog had to wake the loop": False,
+        },
+        resources,
+        use_poll,
+        item,
+        where,
+    )
 
 
 # -- pushes just before close() or an exception ----------------------------------------
@@ -887,9 +961,16 @@ def play_push_then_end(impl, resources, how):
 
 @pytest.mark.parametrize("how", ["close", "handle_close", "raise"])
 def test_pushes_before_close_or_error_reach_the_peer(engine, resources, how):
-    check(play_push_then_end, engine, {
-        "received": b"bye 1\r\nbye 2\r\nbye 3\r\n", "eof": True,
-    }, resources, how)
+    check(
+        play_push_then_end,
+        engine,
+        {
+            "received": b"bye 1\r\nbye 2\r\nbye 3\r\n",
+            "eof": True,
+        },
+        resources,
+        how,
+    )
 
 
 # -- bytes and order, whatever the send timing ------------------------------------------
@@ -990,8 +1071,7 @@ def test_flush_sends_hands_every_queued_push_over(coalescing, resources):
         channel.push(b"three\r\n")
         notes.append(drain(peer))
 
-    assert run_in_handler(coalescing, resources, action) == (
-        [b"one\r\ntwo\r\n", b""], b"three\r\n")
+    assert run_in_handler(coalescing, resources, action) == ([b"one\r\ntwo\r\n", b""], b"three\r\n")
 
 
 def test_initiate_send_takes_stdlibs_single_step(coalescing, resources):
@@ -1050,6 +1130,7 @@ def play_push_then_raise(impl, resources, override):
             self.notes.append(("reported", type, drain(self.peer)))
 
         if override:
+
             def handle_error(self):
                 self.notes.append(("handle_error",))
                 self.close()
@@ -1059,8 +1140,7 @@ def play_push_then_raise(impl, resources, override):
         channel.push(b"reply\r\n")
         raise ValueError("after the push")
 
-    return run_in_handler(Impl(impl.name, Failing, impl.simple_producer, impl.core),
-                          resources, action)
+    return run_in_handler(Impl(impl.name, Failing, impl.simple_producer, impl.core), resources, action)
 
 
 def test_default_handle_error_reports_after_the_reply_left(engine, coalescing, resources):
@@ -1069,8 +1149,7 @@ def test_default_handle_error_reports_after_the_reply_left(engine, coalescing, r
     assert play_push_then_raise(coalescing, resources, False) == expected
 
 
-def test_an_overriding_handle_error_that_closes_still_sends_the_reply(engine, coalescing,
-                                                                    resources):
+def test_an_overriding_handle_error_that_closes_still_sends_the_reply(engine, coalescing, resources):
     # Stdlib sent the reply before handle_error ran; a coalescing channel sends
     # it when the override closes (README: the default handle_error flushes).
     check(play_push_then_raise, engine, ([("handle_error",)], b"reply\r\n"), resources, True)
@@ -1079,8 +1158,7 @@ def test_an_overriding_handle_error_that_closes_still_sends_the_reply(engine, co
 
 
 def test_coalesced_stream_has_the_oracles_bytes_and_order(coalescing, resources):
-    assert play_stream(coalescing, resources) == {
-        "received": STREAM, "eof": True}
+    assert play_stream(coalescing, resources) == {"received": STREAM, "eof": True}
 
 
 INSTALLED_PROGRAM = """
@@ -1114,19 +1192,27 @@ right.close()
 """
 
 
-@pytest.mark.parametrize("arguments, expected", [
-    ("", "[b'reply\\r\\n'] "),
-    ("coalesce_sends=False", "[b'reply\\r\\n'] "),
-    ("coalesce_sends=True", "[b''] b'reply\\r\\n'"),
-], ids=["default", "false", "opt-in"])
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        ("", "[b'reply\\r\\n'] "),
+        ("coalesce_sends=False", "[b'reply\\r\\n'] "),
+        ("coalesce_sends=True", "[b''] b'reply\\r\\n'"),
+    ],
+    ids=["default", "false", "opt-in"],
+)
 def test_install_coalesce_sends_opt_in(arguments, expected):
     # The default keeps stdlib's timing; only the opt-in defers to the turn's end.
     program = INSTALLED_PROGRAM % (arguments, TIMEOUT, TIMEOUT)
     if "True" not in arguments:
         # Everything was read inside the handler: nothing is left for the last recv.
         program = program.replace("print(seen, right.recv(100))", "print(seen, '')")
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(program)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         timeout=60, universal_newlines=True)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(program)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout
     assert out.stdout.strip() == expected.strip()

@@ -9,10 +9,9 @@ import sys
 from collections import deque
 
 import pytest
+from conftest import ENGINES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import ENGINES
 
 
 class Recorder:
@@ -53,7 +52,7 @@ def feed_all(engine, recorder, chunks, framer=None, max_size=None):
 
 
 def split_every(data, size):
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 @pytest.mark.parametrize("terminator", [b"\n", b"\r\n", b"\r\n.\r\n", b"qqq", b"ab" * 20])
@@ -106,9 +105,9 @@ def test_integer_terminator_counts_down_and_is_zero_when_found(engine):
 
 
 def test_huge_integer_terminator(engine):
-    recorder = Recorder(10 ** 30)
+    recorder = Recorder(10**30)
     feed_all(engine, recorder, [b"abc", b"de"])
-    assert recorder.terminator == 10 ** 30 - 5
+    assert recorder.terminator == 10**30 - 5
     assert recorder.events == [("data", b"abcde")]
 
 
@@ -233,8 +232,12 @@ def test_callback_exception_consumes_the_delivered_bytes(engine):
     assert not framer.feeding
     framer.feed(recorder, b"\n")
     assert recorder.events == [
-        ("data", b"a"), ("found", b"\n"), ("data", b"b"), ("found", b"\n"),
-        ("data", b"c"), ("found", b"\n"),
+        ("data", b"a"),
+        ("found", b"\n"),
+        ("data", b"b"),
+        ("found", b"\n"),
+        ("data", b"c"),
+        ("found", b"\n"),
     ]
 
 
@@ -276,8 +279,12 @@ def test_buffer_types_are_accepted(engine):
     framer.feed(recorder, memoryview(b"ef"))
     framer.feed(recorder, memoryview(wide).cast("B") if wide.tobytes() == b"\r\n" else b"\r\n")
     assert recorder.events == [
-        ("data", b"ab"), ("found", bytearray(b"\r\n")), ("data", b"cd"),
-        ("found", bytearray(b"\r\n")), ("data", b"ef"), ("found", bytearray(b"\r\n")),
+        ("data", b"ab"),
+        ("found", bytearray(b"\r\n")),
+        ("data", b"cd"),
+        ("found", bytearray(b"\r\n")),
+        ("data", b"ef"),
+        ("found", bytearray(b"\r\n")),
     ]
     non_contiguous = memoryview(b"a-\r-\n-")[::2]
     framer.feed(recorder, non_contiguous)
@@ -289,7 +296,7 @@ def test_fed_buffer_is_released_when_feed_returns(engine):
     recorder = Recorder(b"\r\n")
     framer = engine.Framer()
     with memoryview(received) as view:
-        framer.feed(recorder, view[:len(received)])
+        framer.feed(recorder, view[: len(received)])
     received.extend(b"more")  # BufferError if the framer still held an export
     received[:] = b"overwritten!!"
     assert framer.pending == b"\r"
@@ -311,9 +318,7 @@ terminators = st.one_of(
     st.binary(min_size=1, max_size=6).map(lambda b: b.replace(b"\x00", b"\r")),
     st.sampled_from([b"\n", b"\r\n", b"\r\n.\r\n"]),
 )
-streams = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"xyz"]), max_size=300).map(
-    b"".join
-)
+streams = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"xyz"]), max_size=300).map(b"".join)
 
 
 @pytest.mark.skipif(ENGINES["c"] is None, reason="compiled engine not built")
@@ -326,7 +331,7 @@ streams = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"xyz"]),
     max_size=st.one_of(st.none(), st.integers(min_value=0, max_value=40)),
 )
 def test_compiled_engine_matches_its_twin(stream, cuts, first, script, max_size):
-    bounds = sorted(set(cut for cut in cuts if cut <= len(stream)))
+    bounds = sorted({cut for cut in cuts if cut <= len(stream)})
     chunks = [stream[a:b] for a, b in zip([0] + bounds, bounds + [len(stream)])]
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
@@ -380,8 +385,9 @@ def drain(engine, sender, zero_copy=False, turns=1000):
     return b"".join(sender.sent)
 
 
-@pytest.mark.parametrize("data", [b"0123456789abcdefghij", bytearray(b"0123456789abcdefghij"),
-                                  memoryview(b"0123456789abcdefghij")])
+@pytest.mark.parametrize(
+    "data", [b"0123456789abcdefghij", bytearray(b"0123456789abcdefghij"), memoryview(b"0123456789abcdefghij")]
+)
 def test_push_splits_by_out_buffer_size(engine, data):
     sender = Sender()
     engine.push(sender, data)
@@ -501,17 +507,19 @@ def test_nothing_is_sent_when_not_connected(engine):
 def test_outgoing_engines_agree(pushes, accepts, size, zero_copy):
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
-        script = list(accepts)
 
         class Scripted(Sender):
             ac_out_buffer_size = size
+            script: "list[int]"
 
             def send(self, data):
                 self.calls.append(bytes(data))
+                script = self.script
                 count = min(script.pop(0) if len(script) > 1 else script[0], len(data))
                 self.sent.append(bytes(data[:count]))
                 return count
 
+        Scripted.script = list(accepts)
         sender = Scripted()
         for data in pushes:
             engine.push(sender, data)

@@ -8,7 +8,10 @@ import textwrap
 def _run(program):
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(program)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, universal_newlines=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+        text=True,
     )
 
 

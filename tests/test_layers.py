@@ -42,8 +42,7 @@ def _chatcore_imports(module):
             elif (node.module or "").startswith("chatcore."):
                 found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[1] for alias in node.names
-                         if alias.name.startswith("chatcore."))
+            found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("chatcore."))
     return found
 
 

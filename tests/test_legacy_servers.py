@@ -35,10 +35,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Optional
 
 import pytest
-
 from cpython_files import THIS_VERSION, engine_available, engine_env, find_cpython_test
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "legacy_suite.py")
@@ -69,7 +68,7 @@ def find_suite(suite: str) -> Optional[str]:
     return find_cpython_test(suite + ".py", ["3.11"] if SUITES[suite] else [THIS_VERSION])
 
 
-def _smtpd_args(suite: str) -> List[str]:
+def _smtpd_args(suite: str) -> list[str]:
     """3.11's test_smtpd imports `smtpd`, which 3.12+ keep only as a test-only copy."""
     if suite != "test_smtpd" or sys.version_info < (3, 12):
         return []
@@ -82,7 +81,7 @@ class Run:
     def __init__(self, suite: str, backend: str):
         self.suite = suite
         self.backend = backend
-        self.outcomes: Dict[str, Tuple[str, str]] = {}
+        self.outcomes: dict[str, tuple[str, str]] = {}
         self.output = ""
         self.header = ""
         self.modules = ""
@@ -91,17 +90,21 @@ class Run:
         self.problem = ""
 
     def summary(self) -> str:
-        counts: Dict[str, int] = {}
+        counts: dict[str, int] = {}
         for outcome, _ in self.outcomes.values():
             counts[outcome] = counts.get(outcome, 0) + 1
         text = ", ".join("%d %s" % (n, o) for o, n in sorted(counts.items()))
         return "%s [%s]: %s in %.1f s%s" % (
-            self.suite, self.backend, text or "nothing", self.seconds,
-            "" if self.complete else " (INCOMPLETE: %s)" % self.problem)
+            self.suite,
+            self.backend,
+            text or "nothing",
+            self.seconds,
+            "" if self.complete else " (INCOMPLETE: %s)" % self.problem,
+        )
 
 
 #: Runner processes alive now, so an interrupted session can end them.
-_children: Set[subprocess.Popen] = set()
+_children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
 #: Set when the session ends: no new runner is started after that.
 _closing = threading.Event()
@@ -115,14 +118,20 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
-def _run_child(argv: List[str], cwd: str, env: Dict[str, str], timeout: float) -> str:
+def _run_child(argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> str:
     """Run the runner; on timeout kill its whole process group. Returns its output."""
     with _children_lock:
         if _closing.is_set():
             return "[not started: the session is ending]\n"
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            universal_newlines=True, start_new_session=True)
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+            start_new_session=True,
+        )
         _children.add(proc)
     try:
         output, _ = proc.communicate(timeout=max(timeout, 1.0))
@@ -136,7 +145,7 @@ def _run_child(argv: List[str], cwd: str, env: Dict[str, str], timeout: float) -
     return output
 
 
-def _parse(path: str, run: Run) -> Tuple[Optional[str], bool]:
+def _parse(path: str, run: Run) -> tuple[Optional[str], bool]:
     """Fold the results file into run.outcomes; return (test left unfinished, done)."""
     pending, done = None, False
     if not os.path.exists(path):
@@ -162,8 +171,18 @@ def run_suite(path: str, suite: str, backend: str, workdir: str) -> Run:
     run = Run(suite, backend)
     results = os.path.join(workdir, "results.jsonl")
     skip_file = os.path.join(workdir, "exclude.txt")
-    argv = [sys.executable, RUNNER, "--backend", "oracle" if backend == "oracle" else "chatcore",
-            "--results", results, "--test-timeout", str(TEST_TIMEOUT), "--exclude", skip_file]
+    argv = [
+        sys.executable,
+        RUNNER,
+        "--backend",
+        "oracle" if backend == "oracle" else "chatcore",
+        "--results",
+        results,
+        "--test-timeout",
+        str(TEST_TIMEOUT),
+        "--exclude",
+        skip_file,
+    ]
     argv += _smtpd_args(suite) + [path]
     env = engine_env(backend)
     start = time.monotonic()
@@ -176,8 +195,8 @@ def run_suite(path: str, suite: str, backend: str, workdir: str) -> Run:
         run.output += output
         if not run.header:
             lines = output.splitlines()
-            run.header = next((l for l in lines if l.startswith(HEADERS)), "")
-            run.modules = next((l for l in lines if l.startswith("modules:")), "")
+            run.header = next((line for line in lines if line.startswith(HEADERS)), "")
+            run.modules = next((line for line in lines if line.startswith("modules:")), "")
         if run.header.startswith("no oracle:"):
             run.problem = run.header
             break
@@ -196,7 +215,7 @@ def run_suite(path: str, suite: str, backend: str, workdir: str) -> Run:
         # "Fatal Python error") starts the part worth showing.
         marks = [output.rfind(m) for m in ("Timeout (", "Fatal Python error", "[killed after")]
         kind = "crashed" if max(marks) == marks[1] and marks[1] >= 0 else "hung"
-        run.outcomes[pending] = (kind, output[max(max(marks), 0):][:4000])
+        run.outcomes[pending] = (kind, output[max(max(marks), 0) :][:4000])
         stuck += 1
         if time.monotonic() - start >= RUN_BUDGET:
             run.problem = "the run's %.0f s were used up; the rest was not run" % RUN_BUDGET
@@ -217,7 +236,7 @@ class LegacyRuns:
         self._futures = {}
         self._lock = threading.Lock()
         self._started = time.monotonic()
-        self.finished: List[Run] = []
+        self.finished: list[Run] = []
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started
@@ -263,8 +282,7 @@ def legacy_runs(request, tmp_path_factory):
     runs = LegacyRuns(tmp_path_factory)
     # Longest suites first, so the pool's overlap pays off.
     order = list(SUITES)
-    wanted = sorted(set(_selected(request.session, os.path.abspath(__file__))),
-                    key=lambda pair: order.index(pair[0]))
+    wanted = sorted(set(_selected(request.session, os.path.abspath(__file__))), key=lambda pair: order.index(pair[0]))
     for suite, engine_id in wanted:
         path = find_suite(suite)
         if path is not None and engine_available(engine_id):
@@ -282,8 +300,9 @@ def legacy_runs(request, tmp_path_factory):
             reporter.write_line("legacy server suites (python %s):" % sys.version.split()[0])
             for run in runs.finished:
                 reporter.write_line("  " + run.summary())
-            reporter.write_line("  all runs: %.1f s of child time in %.1f s" % (
-                sum(r.seconds for r in runs.finished), runs.elapsed()))
+            reporter.write_line(
+                "  all runs: %.1f s of child time in %.1f s" % (sum(r.seconds for r in runs.finished), runs.elapsed())
+            )
 
 
 def _describe(ids, run: Run) -> str:
@@ -305,15 +324,15 @@ def test_legacy_suite_matches_oracle(suite, engine_id, legacy_runs):
     if path is None:
         pytest.skip(
             "CPython's %s.py not found (looked in this stdlib, $CHATCORE_CPYTHON_TESTS and "
-            "sibling %s installs)" % (suite, "3.11" if SUITES[suite] else "same-version"))
+            "sibling %s installs)" % (suite, "3.11" if SUITES[suite] else "same-version")
+        )
     if not engine_available(engine_id):
         pytest.skip("compiled engine not built (CHATCORE_NO_EXTENSIONS=1 build)")
 
     oracle = legacy_runs.get(suite, "oracle", path)
     if oracle.header.startswith("no oracle:"):
         pytest.skip(oracle.header)
-    assert oracle.complete, "the oracle run did not finish (%s):\n%s" % (
-        oracle.problem, oracle.output[-6000:])
+    assert oracle.complete, "the oracle run did not finish (%s):\n%s" % (oracle.problem, oracle.output[-6000:])
     assert oracle.header.startswith("oracle:"), oracle.output[:2000]
     assert "chatcore" not in oracle.modules, oracle.modules
     passed = sorted(i for i, (outcome, _) in oracle.outcomes.items() if outcome == "pass")
@@ -325,8 +344,17 @@ def test_legacy_suite_matches_oracle(suite, engine_id, legacy_runs):
     assert used and all(u.split("=")[1].startswith("chatcore.compat.") for u in used), mine.modules
     differing = [i for i in passed if mine.outcomes.get(i, ("not run",))[0] != "pass"]
     if differing:
-        pytest.fail("%s on chatcore (%s engine): %d of the %d tests the oracle (%s) passes do "
-                    "not pass%s:\n%s" % (
-                        suite, engine_id, len(differing), len(passed), oracle.header[8:],
-                        "" if mine.complete else " (run incomplete: %s)" % mine.problem,
-                        _describe(differing, mine)), pytrace=False)
+        pytest.fail(
+            "%s on chatcore (%s engine): %d of the %d tests the oracle (%s) passes do "
+            "not pass%s:\n%s"
+            % (
+                suite,
+                engine_id,
+                len(differing),
+                len(passed),
+                oracle.header[8:],
+                "" if mine.complete else " (run incomplete: %s)" % mine.problem,
+                _describe(differing, mine),
+            ),
+            pytrace=False,
+        )

@@ -12,14 +12,13 @@ import socket
 import sys
 
 import pytest
+from conftest import ENGINES
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_framing import Recorder, feed_all, split_every
 
 import chatcore
 from chatcore.compat import asynchat as compat_asynchat
-
-from conftest import ENGINES
-from test_framing import Recorder, feed_all, split_every
 
 TERMINATOR = b"\r\n"
 
@@ -72,9 +71,11 @@ def test_limit_boundaries(engine):
     recorder = Recorder(b"\n")
     feed_all(engine, recorder, [b"12345\n123456\nabc\n"], max_size=5)
     assert recorder.events == [
-        ("data", b"12345"), ("found", b"\n"),
+        ("data", b"12345"),
+        ("found", b"\n"),
         ("overflow", b"\n"),
-        ("data", b"abc"), ("found", b"\n"),
+        ("data", b"abc"),
+        ("found", b"\n"),
     ]
 
 
@@ -84,7 +85,8 @@ def test_overflow_skips_to_a_terminator_split_across_reads(engine):
     feed_all(engine, recorder, reads, max_size=8)
     assert recorder.events == [
         ("overflow", b"\r\n.\r\n"),
-        ("data", b"next"), ("found", b"\r\n.\r\n"),
+        ("data", b"next"),
+        ("found", b"\r\n.\r\n"),
     ]
 
 
@@ -151,7 +153,7 @@ def send_while_serving(peer, data, channel_map):
     payload = memoryview(data)
     while payload:
         try:
-            payload = payload[peer.send(payload):]
+            payload = payload[peer.send(payload) :]
         except BlockingIOError:
             chatcore.loop(timeout=0.01, map=channel_map, count=1)
 
@@ -293,9 +295,11 @@ BAD_LIMITS = [
 
 @pytest.mark.parametrize("bad, error, words", BAD_LIMITS)
 def test_framer_arguments_follow_the_one_rule(engine, bad, error, words):
-    for call in (lambda f: f.feed(Recorder(b"\n"), b"abc\n", True, bad),
-                 lambda f: f.feed(Recorder(b"\n"), b"abc\n", max_size=bad),
-                 lambda f: f.feed_messages(Messages(b"\n"), b"abc\n", bad)):
+    for call in (
+        lambda f: f.feed(Recorder(b"\n"), b"abc\n", True, bad),
+        lambda f: f.feed(Recorder(b"\n"), b"abc\n", max_size=bad),
+        lambda f: f.feed_messages(Messages(b"\n"), b"abc\n", bad),
+    ):
         with pytest.raises(error, match="^max_size .*" + re.escape(words)) as caught:
             call(engine.Framer())
         assert str(caught.value) == str(_rule_error(bad, "max_size"))
@@ -316,9 +320,11 @@ def _rule_error(value, name):
 def test_both_engines_word_the_error_alike(bad, error, words):
     messages = []
     for engine in (ENGINES["c"], ENGINES["py"]):
-        for attempt in (lambda: engine.Framer().feed(Recorder(b"\n"), b"a\n", True, bad),
-                        lambda: engine.Framer().feed_messages(Messages(b"\n"), b"a\n", bad),
-                        lambda: engine.SizeLimit("some_limit", bad)):
+        for attempt in (
+            lambda engine=engine: engine.Framer().feed(Recorder(b"\n"), b"a\n", True, bad),
+            lambda engine=engine: engine.Framer().feed_messages(Messages(b"\n"), b"a\n", bad),
+            lambda engine=engine: engine.SizeLimit("some_limit", bad),
+        ):
             with pytest.raises(error) as caught:
                 attempt()
             messages.append(str(caught.value))
@@ -346,7 +352,7 @@ def test_framer_accepts_ints_and_index_objects(engine, good):
     engine.Framer().feed(recorder, b"abcde\nabcdef\n", True, good)
     limit = good.value if isinstance(good, Index) else good
     expected = [("data", b"abcde"), ("found", b"\n")] if limit >= 5 else [("overflow", b"\n")]
-    assert recorder.events[:len(expected)] == expected
+    assert recorder.events[: len(expected)] == expected
 
 
 def test_feed_messages_takes_none_as_no_limit(engine):
@@ -354,7 +360,7 @@ def test_feed_messages_takes_none_as_no_limit(engine):
     framer = engine.Framer()
     body = b"m" * (3 << 20)
     for start in range(0, len(body), 1 << 16):
-        framer.feed_messages(channel, body[start:start + (1 << 16)], None)
+        framer.feed_messages(channel, body[start : start + (1 << 16)], None)
     framer.feed_messages(channel, b"\nshort\n", None)
     assert channel.events == [("message", body), ("message", b"short")]
     channel.terminator = 4
@@ -368,19 +374,21 @@ def message_class(engine):
 
 def chat_classes(chat_class):
     """(class, limit attribute) for async_chat and message_chat on the fixture's engine."""
-    return [(chat_class, "ac_max_message_size"),
-            (message_class(chat_class._engine), "max_message_size")]
+    return [(chat_class, "ac_max_message_size"), (message_class(chat_class._engine), "max_message_size")]
 
 
 @pytest.mark.parametrize("bad, error, words", BAD_LIMITS)
 def test_a_bad_limit_in_a_class_body_fails_when_the_class_is_created(chat_class, bad, error, words):
     for base, name in chat_classes(chat_class):
-        with pytest.raises(error, match="^%s .*%s" % (name, re.escape(words))):
+        with pytest.raises(error, match=r"^%s .*%s" % (name, re.escape(words))):
             type("Channel", (base,), {name: bad})
-    with pytest.raises(TypeError, match="^max_message_size must be None or an int >= 0, not float"):
+    with pytest.raises(TypeError, match=r"^max_message_size must be None or an int >= 0, not float"):
+
         class Channel(chatcore.message_chat):
             max_message_size = 1e6
-    with pytest.raises(TypeError, match="^ac_max_message_size .* not float"):
+
+    with pytest.raises(TypeError, match=r"^ac_max_message_size .* not float"):
+
         class Legacy(compat_asynchat.async_chat):
             ac_max_message_size = 1e6
 
@@ -429,6 +437,7 @@ def test_other_attributes_of_the_same_name_are_left_alone(chat_class):
     """A legacy async_chat subclass may have its own ``max_message_size``: only
     message_chat's is chatcore's.  A property computing the limit is left alone
     too (the framer checks what it returns, on every read)."""
+
     class Legacy(compat_asynchat.async_chat):
         max_message_size = 1e6
 
@@ -498,8 +507,7 @@ def test_size_limit_descriptor(engine):
     assert limit.key == "_limit_cap"
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11),
-                    reason="before 3.11 every instance has its __dict__ from the start")
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="before 3.11 every instance has its __dict__ from the start")
 def test_size_limits_leave_the_instance_dict_unasked(engine):
     # On 3.11 an object whose __dict__ has been asked for is slower at every
     # attribute access afterwards; reading, setting and deleting a limit must
@@ -519,6 +527,7 @@ def test_size_limits_leave_the_instance_dict_unasked(engine):
     with pytest.raises(AttributeError, match="cap"):
         del holder.cap
     import gc
+
     assert not any(type(ref) is dict and "other" in ref for ref in gc.get_referents(holder))
     # And the class reads its default where instances find it.
     assert Holder._limit_cap == 5

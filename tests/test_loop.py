@@ -14,9 +14,9 @@ import pytest
 import chatcore
 from chatcore import eventloop
 
-
-POLLERS = ["selectors"] + (["epoll"] if hasattr(eventloop, "_EpollPoller") and hasattr(
-    __import__("select"), "epoll") else [])
+POLLERS = ["selectors"] + (
+    ["epoll"] if hasattr(eventloop, "_EpollPoller") and hasattr(__import__("select"), "epoll") else []
+)
 
 
 @pytest.fixture(params=POLLERS)
@@ -89,8 +89,7 @@ def test_serves_descriptors_above_1024(many_fds, use_poll):
         by_fd = {fd: channel_map[fd] for fd in high}
         for peer in peers[-5:]:
             peer.sendall(b"ping")
-        serve_until(channel_map, lambda: all(c.received == b"ping" for c in by_fd.values()),
-                    use_poll=use_poll)
+        serve_until(channel_map, lambda: all(c.received == b"ping" for c in by_fd.values()), use_poll=use_poll)
         assert all(c.received == b"" for fd, c in channel_map.items() if fd not in by_fd)
     finally:
         chatcore.close_all(channel_map)
@@ -219,8 +218,11 @@ def test_socket_closed_behind_the_maps_back_does_not_stop_the_loop(poller_kind, 
         broken_left.close()  # the fd is gone but the channel is still mapped
         good_right.sendall(b"still served")
         serve_until(channel_map, lambda: good.received == b"still served", use_poll=use_poll)
-        serve_until(channel_map, lambda: broken_left.fileno() not in channel_map
-                    and broken not in channel_map.values(), use_poll=use_poll)
+        serve_until(
+            channel_map,
+            lambda: broken_left.fileno() not in channel_map and broken not in channel_map.values(),
+            use_poll=use_poll,
+        )
     finally:
         chatcore.close_all(channel_map, ignore_all=True)
         broken_right.close()
@@ -504,8 +506,7 @@ def test_an_idle_listener_is_not_asked_every_turn(counted_looks, use_poll):
         chatcore.close_all(channel_map)
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
-                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
     channel_map = {}
     peers = _idle_chats(50, channel_map)
@@ -543,8 +544,7 @@ def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
             peer.close()
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
-                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_state_changed_behind_the_loops_back_is_found_by_the_periodic_scan(monkeypatch):
     monkeypatch.setattr(eventloop, "FULL_SCAN_INTERVAL", 0.05)
     channel_map = {}
@@ -592,8 +592,7 @@ def test_channels_with_their_own_predicates_are_still_asked_every_turn(counted_l
             peer.close()
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
-                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 @pytest.mark.parametrize("how", ["append", "appendleft", "extend", "insert", "iadd"])
 def test_a_direct_producer_fifo_addition_is_sent_on_the_next_turn(counted_looks, how):
     # A legacy relay: A's handler queues bytes on B's producer_fifo without push().
@@ -666,8 +665,7 @@ def test_a_closed_channel_whose_socket_was_duplicated_gets_no_events_later(polle
     new_left, new_right = socket.socketpair()
     try:
         if new_left.fileno() != number:
-            pytest.skip("the descriptor number was not reused (%d, then %d)" % (
-                number, new_left.fileno()))
+            pytest.skip("the descriptor number was not reused (%d, then %d)" % (number, new_left.fileno()))
         reads = []
 
         class Counting(Reader):

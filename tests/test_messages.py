@@ -8,11 +8,11 @@ framing goes on with the next message.
 import socket
 
 import pytest
+from conftest import ENGINES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chatcore
-from conftest import ENGINES
 
 
 class Messages:
@@ -43,7 +43,7 @@ def feed(engine, channel, chunks, max_size=1 << 20):
 
 
 def chunked(data, size):
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 @pytest.mark.parametrize("read_size", [1, 2, 5, 4096])
@@ -55,7 +55,7 @@ def test_messages_match_a_split_of_the_stream(engine, read_size, terminator):
     framer = feed(engine, channel, chunked(stream, read_size))
     assert channel.messages == bodies
     assert channel.overflows == 0
-    assert framer.pending in (b"", )  # no partial terminator at the end
+    assert framer.pending in (b"",)  # no partial terminator at the end
 
 
 def test_integer_terminator_frames_fixed_size_messages(engine):
@@ -98,8 +98,13 @@ def test_overflow_skips_to_the_end_of_the_message_and_goes_on(engine, read_size)
     channel = Messages(b"\n")
     feed(engine, channel, chunked(stream, read_size), max_size=8)
     assert channel.messages == [b"ok", b"fine", b"last"]
-    assert channel.events == [("message", b"ok"), ("overflow",), ("message", b"fine"), ("overflow",),
-                              ("message", b"last")]
+    assert channel.events == [
+        ("message", b"ok"),
+        ("overflow",),
+        ("message", b"fine"),
+        ("overflow",),
+        ("message", b"last"),
+    ]
 
 
 def test_overflow_with_an_integer_terminator(engine):
@@ -148,14 +153,17 @@ messages_st = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b""
 @given(
     stream=st.lists(st.sampled_from([b"\r", b"\n", b"ab", b"x" * 30, b"\r\n"]), max_size=80).map(b"".join),
     cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=15),
-    first=st.one_of(st.none(), st.integers(min_value=0, max_value=50),
-                    st.sampled_from([b"\n", b"\r\n", b"\r\n\r\n", b"x"])),
-    script=st.lists(st.one_of(st.none(), st.integers(min_value=1, max_value=50),
-                              st.sampled_from([b"\n", b"\r\n", b"ab"])), max_size=20),
+    first=st.one_of(
+        st.none(), st.integers(min_value=0, max_value=50), st.sampled_from([b"\n", b"\r\n", b"\r\n\r\n", b"x"])
+    ),
+    script=st.lists(
+        st.one_of(st.none(), st.integers(min_value=1, max_value=50), st.sampled_from([b"\n", b"\r\n", b"ab"])),
+        max_size=20,
+    ),
     max_size=st.integers(min_value=1, max_value=120),
 )
 def test_message_mode_engines_agree(stream, cuts, first, script, max_size):
-    bounds = sorted(set(cut for cut in cuts if cut <= len(stream)))
+    bounds = sorted({cut for cut in cuts if cut <= len(stream)})
     chunks = [stream[a:b] for a, b in zip([0] + bounds, bounds + [len(stream)])]
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
@@ -175,8 +183,7 @@ def test_message_mode_matches_split_for_any_chunking(bodies, read_size):
         assert channel.messages == bodies
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"),
-                    reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_message_chat_over_a_socket_and_default_overflow(engine, capsys):
     class Lines(chatcore.message_chat):
         _engine = engine

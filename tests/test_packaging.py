@@ -75,8 +75,12 @@ def test_imports_and_serves_where_only_select_exists(no_extensions, tmp_path):
     env = dict(os.environ, CHATCORE_NO_EXTENSIONS=no_extensions)
     proc = subprocess.run(
         [sys.executable, "-c", SELECT_ONLY],
-        cwd=str(tmp_path), env=env, timeout=60,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+        cwd=str(tmp_path),
+        env=env,
+        timeout=60,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.startswith("ok ")

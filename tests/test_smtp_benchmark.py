@@ -14,6 +14,7 @@ import sys
 import time
 import types
 
+import oracle
 import pytest
 
 import chatcore
@@ -21,8 +22,6 @@ import chatcore.compat.asynchat
 import chatcore.compat.asyncore
 from chatcore.benchmark import echo, framing, inprocess, smtp
 from chatcore.benchmark.serverproc import BenchmarkError, BenchmarkTimeoutError, VerificationError
-
-import oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATE_CHILD = os.path.join(ROOT, "benchmarks", "gate_child.py")
@@ -151,7 +150,8 @@ def test_in_process_apis_are_the_two_send_timings():
 def test_smtp_session_script_is_distinct_per_message():
     steps = inprocess.smtp_session(1, 3)
     assert [step.command for step in steps] == (
-        ["greeting", "HELO"] + ["MAIL", "RCPT", "DATA", "body", "RSET"] * 3 + ["QUIT"])
+        ["greeting", "HELO"] + ["MAIL", "RCPT", "DATA", "body", "RSET"] * 3 + ["QUIT"]
+    )
     bodies = [step for step in steps if step.command == "body"]
     assert len({step.reply for step in bodies}) == 3
     assert all(step.request.endswith(b"\r\n.\r\n") and b"\r\n..Lorem" in step.request for step in bodies)
@@ -171,8 +171,9 @@ def test_available_servers_are_chatcores_and_this_pythons_legacy_row():
 
 def test_every_server_answers_every_command_and_reports_its_send_timing():
     started = []
-    results = smtp.run_smtp_servers(smtp.available_servers(), 2, 3, passes=2, timeout=60,
-                                    on_server_started=started.append)
+    results = smtp.run_smtp_servers(
+        smtp.available_servers(), 2, 3, passes=2, timeout=60, on_server_started=started.append
+    )
     assert list(results) == smtp.available_servers()
     for server, result in results.items():
         assert (result.connections, result.transactions, result.commands) == (2, 6, 2 * (2 + 5 * 3))
@@ -192,7 +193,7 @@ def test_every_server_answers_every_command_and_reports_its_send_timing():
 
 def test_a_wrong_reply_fails_the_run():
     started = []
-    with pytest.raises(VerificationError, match="body .* got reply b'250 OK: message 2"):
+    with pytest.raises(VerificationError, match=r"body .* got reply b'250 OK: message 2"):
         smtp.run_smtp("fault:wrong-reply", 1, 3, timeout=30, on_server_started=started.append)
     assert_process_gone(started[0].process)
 
@@ -247,8 +248,7 @@ def test_the_gate_measures_every_kind_of_workload_in_its_child():
     command = [sys.executable, GATE_CHILD, os.path.dirname(inprocess.__file__), "0.002", "1"] + keys
     env = dict(os.environ)
     env.pop("CHATCORE_NO_EXTENSIONS", None)
-    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     import json
 

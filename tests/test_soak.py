@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 import pytest
 
@@ -21,16 +21,16 @@ EXAMPLE = ROOT / "examples" / "echo_server.py"
 #: Far above a normal run (about 5 s): reached only when the script's own deadlines fail.
 TIMEOUT = 180
 
-pytestmark = pytest.mark.skipif(not SOAK.exists() or not EXAMPLE.exists(),
-                                reason="benchmarks/ or examples/ not shipped with these tests")
+pytestmark = pytest.mark.skipif(
+    not SOAK.exists() or not EXAMPLE.exists(), reason="benchmarks/ or examples/ not shipped with these tests"
+)
 
 
-def run_soak(extra: List[str], server: Optional[Path] = None) -> Tuple[int, Dict[str, Any], str]:
+def run_soak(extra: list[str], server: Optional[Path] = None) -> tuple[int, dict[str, Any], str]:
     command = [sys.executable, str(SOAK), "--json", "--progress", "0"] + extra
     if server is not None:
         command += ["--server", str(server)]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               timeout=TIMEOUT, cwd=str(ROOT))
+    completed = subprocess.run(command, capture_output=True, timeout=TIMEOUT, cwd=str(ROOT))
     stderr = completed.stderr.decode("utf-8", "replace")
     assert completed.stdout, "no summary; stderr:\n" + stderr
     return completed.returncode, json.loads(completed.stdout), stderr
@@ -44,7 +44,8 @@ def broken_server(tmp_path: Path, patch: str) -> Path:
         "example = runpy.run_path(%r, run_name='soak_example')\n"
         "EchoHandler = example['EchoHandler']\n"
         "%s\n"
-        "sys.exit(example['main']())\n" % (str(EXAMPLE), patch))
+        "sys.exit(example['main']())\n" % (str(EXAMPLE), patch)
+    )
     return script
 
 
@@ -76,15 +77,19 @@ def test_small_soak_passes_with_every_behaviour():
 
 
 def test_soak_fails_on_a_wrong_echo(tmp_path):
-    server = broken_server(tmp_path, (
-        "pushes = [0]\n"
-        "original_push = EchoHandler.push\n"
-        "def push(self, data):\n"
-        "    pushes[0] += 1\n"
-        "    if pushes[0] % 200 == 0:\n"
-        "        data = b'X' + bytes(data)\n"
-        "    original_push(self, data)\n"
-        "EchoHandler.push = push\n"))
+    server = broken_server(
+        tmp_path,
+        (
+            "pushes = [0]\n"
+            "original_push = EchoHandler.push\n"
+            "def push(self, data):\n"
+            "    pushes[0] += 1\n"
+            "    if pushes[0] % 200 == 0:\n"
+            "        data = b'X' + bytes(data)\n"
+            "    original_push(self, data)\n"
+            "EchoHandler.push = push\n"
+        ),
+    )
     returncode, summary, _ = run_soak(["--connections", "20", "--seconds", "2"], server)
     assert returncode == 1 and summary["verdict"] == "fail"
     assert summary["wrong_echoes"] > 0
@@ -93,11 +98,10 @@ def test_soak_fails_on_a_wrong_echo(tmp_path):
 
 def test_soak_fails_when_oversized_lines_are_not_closed(tmp_path):
     # The server is told a limit far above what the soak's oversized lines reach.
-    server = broken_server(tmp_path, (
-        "index = sys.argv.index('--max-line')\n"
-        "sys.argv[index + 1] = str(1 << 30)\n"))
+    server = broken_server(tmp_path, ("index = sys.argv.index('--max-line')\nsys.argv[index + 1] = str(1 << 30)\n"))
     returncode, summary, _ = run_soak(
-        ["--connections", "20", "--seconds", "2", "--close-timeout", "2", "--behaviours", "echo,oversized"], server)
+        ["--connections", "20", "--seconds", "2", "--close-timeout", "2", "--behaviours", "echo,oversized"], server
+    )
     assert returncode == 1 and summary["verdict"] == "fail"
     assert any("did not close" in failure for failure in summary["failures"])
 

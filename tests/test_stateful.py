@@ -30,7 +30,9 @@ hypothesis profile's ``max_examples`` if lower.  Raise the numbers in
 
 from collections import deque
 
+import oracle
 import pytest
+from fuzz.oracle import ALPHABET, WHERES, WRAPS, Boom, TwinDriver, compiled
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -41,9 +43,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-
-import oracle
-from fuzz.oracle import ALPHABET, WHERES, WRAPS, Boom, TwinDriver, compiled
 
 # -- strategies ------------------------------------------------------------------
 
@@ -114,8 +113,7 @@ class FramerTwins(RuleBasedStateMachine):
             self.driver.feed(data, how)
 
     @rule(
-        bodies=st.lists(st.one_of(chunks, st.integers(0, 14).map(lambda n: b"y" * n)),
-                        min_size=1, max_size=6),
+        bodies=st.lists(st.one_of(chunks, st.integers(0, 14).map(lambda n: b"y" * n)), min_size=1, max_size=6),
         cuts=st.lists(st.integers(0, 200), max_size=6),
         how=wraps,
     )
@@ -163,8 +161,10 @@ class FramerTwins(RuleBasedStateMachine):
 def _bounded(examples, steps):
     """At most *examples* examples (fewer if the loaded hypothesis profile says so)."""
     return settings(
-        max_examples=min(examples, settings.default.max_examples), stateful_step_count=steps,
-        deadline=None, suppress_health_check=[HealthCheck.too_slow],
+        max_examples=min(examples, settings.default.max_examples),
+        stateful_step_count=steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
     )
 
 
@@ -250,7 +250,7 @@ def recording_class(base):
             if kind == "terminator":
                 self.set_terminator(action[1])
             elif kind == "skip":
-                self.ac_in_buffer = self.ac_in_buffer[action[1]:]
+                self.ac_in_buffer = self.ac_in_buffer[action[1] :]
             elif kind == "replace":
                 self.ac_in_buffer = action[1]
             elif kind == "discard_buffers":
@@ -366,8 +366,7 @@ class ChatVsOracle(RuleBasedStateMachine):
             )
             for channel, sock in zip(self.channels, self.socks)
         )
-        names = ("events", "ac_in_buffer", "terminator", "connected", "producer_fifo",
-                 "bytes sent", "send() lengths")
+        names = ("events", "ac_in_buffer", "terminator", "connected", "producer_fifo", "bytes sent", "send() lengths")
         for name, left, right in zip(names, expected, actual):
             assert right == left, "%s differ:\n  oracle:   %r\n  chatcore: %r" % (name, left, right)
 

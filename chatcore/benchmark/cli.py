@@ -27,7 +27,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import chatcore
 
@@ -35,36 +35,39 @@ from . import echo, framing, smtp
 
 MODES = {
     # mode: framing scale, framing workloads, read sizes, passes, echo settings
-    "quick": dict(
-        scale=0.1,
-        workloads=["lines16", "smtp64k"],
-        read_sizes=[65536],
-        passes=3,
-        echo_modes=[("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
-        smtp=(2, 50),
-    ),
+    "quick": {
+        "scale": 0.1,
+        "workloads": ["lines16", "smtp64k"],
+        "read_sizes": [65536],
+        "passes": 3,
+        "echo_modes": [("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
+        "smtp": (2, 50),
+    },
     # About a minute on a 2-core machine, with one row per echo server kind.
     # Scale 0.5 at the least: the big body (32 MiB then) must not fit in the
     # CPU's cache, or its row measures cache bandwidth, not the framing.
-    "default": dict(
-        scale=0.5,
-        workloads=sorted(framing.WORKLOADS),
-        read_sizes=list(framing.READ_SIZES),
-        passes=3,
-        echo_modes=[("pipelined", 4, 100_000), ("ping-pong", 1, 5_000),
-                    ("ping-pong", 1, 5_000, 2_000)],
+    "default": {
+        "scale": 0.5,
+        "workloads": sorted(framing.WORKLOADS),
+        "read_sizes": list(framing.READ_SIZES),
+        "passes": 3,
+        "echo_modes": [("pipelined", 4, 100_000), ("ping-pong", 1, 5_000), ("ping-pong", 1, 5_000, 2_000)],
         # connections, transactions per connection (5 commands each)
-        smtp=(4, 400),
-    ),
-    "full": dict(
-        scale=1.0,
-        workloads=sorted(framing.WORKLOADS),
-        read_sizes=list(framing.READ_SIZES),
-        passes=5,
-        echo_modes=[("pipelined", 4, 500_000), ("pipelined", 32, 50_000), ("ping-pong", 1, 20_000),
-                    ("ping-pong", 1, 20_000, 10_000)],
-        smtp=(4, 3_000),
-    ),
+        "smtp": (4, 400),
+    },
+    "full": {
+        "scale": 1.0,
+        "workloads": sorted(framing.WORKLOADS),
+        "read_sizes": list(framing.READ_SIZES),
+        "passes": 5,
+        "echo_modes": [
+            ("pipelined", 4, 500_000),
+            ("pipelined", 32, 50_000),
+            ("ping-pong", 1, 20_000),
+            ("ping-pong", 1, 20_000, 10_000),
+        ],
+        "smtp": (4, 3_000),
+    },
 }
 
 SUITES = ("framing", "echo", "smtp")
@@ -100,7 +103,7 @@ class Row(NamedTuple):
         return self.data_bytes / self.seconds / 1e6 if self.seconds else float("inf")
 
 
-def machine_description() -> Dict[str, Any]:
+def machine_description() -> dict[str, Any]:
     """What the figures were measured on."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -125,7 +128,7 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _framing_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> List[Row]:
+def _framing_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> list[Row]:
     rows = []
     runners = framing.implementations()
     for workload in settings["workloads"]:
@@ -141,18 +144,19 @@ def _framing_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> 
                 else:
                     # The floor gets the passes of every read size at once.
                     count = settings["passes"] * (len(settings["read_sizes"]) if name == framing.FLOOR else 1)
-                    best = min((framing.run_once(workload, name, read_size, settings["scale"], runner)
-                                for _ in range(count)), key=lambda measurement: measurement.seconds)
+                    best = min(
+                        (framing.run_once(workload, name, read_size, settings["scale"], runner) for _ in range(count)),
+                        key=lambda measurement: measurement.seconds,
+                    )
                     if name == framing.FLOOR:
                         floor = best
                 row = Row("framing", benchmark, name, best.messages, best.seconds, best.stream_bytes)
                 rows.append(row)
-                progress("  framing %-28s %-16s %12s msg/s" % (
-                    benchmark, name, _si(row.messages_per_s)))
+                progress("  framing %-28s %-16s %12s msg/s" % (benchmark, name, _si(row.messages_per_s)))
     return rows
 
 
-def _echo_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> List[Row]:
+def _echo_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> list[Row]:
     rows = []
     for mode, connections, lines, *extra in settings["echo_modes"]:
         idle = extra[0] if extra else 0
@@ -161,12 +165,20 @@ def _echo_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> Lis
             benchmark += " + %d idle" % idle
         for server in echo.available_servers():
             if idle and server in echo.SELECT_BOUND_SERVERS:
-                progress("  %-36s %-16s skipped: select() cannot hold %d connections" % (
-                    benchmark, server, idle))
+                progress("  %-36s %-16s skipped: select() cannot hold %d connections" % (benchmark, server, idle))
                 continue
             result = echo.run_echo(server, mode, connections, lines, idle_connections=idle)
-            row = Row("echo", benchmark, server, result.messages, result.seconds, result.bytes,
-                      result.p50_us, result.p99_us, result.server_detail)
+            row = Row(
+                "echo",
+                benchmark,
+                server,
+                result.messages,
+                result.seconds,
+                result.bytes,
+                result.p50_us,
+                result.p99_us,
+                result.server_detail,
+            )
             rows.append(row)
             latency = ""
             if result.p50_us is not None:
@@ -179,24 +191,44 @@ def _echo_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> Lis
     return rows
 
 
-def _smtp_rows(settings: Dict[str, Any], progress: Callable[[str], None]) -> List[Row]:
+def _smtp_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> list[Row]:
     rows = []
     connections, transactions = settings["smtp"]
     benchmark = "smtp, %d connections, %d B messages" % (connections, smtp.BODY_SIZE)
     results = smtp.run_smtp_servers(smtp.available_servers(), connections, transactions, settings["passes"])
     for server, result in results.items():
-        rows.append(Row("smtp", benchmark, server, result.commands, result.seconds, result.bytes,
-                        result.p50_us, result.p99_us, result.server_detail))
-        progress("  %-36s %-16s %12s commands/s, %s transactions/s  p50 %.0f us, p99 %.0f us  (pushes sent %s)" % (
-            benchmark, server, _si(result.commands_per_s), _si(result.transactions_per_s),
-            result.p50_us, result.p99_us, result.send_timing))
+        rows.append(
+            Row(
+                "smtp",
+                benchmark,
+                server,
+                result.commands,
+                result.seconds,
+                result.bytes,
+                result.p50_us,
+                result.p99_us,
+                result.server_detail,
+            )
+        )
+        progress(
+            "  %-36s %-16s %12s commands/s, %s transactions/s  p50 %.0f us, p99 %.0f us  (pushes sent %s)"
+            % (
+                benchmark,
+                server,
+                _si(result.commands_per_s),
+                _si(result.transactions_per_s),
+                result.p50_us,
+                result.p99_us,
+                result.send_timing,
+            )
+        )
     return rows
 
 
-def floor_ratios(rows: List[Row]) -> Dict[Row, float]:
+def floor_ratios(rows: list[Row]) -> dict[Row, float]:
     """Each framing row's time per message over the handler floor's, where its benchmark has one."""
     floors = {row.benchmark: row for row in rows if row.suite == "framing" and row.implementation == framing.FLOOR}
-    result: Dict[Row, float] = {}
+    result: dict[Row, float] = {}
     for row in rows:
         floor = floors.get(row.benchmark)
         if row.suite == "framing" and floor is not None and row.messages and floor.messages:
@@ -204,18 +236,21 @@ def floor_ratios(rows: List[Row]) -> Dict[Row, float]:
     return result
 
 
-def floor_notes(rows: List[Row], implementation: str = "chatcore-cython") -> List[str]:
+def floor_notes(rows: list[Row], implementation: str = "chatcore-cython") -> list[str]:
     """One line per framing benchmark: *implementation*'s time per message over the floor's."""
-    return ["%s: %.2fx" % (row.benchmark, ratio) for row, ratio in floor_ratios(rows).items()
-            if row.implementation == implementation]
+    return [
+        "%s: %.2fx" % (row.benchmark, ratio)
+        for row, ratio in floor_ratios(rows).items()
+        if row.implementation == implementation
+    ]
 
 
-def baselines(rows: List[Row]) -> Dict[Row, Optional[Row]]:
+def baselines(rows: list[Row]) -> dict[Row, Optional[Row]]:
     """Each row's baseline: the best row of ``*_BASELINES`` its benchmark has."""
-    by_benchmark: Dict[str, Dict[str, Row]] = {}
+    by_benchmark: dict[str, dict[str, Row]] = {}
     for row in rows:
         by_benchmark.setdefault(row.benchmark, {})[row.implementation] = row
-    result: Dict[Row, Optional[Row]] = {}
+    result: dict[Row, Optional[Row]] = {}
     for row in rows:
         peers = by_benchmark[row.benchmark]
         names = FRAMING_BASELINES if row.suite == "framing" else ECHO_BASELINES
@@ -223,21 +258,24 @@ def baselines(rows: List[Row]) -> Dict[Row, Optional[Row]]:
     return result
 
 
-def ratios(rows: List[Row]) -> Dict[Row, Optional[float]]:
+def ratios(rows: list[Row]) -> dict[Row, Optional[float]]:
     """Each row's speed over its benchmark's baseline row, measured in the same run."""
-    result: Dict[Row, Optional[float]] = {}
+    result: dict[Row, Optional[float]] = {}
     for row, baseline in baselines(rows).items():
-        result[row] = (baseline.seconds / baseline.messages) / (row.seconds / row.messages) if (
-            baseline is not None and row.messages and baseline.messages) else None
+        result[row] = (
+            (baseline.seconds / baseline.messages) / (row.seconds / row.messages)
+            if (baseline is not None and row.messages and baseline.messages)
+            else None
+        )
     return result
 
 
-def _baseline_pair(rows: List[Row]) -> Tuple[str, str]:
+def _baseline_pair(rows: list[Row]) -> tuple[str, str]:
     names = {row.implementation for row in rows}
     return next((pair for pair in BASELINE_NAMES if names & set(pair)), ("asyncio-streams", "asyncio"))
 
 
-def baseline_name(rows: List[Row]) -> str:
+def baseline_name(rows: list[Row]) -> str:
     """The baseline the ratio column is named after: the best one present in *rows*."""
     return BASELINE_NAMES[_baseline_pair(rows)]
 
@@ -249,7 +287,7 @@ def _si(value: float) -> str:
     return "%.1f" % value
 
 
-def format_table(rows: List[Row]) -> str:
+def format_table(rows: list[Row]) -> str:
     """A plain-text table; also valid Markdown, so it can go into the README as is."""
     speedups = ratios(rows)
     against = baselines(rows)
@@ -263,20 +301,25 @@ def format_table(rows: List[Row]) -> str:
         baseline = against[row]
         if ratio is not None and baseline is not None and baseline.implementation not in main_baselines:
             cell += " vs " + baseline.implementation
-        lines.append([
-            row.benchmark, row.implementation, _si(row.messages_per_s), "%.1f" % row.mb_per_s,
-            cell, latency,
-        ])
+        lines.append(
+            [
+                row.benchmark,
+                row.implementation,
+                _si(row.messages_per_s),
+                "%.1f" % row.mb_per_s,
+                cell,
+                latency,
+            ]
+        )
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
-    rendered = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |"
-                for line in lines]
+    rendered = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |" for line in lines]
     rendered.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
     return "\n".join(rendered)
 
 
-def server_notes(rows: List[Row], suite: str = "echo") -> List[str]:
+def server_notes(rows: list[Row], suite: str = "echo") -> list[str]:
     """One line per server of *suite*: what it reported serving (send timing included)."""
-    details: Dict[str, List[str]] = {}
+    details: dict[str, list[str]] = {}
     for row in rows:
         if row.suite == suite and row.detail:
             seen = details.setdefault(row.implementation, [])
@@ -285,7 +328,7 @@ def server_notes(rows: List[Row], suite: str = "echo") -> List[str]:
     return ["%s: %s" % (name, "; ".join(texts)) for name, texts in details.items()]
 
 
-def to_json(rows: List[Row], mode: str, machine: Dict[str, Any]) -> Dict[str, Any]:
+def to_json(rows: list[Row], mode: str, machine: dict[str, Any]) -> dict[str, Any]:
     speedups = ratios(rows)
     against = baselines(rows)
     over_floor = floor_ratios(rows)
@@ -294,16 +337,20 @@ def to_json(rows: List[Row], mode: str, machine: Dict[str, Any]) -> Dict[str, An
         "machine": machine,
         "baseline": baseline_name(rows),
         "results": [
-            dict(row._asdict(), messages_per_s=row.messages_per_s, mb_per_s=row.mb_per_s,
-                 ratio_to_baseline=speedups[row],
-                 baseline_implementation=None if against[row] is None else against[row].implementation,
-                 time_over_floor=over_floor.get(row))
+            dict(
+                row._asdict(),
+                messages_per_s=row.messages_per_s,
+                mb_per_s=row.mb_per_s,
+                ratio_to_baseline=speedups[row],
+                baseline_implementation=None if against[row] is None else against[row].implementation,
+                time_over_floor=over_floor.get(row),
+            )
             for row in rows
         ],
     }
 
 
-def plot(rows: List[Row], path: str, machine: Dict[str, Any]) -> bool:
+def plot(rows: list[Row], path: str, machine: dict[str, Any]) -> bool:
     """Draw the ratios to *path* (PNG or SVG by extension); False without matplotlib."""
     try:
         import matplotlib
@@ -322,15 +369,16 @@ def plot(rows: List[Row], path: str, machine: Dict[str, Any]) -> bool:
         for benchmark in benchmarks:
             match = [row for row in rows if row.benchmark == benchmark and row.implementation == name]
             values.append((speedups.get(match[0]) or 0.0) if match else 0.0)
-        axes.barh([position + index * height for position in range(len(benchmarks))], values,
-                  height=height, label=name)
+        axes.barh([position + index * height for position in range(len(benchmarks))], values, height=height, label=name)
     axes.set_yticks([position + height * (len(implementations) - 1) / 2 for position in range(len(benchmarks))])
     axes.set_yticklabels(benchmarks)
     axes.invert_yaxis()
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.set_xlabel("speed relative to %s (higher is faster)" % baseline_name(rows))
-    axes.set_title("chatcore %s, %s, %s, %s cores" % (
-        machine["chatcore"], machine["python"], machine["cpu"], machine["cores"]), fontsize=9)
+    axes.set_title(
+        "chatcore %s, %s, %s, %s cores" % (machine["chatcore"], machine["python"], machine["cpu"], machine["cores"]),
+        fontsize=9,
+    )
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
@@ -338,9 +386,9 @@ def plot(rows: List[Row], path: str, machine: Dict[str, Any]) -> bool:
     return True
 
 
-def run(mode: str, suites: List[str], progress: Callable[[str], None] = _progress) -> List[Row]:
+def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progress) -> list[Row]:
     settings = MODES[mode]
-    rows: List[Row] = []
+    rows: list[Row] = []
     if "framing" in suites:
         progress("framing (scale %.2f, best of %d passes):" % (settings["scale"], settings["passes"]))
         rows += _framing_rows(settings, progress)
@@ -348,8 +396,9 @@ def run(mode: str, suites: List[str], progress: Callable[[str], None] = _progres
         progress("loopback echo (servers: %s):" % ", ".join(echo.available_servers()))
         rows += _echo_rows(settings, progress)
     if "smtp" in suites:
-        progress("SMTP request/response, legacy_smtpd.py unchanged (servers: %s):"
-                 % ", ".join(smtp.available_servers()))
+        progress(
+            "SMTP request/response, legacy_smtpd.py unchanged (servers: %s):" % ", ".join(smtp.available_servers())
+        )
         rows += _smtp_rows(settings, progress)
     return rows
 
@@ -362,22 +411,34 @@ def add_parser(commands: Any) -> None:
         description=__doc__.split("\n\n", 1)[1],
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="a small subset, under 15 seconds")
-    size.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="every workload at full size (several minutes)")
+    size.add_argument(
+        "--quick", dest="mode", action="store_const", const="quick", help="a small subset, under 15 seconds"
+    )
+    size.add_argument(
+        "--full", dest="mode", action="store_const", const="full", help="every workload at full size (several minutes)"
+    )
     parser.set_defaults(mode="default", run=main)
-    parser.add_argument("--suite", choices=list(SUITES), action="append",
-                        help="run only this suite (repeatable; default: all)")
+    parser.add_argument(
+        "--suite", choices=list(SUITES), action="append", help="run only this suite (repeatable; default: all)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also draw a chart (PNG or SVG; needs matplotlib)")
 
 
 def main(args: argparse.Namespace) -> int:
     machine = machine_description()
-    print("chatcore bench (%s): %s, %s cores, %s, %s; chatcore %s on its %s engine" % (
-        args.mode, machine["cpu"], machine["cores"], machine["system"], machine["python"],
-        machine["chatcore"], machine["engine"]))
+    print(
+        "chatcore bench (%s): %s, %s cores, %s, %s; chatcore %s on its %s engine"
+        % (
+            args.mode,
+            machine["cpu"],
+            machine["cores"],
+            machine["system"],
+            machine["python"],
+            machine["chatcore"],
+            machine["engine"],
+        )
+    )
     started = time.perf_counter()
     rows = run(args.mode, args.suite or list(SUITES))
     print()
@@ -393,8 +454,10 @@ def main(args: argparse.Namespace) -> int:
             print("\n%s servers:" % suite)
             for note in notes:
                 print("  " + note)
-    print("\n%d measurements in %.1f s; ratios are speed over %s, measured in this run."
-          % (len(rows), time.perf_counter() - started, baseline_name(rows)))
+    print(
+        "\n%d measurements in %.1f s; ratios are speed over %s, measured in this run."
+        % (len(rows), time.perf_counter() - started, baseline_name(rows))
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(to_json(rows, args.mode, machine), handle, indent=2)

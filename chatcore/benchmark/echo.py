@@ -60,7 +60,7 @@ import socket
 import sys
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Optional, Union
 
 import chatcore
 
@@ -85,14 +85,14 @@ from .serverproc import (
 )
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "CHATCORE_SEND_MODES",
+    "DEFAULT_TIMEOUT",
     "FAULT_SERVERS",
     "LEGACY_SERVERS",
     "MODES",
+    "PIPELINE_WINDOW",
     "SENT_AT_ONCE",
     "SENT_AT_TURN_END",
-    "PIPELINE_WINDOW",
     "SERVERS",
     "ClientMeasurement",
     "EchoBenchmarkError",
@@ -123,8 +123,9 @@ PIPELINE_WINDOW = 128 * 1024
 #: Servers on select(), which cannot hold thousands of connections (no
 #: descriptor above 1024; on Windows, where chatcore's loop is select() too,
 #: no more than 512 sockets), and how many idle connections they are given.
-SELECT_BOUND_SERVERS = (("stdlib", "pyasynchat", "chatcore", "chatcore-compat") if sys.platform == "win32"
-                        else ("stdlib", "pyasynchat"))
+SELECT_BOUND_SERVERS = (
+    ("stdlib", "pyasynchat", "chatcore", "chatcore-compat") if sys.platform == "win32" else ("stdlib", "pyasynchat")
+)
 SELECT_IDLE_LIMIT = 400
 
 #: Every echo server this module knows; ``available_servers()`` says which run here.
@@ -188,11 +189,11 @@ class EchoResult:
     send_timing: Optional[str] = None
     ac_coalesce_sends: Union[bool, str, None] = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def available_servers() -> List[str]:
+def available_servers() -> list[str]:
     """The echo servers this Python can run, chatcore's first."""
     servers = list(CHATCORE_SEND_MODES)
     # Not imported here (chatcore.compat.install() may have put chatcore's
@@ -210,11 +211,11 @@ def available_servers() -> List[str]:
 # --- The servers (they run in the ``serve`` subprocess) ----------------------
 
 
-def _listener_class(dispatcher_base: Type[Any]) -> Type[Any]:
+def _listener_class(dispatcher_base: type[Any]) -> type[Any]:
     """A listening dispatcher on 127.0.0.1 that gives each connection to a handler."""
 
     class EchoListener(dispatcher_base):  # type: ignore[misc, valid-type]
-        def __init__(self, handler_class: Type[Any], channel_map: Dict[int, Any]):
+        def __init__(self, handler_class: type[Any], channel_map: dict[int, Any]):
             dispatcher_base.__init__(self, map=channel_map)
             self.handler_class = handler_class
             self.channel_map = channel_map
@@ -229,7 +230,7 @@ def _listener_class(dispatcher_base: Type[Any]) -> Type[Any]:
     return EchoListener
 
 
-def _fault_handler_class(fault: str) -> Type[Any]:
+def _fault_handler_class(fault: str) -> type[Any]:
     """The chatcore echo handler with one deliberate defect."""
     base = line_echo_handler_class(chatcore.async_chat)
 
@@ -248,7 +249,7 @@ def _fault_handler_class(fault: str) -> Type[Any]:
     return FaultyEchoHandler
 
 
-def probe_send_timing(handler_class: Type[Any], loop: Callable[..., None], timeout: float = 5.0) -> str:
+def probe_send_timing(handler_class: type[Any], loop: Callable[..., None], timeout: float = 5.0) -> str:
     """Measure when a push made in ``found_terminator`` of *handler_class* reaches the peer.
 
     One line goes through a channel of *handler_class* on a private socket
@@ -259,7 +260,7 @@ def probe_send_timing(handler_class: Type[Any], loop: Callable[..., None], timeo
     case, within *timeout* seconds.
     """
     line = b"send-timing probe" + TERMINATOR
-    seen: List[bool] = []
+    seen: list[bool] = []
     peer, ours = socket.socketpair()
     # AF_UNIX delivers a send to the peer's queue before send() returns; the
     # short wait only covers a platform where the pair is emulated over TCP.
@@ -270,7 +271,7 @@ def probe_send_timing(handler_class: Type[Any], loop: Callable[..., None], timeo
             handler_class.found_terminator(self)
             seen.append(bool(select.select([peer], [], [], peer_wait)[0]))
 
-    channel_map: Dict[int, Any] = {}
+    channel_map: dict[int, Any] = {}
     try:
         peer.settimeout(timeout)
         channel = Probe(ours, map=channel_map)
@@ -292,8 +293,9 @@ def probe_send_timing(handler_class: Type[Any], loop: Callable[..., None], timeo
     return SENT_AT_ONCE if seen[0] else SENT_AT_TURN_END
 
 
-def send_mode(chat_base: Type[Any], expected: Optional[bool], measured: str,
-              name: Optional[str] = None) -> Union[bool, str, None]:
+def send_mode(
+    chat_base: type[Any], expected: Optional[bool], measured: str, name: Optional[str] = None
+) -> Union[bool, str, None]:
     """The ``ac_coalesce_sends`` a server really runs with, checked against *measured*.
 
     *expected* is what the row's handler class sets (None: not a chatcore
@@ -311,11 +313,12 @@ def send_mode(chat_base: Type[Any], expected: Optional[bool], measured: str,
     if measured != wanted:
         raise EchoBenchmarkError(
             "%s with ac_coalesce_sends=%r sent a push %s, not %s: this row would measure the other mode"
-            % (name or chat_base.__qualname__, expected, measured, wanted))
+            % (name or chat_base.__qualname__, expected, measured, wanted)
+        )
     return expected
 
 
-def asyncore_modules(server: str) -> Tuple[Any, Any, str]:
+def asyncore_modules(server: str) -> tuple[Any, Any, str]:
     """The ``(asynchat, asyncore)`` an asyncore-style server row runs on, and what they are.
 
     A legacy row (``stdlib``, ``pyasynchat``) gets the real modules (refused
@@ -333,20 +336,28 @@ def asyncore_modules(server: str) -> Tuple[Any, Any, str]:
             return asynchat, asyncore, "stdlib asynchat/asyncore, %s" % python
         import importlib.metadata
 
-        return asynchat, asyncore, "pyasynchat %s / pyasyncore %s, %s" % (
-            importlib.metadata.version("pyasynchat"), importlib.metadata.version("pyasyncore"), python)
+        return (
+            asynchat,
+            asyncore,
+            "pyasynchat %s / pyasyncore %s, %s"
+            % (importlib.metadata.version("pyasynchat"), importlib.metadata.version("pyasyncore"), python),
+        )
     if server == "chatcore-compat":
         import chatcore.compat
 
         chatcore.compat.install()
-        return (sys.modules["asynchat"], sys.modules["asyncore"],
-                "chatcore.compat.asynchat.async_chat (chatcore.compat.install())")
+        return (
+            sys.modules["asynchat"],
+            sys.modules["asyncore"],
+            "chatcore.compat.asynchat.async_chat (chatcore.compat.install())",
+        )
     asynchat, asyncore = chatcore_under_legacy_names()
     return asynchat, asyncore, "chatcore.async_chat"
 
 
-def checked_send_timing(server: str, handler_class: Type[Any], chat_base: Type[Any],
-                        loop: Callable[..., None], detail: str) -> Tuple[str, Union[bool, str, None], str]:
+def checked_send_timing(
+    server: str, handler_class: type[Any], chat_base: type[Any], loop: Callable[..., None], detail: str
+) -> tuple[str, Union[bool, str, None], str]:
     """Probe *handler_class* (built on *chat_base*, served by *loop*) before row *server* listens.
 
     Returns the measured timing, the ``ac_coalesce_sends`` the row runs with
@@ -359,7 +370,13 @@ def checked_send_timing(server: str, handler_class: Type[Any], chat_base: Type[A
     coalesce = send_mode(chat_base, expected, timing, detail)
     if expected is not None:
         detail = "chatcore %s (%s engine), %s, ac_coalesce_sends=%s, pushes sent %s, Python %s" % (
-            chatcore.__version__, chatcore.implementation, detail, coalesce, timing, sys.version.split()[0])
+            chatcore.__version__,
+            chatcore.implementation,
+            detail,
+            coalesce,
+            timing,
+            sys.version.split()[0],
+        )
     return timing, coalesce, detail
 
 
@@ -373,12 +390,15 @@ def _serve_asyncore_style(server: str, announce: Callable[..., None]) -> None:
         # These test the harness; a silent one could not even pass the probe.
         handler_class = _fault_handler_class(server)
         detail = "chatcore %s (%s engine), deliberately faulty handler, %s" % (
-            chatcore.__version__, chatcore.implementation, python)
+            chatcore.__version__,
+            chatcore.implementation,
+            python,
+        )
     else:
         handler_class = line_echo_handler_class(chat_base, CHATCORE_SEND_MODES.get(server))
         timing, coalesce, detail = checked_send_timing(server, handler_class, chat_base, serve_forever, detail)
     listener_class = _listener_class(dispatcher_base)
-    channel_map: Dict[int, Any] = {}
+    channel_map: dict[int, Any] = {}
     listener = listener_class(handler_class, channel_map)
     announce(listener.socket.getsockname()[1], detail, send_timing=timing, ac_coalesce_sends=coalesce)
     # Both loops are called the same way legacy code calls them: select
@@ -404,7 +424,7 @@ class LineEchoProtocol:
         start = 0
         end = find(TERMINATOR)
         while end >= 0:
-            write(data[start:end + 1])
+            write(data[start : end + 1])
             start = end + 1
             end = find(TERMINATOR, start)
         self.partial_line = data[start:]
@@ -451,11 +471,18 @@ def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS,
     start_lifeline(max_seconds, watch_stdin, "echo server")
     raise_descriptor_limit(1 << 16)
 
-    def announce(port: int, detail: str, send_timing: Optional[str] = None,
-                 ac_coalesce_sends: Union[bool, str, None] = None) -> None:
-        write_port_file(port_file, port, server, detail,
-                        serves_chatcore=server in CHATCORE_SEND_MODES or server in FAULT_SERVERS,
-                        send_timing=send_timing, ac_coalesce_sends=ac_coalesce_sends)
+    def announce(
+        port: int, detail: str, send_timing: Optional[str] = None, ac_coalesce_sends: Union[bool, str, None] = None
+    ) -> None:
+        write_port_file(
+            port_file,
+            port,
+            server,
+            detail,
+            serves_chatcore=server in CHATCORE_SEND_MODES or server in FAULT_SERVERS,
+            send_timing=send_timing,
+            ac_coalesce_sends=ac_coalesce_sends,
+        )
 
     if server == "fault:never-ready":
         while True:
@@ -505,9 +532,9 @@ def expected_stream(connection: int, lines: int, line_size: int) -> bytes:
     if width < 1:
         prefix, width = b"", line_size - 1
     template = prefix + b"%0" + str(width).encode() + b"x" + TERMINATOR
-    if lines <= 16 ** width:
+    if lines <= 16**width:
         return b"".join(map(template.__mod__, range(lines)))
-    modulus = 16 ** width
+    modulus = 16**width
     return b"".join([template % (index % modulus) for index in range(lines)])
 
 
@@ -533,20 +560,21 @@ class EchoStreamCheck:
         self.received += len(chunk)
         if self.received > self.expected_length:
             raise EchoVerificationError(
-                "%s: received %d bytes, more than the %d it sent"
-                % (self.label, self.received, self.expected_length))
+                "%s: received %d bytes, more than the %d it sent" % (self.label, self.received, self.expected_length)
+            )
         return self.received == self.expected_length
 
     def verify(self) -> None:
         """Raise EchoVerificationError unless the received stream equals the sent one."""
         if self.received != self.expected_length:
             raise EchoVerificationError(
-                "%s: received %d of the %d bytes it sent"
-                % (self.label, self.received, self.expected_length))
+                "%s: received %d of the %d bytes it sent" % (self.label, self.received, self.expected_length)
+            )
         if self.received_crc != self.expected_crc:
             raise EchoVerificationError(
                 "%s: the echoed bytes differ from the sent ones (crc32 %08x, expected %08x)"
-                % (self.label, self.received_crc, self.expected_crc))
+                % (self.label, self.received_crc, self.expected_crc)
+            )
 
 
 @dataclasses.dataclass
@@ -574,9 +602,9 @@ def _resident_bytes(pid: int) -> Optional[int]:
     return None
 
 
-def open_idle_connections(port: int, count: int, deadline: float) -> List[socket.socket]:
+def open_idle_connections(port: int, count: int, deadline: float) -> list[socket.socket]:
     """*count* connected, silent sockets to the server, opened in batches."""
-    sockets: List[socket.socket] = []
+    sockets: list[socket.socket] = []
     try:
         for start in range(0, count, 256):
             batch = []
@@ -626,8 +654,15 @@ class PipelinedClient:
     measurement); ``run()`` sends, receives, checks and closes the sockets.
     """
 
-    def __init__(self, port: int, connections: int, lines: int, line_size: int = 16,
-                 timeout: float = DEFAULT_TIMEOUT, window: int = PIPELINE_WINDOW):
+    def __init__(
+        self,
+        port: int,
+        connections: int,
+        lines: int,
+        line_size: int = 16,
+        timeout: float = DEFAULT_TIMEOUT,
+        window: int = PIPELINE_WINDOW,
+    ):
         if connections < 1 or lines < 1:
             raise ValueError("connections and lines must be at least 1")
         self.lines = lines
@@ -635,7 +670,7 @@ class PipelinedClient:
         # The server echoes only whole lines: a window under two lines could
         # leave a partial line in flight with no refill due, and stall.
         self.window = max(window, 2 * line_size)
-        self.connections: List[_PipelinedConnection] = []
+        self.connections: list[_PipelinedConnection] = []
         deadline = time.monotonic() + timeout
         try:
             for index in range(connections):
@@ -654,7 +689,7 @@ class PipelinedClient:
         end = min(connection.total, connection.check.received + self.window)
         if end > connection.sent:
             try:
-                connection.sent += connection.sock.send(connection.stream[connection.sent:end])
+                connection.sent += connection.sock.send(connection.stream[connection.sent : end])
             except BlockingIOError:
                 pass
             except OSError as error:
@@ -670,7 +705,8 @@ class PipelinedClient:
         return ", ".join(
             "connection %d: sent %d, echoed %d of %d bytes"
             % (index, connection.sent, connection.check.received, connection.total)
-            for index, connection in enumerate(self.connections))
+            for index, connection in enumerate(self.connections)
+        )
 
     def run(self, timeout: float = DEFAULT_TIMEOUT) -> ClientMeasurement:
         deadline = time.monotonic() + timeout
@@ -690,7 +726,8 @@ class PipelinedClient:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise EchoTimeoutError(
-                        "pipelined run did not finish within %.3g s (%s)" % (timeout, self._progress()))
+                        "pipelined run did not finish within %.3g s (%s)" % (timeout, self._progress())
+                    )
                 for key, mask in selector.select(min(remaining, 1.0)):
                     connection = key.data
                     if mask & selectors.EVENT_READ:
@@ -702,15 +739,18 @@ class PipelinedClient:
                             raise EchoBenchmarkError("%s: %s" % (connection.check.label, error)) from error
                         if count == 0:
                             raise EchoBenchmarkError(
-                                "%s: the server closed the connection (%s)"
-                                % (connection.check.label, self._progress()))
+                                "%s: the server closed the connection (%s)" % (connection.check.label, self._progress())
+                            )
                         if count > 0:
                             if connection.check.feed(receive_view[:count]):
                                 selector.unregister(connection.sock)
                                 unfinished -= 1
                                 continue
-                            if (connection.sent < connection.total and not connection.waiting_to_write
-                                    and connection.sent - connection.check.received <= refill_level):
+                            if (
+                                connection.sent < connection.total
+                                and not connection.waiting_to_write
+                                and connection.sent - connection.check.received <= refill_level
+                            ):
                                 self._send_more(selector, connection)
                     if mask & selectors.EVENT_WRITE:
                         self._send_more(selector, connection)
@@ -721,8 +761,7 @@ class PipelinedClient:
         for connection in self.connections:
             connection.check.verify()
         count = len(self.connections)
-        return ClientMeasurement(
-            "pipelined", count, count * self.lines, count * self.lines * self.line_size, seconds)
+        return ClientMeasurement("pipelined", count, count * self.lines, count * self.lines * self.line_size, seconds)
 
 
 class PingPongClient:
@@ -736,7 +775,7 @@ class PingPongClient:
             raise ValueError("rounds must be at least 1")
         stream = expected_stream(0, rounds, line_size)
         self.line_size = line_size
-        self.lines = [stream[start:start + line_size] for start in range(0, len(stream), line_size)]
+        self.lines = [stream[start : start + line_size] for start in range(0, len(stream), line_size)]
         self.sock = connect(port, time.monotonic() + timeout)
 
     def close(self) -> None:
@@ -749,7 +788,7 @@ class PingPongClient:
         # Room for more than one line, so a surplus echo is seen, not left unread.
         receive_buffer = bytearray(size + 4096)
         receive_view = memoryview(receive_buffer)
-        latencies_ns: List[int] = []
+        latencies_ns: list[int] = []
         clock_ns = time.perf_counter_ns
         monotonic = time.monotonic
         selector = selectors.DefaultSelector()
@@ -774,7 +813,8 @@ class PingPongClient:
                     if remaining <= 0 or not wait(remaining):
                         raise EchoTimeoutError(
                             "ping-pong run did not finish within %.3g s: %d of %d round trips done"
-                            % (timeout, round_number, len(self.lines)))
+                            % (timeout, round_number, len(self.lines))
+                        )
                     try:
                         count = sock.recv_into(receive_view[received:])
                     except BlockingIOError:
@@ -784,13 +824,15 @@ class PingPongClient:
                     if count == 0:
                         raise EchoBenchmarkError(
                             "the server closed the connection after %d of %d round trips"
-                            % (round_number, len(self.lines)))
+                            % (round_number, len(self.lines))
+                        )
                     received += count
                 latencies_ns.append(clock_ns() - sent_at)
                 if received != size or receive_view[:size] != line:
                     raise EchoVerificationError(
                         "ping-pong round trip %d: sent %r, got back %r"
-                        % (round_number, line, bytes(receive_view[:received])))
+                        % (round_number, line, bytes(receive_view[:received]))
+                    )
             seconds = time.perf_counter() - started
         finally:
             selector.close()
@@ -798,9 +840,14 @@ class PingPongClient:
         latencies_ns.sort()
         rounds = len(self.lines)
         return ClientMeasurement(
-            "ping-pong", 1, rounds, rounds * size, seconds,
+            "ping-pong",
+            1,
+            rounds,
+            rounds * size,
+            seconds,
             p50_us=percentile(latencies_ns, 50) / 1000.0,
-            p99_us=percentile(latencies_ns, 99) / 1000.0)
+            p99_us=percentile(latencies_ns, 99) / 1000.0,
+        )
 
 
 def run_echo(
@@ -827,8 +874,7 @@ def run_echo(
     limits of both processes are raised for them).
     """
     if idle_connections > SELECT_IDLE_LIMIT and server in SELECT_BOUND_SERVERS:
-        raise ValueError("server %r uses select() and cannot hold %d idle connections"
-                         % (server, idle_connections))
+        raise ValueError("server %r uses select() and cannot hold %d idle connections" % (server, idle_connections))
     if mode not in MODES:
         raise ValueError("mode must be one of %s, not %r" % (", ".join(MODES), mode))
     if mode == "ping-pong" and connections != 1:
@@ -839,7 +885,7 @@ def run_echo(
     # Outliving the benchmark is impossible anyway (stdin lifeline); the cap is a backstop.
     process = EchoServerProcess(server, max_seconds=max(DEFAULT_MAX_SECONDS, timeout + 60.0))
     client: Any = None
-    idle: List[socket.socket] = []
+    idle: list[socket.socket] = []
     rss_per_idle = None
     if idle_connections:
         raise_descriptor_limit(idle_connections + connections + 256)
@@ -864,7 +910,8 @@ def run_echo(
         measurement = client.run(timeout=max(0.0, deadline - time.monotonic()))
     except EchoTimeoutError as error:
         raise EchoTimeoutError(
-            "%s echo run on server %r exceeded its %g s timeout: %s" % (mode, server, timeout, error)) from None
+            "%s echo run on server %r exceeded its %g s timeout: %s" % (mode, server, timeout, error)
+        ) from None
     finally:
         if client is not None:
             client.close()
@@ -891,11 +938,15 @@ def run_echo(
 # --- Command line ----------------------------------------------------------------
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """``python -m chatcore.benchmark.echo serve ...``: run one echo server."""
-    return serve_main(argv, "python -m chatcore.benchmark.echo",
-                      "Echo-server side of chatcore's loopback echo benchmark.",
-                      SERVERS + FAULT_SERVERS, serve)
+    return serve_main(
+        argv,
+        "python -m chatcore.benchmark.echo",
+        "Echo-server side of chatcore's loopback echo benchmark.",
+        SERVERS + FAULT_SERVERS,
+        serve,
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import sys
 import time
 import warnings
 from types import ModuleType
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import chatcore
 
@@ -102,7 +102,7 @@ class Workload(NamedTuple):
     name: str
     description: str
     #: scale -> (stream, protocol factory, expected messages, expected payload bytes)
-    build: Callable[[float], Tuple[bytes, Callable[[], Protocol], int, int]]
+    build: Callable[[float], tuple[bytes, Callable[[], Protocol], int, int]]
     #: Whether the handler-floor row runs it: not for large bodies, whose cost
     #: is the copies the framing must make and whose floor (a callback pair
     #: per body, the body never copied) says nothing about them.
@@ -153,7 +153,7 @@ def _big_body(scale: float):
     return b"\x00" * size, lambda: SingleBody(1, size), 1, size
 
 
-WORKLOADS: Dict[str, Workload] = {
+WORKLOADS: dict[str, Workload] = {
     workload.name: workload
     for workload in [
         Workload("lines16", "1,000,000 lines of 16 bytes ending \\r\\n", _lines),
@@ -168,7 +168,7 @@ WORKLOADS: Dict[str, Workload] = {
 class _ReplayedReads:
     """Just enough socket for ``dispatcher.__init__`` and ``recv()``: replays reads."""
 
-    def __init__(self, reads: List[bytes]):
+    def __init__(self, reads: list[bytes]):
         self._reads = iter(reads)
 
     def setblocking(self, flag: bool) -> None:
@@ -177,7 +177,7 @@ class _ReplayedReads:
     def fileno(self) -> int:
         return -1
 
-    def getpeername(self) -> Tuple[str, int]:
+    def getpeername(self) -> tuple[str, int]:
         return ("127.0.0.1", 0)
 
     def recv(self, size: int) -> bytes:
@@ -206,11 +206,11 @@ def _framing_handler(base: type, read_size: int) -> type:
 
 def _handle_read_runner(
     handler_for: Callable[[int], type],
-) -> Callable[[List[bytes], int, Protocol], float]:
+) -> Callable[[list[bytes], int, Protocol], float]:
     """Times ``handle_read()`` once per read on the handler ``handler_for(read_size)``."""
-    handlers: Dict[int, type] = {}
+    handlers: dict[int, type] = {}
 
-    def run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+    def run(reads: list[bytes], read_size: int, protocol: Protocol) -> float:
         handler_class = handlers.get(read_size)
         if handler_class is None:
             handler_class = handlers[read_size] = handler_for(read_size)
@@ -224,7 +224,7 @@ def _handle_read_runner(
     return run
 
 
-def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float]:
+def _asynchat_runner(base: type) -> Callable[[list[bytes], int, Protocol], float]:
     return _handle_read_runner(lambda read_size: _framing_handler(base, read_size))
 
 
@@ -232,7 +232,7 @@ def _asynchat_runner(base: type) -> Callable[[List[bytes], int, Protocol], float
 FLOOR = "handler-floor"
 
 
-def _split_messages(stream: bytes, protocol: Protocol) -> List[bytes]:
+def _split_messages(stream: bytes, protocol: Protocol) -> list[bytes]:
     """The payload of each message of *stream* as *protocol* frames it, terminators removed.
 
     What the handler is given when each message arrives in one piece.  Equal
@@ -241,7 +241,7 @@ def _split_messages(stream: bytes, protocol: Protocol) -> List[bytes]:
     harness, not of the handler).
     """
     pieces = []
-    distinct: Dict[bytes, bytes] = {}
+    distinct: dict[bytes, bytes] = {}
     terminator = protocol.first_terminator
     position = 0
     while position < len(stream):
@@ -262,13 +262,13 @@ def _split_messages(stream: bytes, protocol: Protocol) -> List[bytes]:
     return pieces
 
 
-def _floor_runner(base: type) -> Callable[[List[bytes], int, Protocol], float]:
+def _floor_runner(base: type) -> Callable[[list[bytes], int, Protocol], float]:
     """Times the framing handler on *base* given each message whole: no framing engine."""
-    handlers: Dict[int, type] = {}
+    handlers: dict[int, type] = {}
     # One workload at a time: its reads (kept, so their id stays theirs) and messages.
-    split: Dict[int, Tuple[List[bytes], List[bytes]]] = {}
+    split: dict[int, tuple[list[bytes], list[bytes]]] = {}
 
-    def run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+    def run(reads: list[bytes], read_size: int, protocol: Protocol) -> float:
         handler_class = handlers.get(read_size)
         if handler_class is None:
             handler_class = handlers[read_size] = _framing_handler(base, read_size)
@@ -322,7 +322,7 @@ async def _read_messages(reader: Any, protocol: Protocol) -> None:
         terminator = protocol.on_message(data)
 
 
-async def _feed_streams(reads: List[bytes], protocol: Protocol) -> float:
+async def _feed_streams(reads: list[bytes], protocol: Protocol) -> float:
     import asyncio
 
     reader = asyncio.StreamReader(limit=1 << 20)
@@ -336,7 +336,7 @@ async def _feed_streams(reads: List[bytes], protocol: Protocol) -> float:
     return time.perf_counter() - start
 
 
-def _asyncio_run(reads: List[bytes], read_size: int, protocol: Protocol) -> float:
+def _asyncio_run(reads: list[bytes], read_size: int, protocol: Protocol) -> float:
     # Imported here: the regression gate loads this module under callgrind,
     # where importing asyncio alone costs seconds.
     import asyncio
@@ -402,7 +402,7 @@ def legacy_origin() -> Optional[str]:
     return origins.pop() if len(origins) == 1 else None
 
 
-def import_legacy() -> Tuple[str, ModuleType, ModuleType]:
+def import_legacy() -> tuple[str, ModuleType, ModuleType]:
     """Import the real legacy modules: (origin, asynchat, asyncore).
 
     Whatever ``sys.modules`` holds under those names (chatcore's compat
@@ -439,7 +439,7 @@ def import_legacy() -> Tuple[str, ModuleType, ModuleType]:
     return origin, asynchat, asyncore
 
 
-def _legacy_asynchat() -> Optional[Tuple[str, type]]:
+def _legacy_asynchat() -> Optional[tuple[str, type]]:
     try:
         origin, asynchat, _ = import_legacy()
     except ImportError:
@@ -447,12 +447,12 @@ def _legacy_asynchat() -> Optional[Tuple[str, type]]:
     return LEGACY_ROWS[origin], asynchat.async_chat
 
 
-Runner = Callable[[List[bytes], int, Protocol], float]
+Runner = Callable[[list[bytes], int, Protocol], float]
 
 
-def chatcore_implementations() -> Dict[str, Runner]:
+def chatcore_implementations() -> dict[str, Runner]:
     """chatcore's ``async_chat`` on each engine it has here, and the handler floor, by row name."""
-    found: Dict[str, Runner] = {}
+    found: dict[str, Runner] = {}
     engines = {}
     try:
         from chatcore import _framing_c
@@ -474,7 +474,7 @@ def chatcore_implementations() -> Dict[str, Runner]:
     return found
 
 
-def implementations() -> Dict[str, Runner]:
+def implementations() -> dict[str, Runner]:
     """Runnable implementations on this Python, by row name."""
     found = chatcore_implementations()
     if hasattr(chatcore, "message_chat"):
@@ -495,7 +495,7 @@ class Measurement(NamedTuple):
     stream_bytes: int
 
 
-_reads_cache: Dict[Tuple[str, float, int], Tuple[List[bytes], Callable[[], Protocol], int, int, int]] = {}
+_reads_cache: dict[tuple[str, float, int], tuple[list[bytes], Callable[[], Protocol], int, int, int]] = {}
 
 
 def prepared_reads(workload: str, scale: float, read_size: int):
@@ -504,7 +504,7 @@ def prepared_reads(workload: str, scale: float, read_size: int):
     if key not in _reads_cache:
         _reads_cache.clear()  # one workload's reads at a time: they can be large
         stream, factory, messages, payload = WORKLOADS[workload].build(scale)
-        reads = [stream[i:i + read_size] for i in range(0, len(stream), read_size)]
+        reads = [stream[i : i + read_size] for i in range(0, len(stream), read_size)]
         _reads_cache[key] = (reads, factory, messages, payload, len(stream))
     return _reads_cache[key]
 
@@ -514,7 +514,7 @@ def run_once(
     implementation: str,
     read_size: int,
     scale: float = 1.0,
-    runner: Optional[Callable[[List[bytes], int, Protocol], float]] = None,
+    runner: Optional[Callable[[list[bytes], int, Protocol], float]] = None,
 ) -> Measurement:
     """Time one pass of *workload* through *implementation* and check its result."""
     reads, factory, messages, payload, stream_size = prepared_reads(workload, scale, read_size)

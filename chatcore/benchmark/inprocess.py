@@ -33,7 +33,7 @@ import sys
 import time
 import types
 import zlib
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Type
+from typing import Any, Callable, NamedTuple, Optional
 
 import chatcore
 
@@ -69,7 +69,7 @@ class InProcessError(AssertionError):
 # --- What the benchmarks share -----------------------------------------------------
 
 
-def chatcore_under_legacy_names() -> Tuple[types.ModuleType, types.ModuleType]:
+def chatcore_under_legacy_names() -> tuple[types.ModuleType, types.ModuleType]:
     """Modules ``asynchat`` and ``asyncore`` whose names are chatcore's own API.
 
     What legacy code written against ``import asynchat, asyncore`` runs on
@@ -110,7 +110,7 @@ def load_server_module(asynchat: Any, asyncore: Any, path: str = SERVER_FILE) ->
     return module
 
 
-def line_echo_handler_class(chat_base: Type[Any], coalesce_sends: Optional[bool] = None) -> Type[Any]:
+def line_echo_handler_class(chat_base: type[Any], coalesce_sends: Optional[bool] = None) -> type[Any]:
     """The push-per-line echo handler, built on *chat_base* (an async_chat class).
 
     The body is written once so chatcore and stdlib run exactly the same code.
@@ -123,9 +123,9 @@ def line_echo_handler_class(chat_base: Type[Any], coalesce_sends: Optional[bool]
         if coalesce_sends is not None:
             ac_coalesce_sends = coalesce_sends
 
-        def __init__(self, sock: Optional[socket.socket] = None, map: Optional[Dict[int, Any]] = None):
+        def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None):
             chat_base.__init__(self, sock, map)
-            self.line_parts: List[bytes] = []
+            self.line_parts: list[bytes] = []
             self.set_terminator(TERMINATOR)
 
         def collect_incoming_data(self, data: bytes) -> None:
@@ -168,15 +168,17 @@ def _stuffed(body: bytes) -> bytes:
     return b"\r\n".join(b"." + line if line[:1] == b"." else line for line in body.split(b"\r\n"))
 
 
-def smtp_session(connection: int, transactions: int, body_size: int = 1024) -> List[Step]:
+def smtp_session(connection: int, transactions: int, body_size: int = 1024) -> list[Step]:
     """Every exchange of one SMTP session, with the exact reply each must get.
 
     The greeting, HELO, then per transaction MAIL FROM, RCPT TO, DATA, the
     body (dot-stuffed, ending ``\\r\\n.\\r\\n``) and RSET, then QUIT.
     """
     host = HOSTNAME.encode()
-    steps = [Step(b"", b"220 " + host + b" SMTP ready\r\n", "greeting"),
-             Step(b"HELO client%d.example\r\n" % connection, b"250 " + host + b"\r\n", "HELO")]
+    steps = [
+        Step(b"", b"220 " + host + b" SMTP ready\r\n", "greeting"),
+        Step(b"HELO client%d.example\r\n" % connection, b"250 " + host + b"\r\n", "HELO"),
+    ]
     ok = b"250 OK\r\n"
     for transaction in range(transactions):
         body = message_body(connection, transaction, body_size)
@@ -184,9 +186,12 @@ def smtp_session(connection: int, transactions: int, body_size: int = 1024) -> L
             Step(b"MAIL FROM:<sender%d@example.org>\r\n" % connection, ok, "MAIL"),
             Step(b"RCPT TO:<rcpt%d@example.net>\r\n" % transaction, ok, "RCPT"),
             Step(b"DATA\r\n", b"354 End data with <CR><LF>.<CR><LF>\r\n", "DATA"),
-            Step(_stuffed(body) + b"\r\n.\r\n",
-                 b"250 OK: message %d, %d bytes, crc32 %08x\r\n"
-                 % (transaction + 1, len(body), zlib.crc32(body) & 0xFFFFFFFF), "body"),
+            Step(
+                _stuffed(body) + b"\r\n.\r\n",
+                b"250 OK: message %d, %d bytes, crc32 %08x\r\n"
+                % (transaction + 1, len(body), zlib.crc32(body) & 0xFFFFFFFF),
+                "body",
+            ),
             Step(b"RSET\r\n", ok, "RSET"),
         ]
     steps.append(Step(b"QUIT\r\n", b"221 Bye\r\n", "QUIT"))
@@ -199,7 +204,7 @@ def smtp_session(connection: int, transactions: int, body_size: int = 1024) -> L
 APIS = ("compat", "chatcore")
 
 
-def api_modules(api: str) -> Tuple[Any, Any]:
+def api_modules(api: str) -> tuple[Any, Any]:
     """``(asynchat, asyncore)`` of *api*: chatcore.compat's modules, or chatcore's own API."""
     if api == "compat":
         from chatcore.compat import asynchat, asyncore
@@ -213,7 +218,7 @@ def api_modules(api: str) -> Tuple[Any, Any]:
 class _Client:
     """The client end of a socket pair, written and read directly between loop turns."""
 
-    def __init__(self, sock: socket.socket, poll: Callable[..., None], channel_map: Dict[int, Any]):
+    def __init__(self, sock: socket.socket, poll: Callable[..., None], channel_map: dict[int, Any]):
         sock.setblocking(False)
         self.sock = sock
         self.poll = poll
@@ -230,8 +235,10 @@ class _Client:
         turns = 0
         while received < size:
             if turns == MAX_TURNS:
-                raise InProcessError("no whole reply to %r after %d loop turns: got %r, expected %r"
-                                     % (request[:40], turns, bytes(self.view[:received]), expected))
+                raise InProcessError(
+                    "no whole reply to %r after %d loop turns: got %r, expected %r"
+                    % (request[:40], turns, bytes(self.view[:received]), expected)
+                )
             self.poll(0.0, self.channel_map)
             turns += 1
             try:
@@ -242,8 +249,7 @@ class _Client:
                 raise InProcessError("the server closed the connection; expected %r" % expected)
             received += count
         if received != size or self.view[:size] != expected:
-            raise InProcessError("sent %r, expected %r, got %r"
-                                 % (request[:40], expected, bytes(self.view[:received])))
+            raise InProcessError("sent %r, expected %r, got %r" % (request[:40], expected, bytes(self.view[:received])))
 
     def reply_line(self, request: bytes) -> bytes:
         """Send *request*, turn the loop until a whole reply line has come back; that line."""
@@ -258,8 +264,9 @@ class _Client:
                 continue
             if received.endswith(b"\r\n"):
                 return received
-        raise InProcessError("no whole reply line to %r after %d loop turns: got %r"
-                             % (request[:40], MAX_TURNS, received))
+        raise InProcessError(
+            "no whole reply line to %r after %d loop turns: got %r" % (request[:40], MAX_TURNS, received)
+        )
 
     def expect_closed(self) -> None:
         """Turn the loop until the server has closed its end (and left the map)."""
@@ -275,14 +282,14 @@ class _Client:
         raise InProcessError("the server did not close the connection after QUIT")
 
 
-def smtp_transcript(asynchat: Any, asyncore: Any, requests: List[bytes]) -> List[bytes]:
+def smtp_transcript(asynchat: Any, asyncore: Any, requests: list[bytes]) -> list[bytes]:
     """The legacy SMTP server's reply to each of *requests*, on *asynchat*/*asyncore*.
 
     The greeting comes first; every request must be answered by one line.
     For comparing the server's behaviour across implementations (tests).
     """
     module = load_server_module(asynchat, asyncore)
-    channel_map: Dict[int, Any] = {}
+    channel_map: dict[int, Any] = {}
     server = module.SMTPServer(("127.0.0.1", 0), HOSTNAME, map=channel_map)
     client_sock, server_sock = socket.socketpair()
     client = _Client(client_sock, asyncore.poll, channel_map)
@@ -297,7 +304,7 @@ def smtp_transcript(asynchat: Any, asyncore: Any, requests: List[bytes]) -> List
 def _run_smtp(asynchat: Any, asyncore: Any, transactions: int) -> float:
     module = load_server_module(asynchat, asyncore)
     steps = smtp_session(0, transactions)
-    channel_map: Dict[int, Any] = {}
+    channel_map: dict[int, Any] = {}
     server = module.SMTPServer(("127.0.0.1", 0), HOSTNAME, map=channel_map)
     client_sock, server_sock = socket.socketpair()
     client = _Client(client_sock, asyncore.poll, channel_map)
@@ -310,8 +317,10 @@ def _run_smtp(asynchat: Any, asyncore: Any, transactions: int) -> float:
         client.expect_closed()
         seconds = time.perf_counter() - start
         if list(channel_map.values()) != [server] or server.messages != transactions:
-            raise InProcessError("after QUIT the map holds %r and %d messages were processed"
-                                 % (list(channel_map.values()), server.messages))
+            raise InProcessError(
+                "after QUIT the map holds %r and %d messages were processed"
+                % (list(channel_map.values()), server.messages)
+            )
     finally:
         client_sock.close()
         asyncore.close_all(map=channel_map)
@@ -326,7 +335,7 @@ def _run_echo_pipelined(asynchat: Any, asyncore: Any, batches: int) -> float:
     handler_class = line_echo_handler_class(asynchat.async_chat)
     lines = b"".join(b"%015x" % index + TERMINATOR for index in range(batches * ECHO_BATCH_LINES))
     size = ECHO_BATCH_LINES * 16
-    channel_map: Dict[int, Any] = {}
+    channel_map: dict[int, Any] = {}
     client_sock, server_sock = socket.socketpair()
     client = _Client(client_sock, asyncore.poll, channel_map)
     try:
@@ -334,7 +343,7 @@ def _run_echo_pipelined(asynchat: Any, asyncore: Any, batches: int) -> float:
         exchange = client.exchange
         start = time.perf_counter()
         for offset in range(0, len(lines), size):
-            batch = lines[offset:offset + size]
+            batch = lines[offset : offset + size]
             exchange(batch, batch)
         seconds = time.perf_counter() - start
     finally:
@@ -350,7 +359,7 @@ class Workload(NamedTuple):
     description: str
 
 
-WORKLOADS: Dict[str, Workload] = {
+WORKLOADS: dict[str, Workload] = {
     "smtp": Workload(_run_smtp, 1000, "one SMTP session, a ~1 KiB message per transaction"),
     "echo-pipelined": Workload(_run_echo_pipelined, 250, "batches of 256 lines of 16 B, a push per line"),
 }
@@ -361,8 +370,7 @@ def count_at(workload: str, scale: float) -> int:
     return max(1, int(WORKLOADS[workload].base_count * scale))
 
 
-def run_once(workload: str, api: str, scale: float = 1.0,
-             modules: Optional[Tuple[Any, Any]] = None) -> float:
+def run_once(workload: str, api: str, scale: float = 1.0, modules: Optional[tuple[Any, Any]] = None) -> float:
     """Run *workload* once on *api* (or on the given ``(asynchat, asyncore)``); its seconds.
 
     Raises InProcessError when a reply differs from the one the server must send.

@@ -88,14 +88,15 @@ class SMTPChannel(asynchat.async_chat):
         self.rcpttos = []
         self.state = self.COMMAND
         self.set_terminator(NEWLINE)
-        self.reply("250 OK: message %d, %d bytes, crc32 %08x"
-                   % (self.messages, len(body), zlib.crc32(body) & 0xFFFFFFFF))
+        self.reply(
+            "250 OK: message %d, %d bytes, crc32 %08x" % (self.messages, len(body), zlib.crc32(body) & 0xFFFFFFFF)
+        )
 
     @staticmethod
     def address(arg, keyword):
-        if arg[:len(keyword)].upper() != keyword:
+        if arg[: len(keyword)].upper() != keyword:
             return None
-        address = arg[len(keyword):].strip()
+        address = arg[len(keyword) :].strip()
         if len(address) > 2 and address[0] == "<" and address[-1] == ">":
             return address[1:-1]
         return None

@@ -27,7 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import chatcore
 
@@ -98,8 +99,7 @@ def start_lifeline(max_seconds: float, watch_stdin: bool, label: str = "benchmar
         threading.Thread(target=exit_on_stdin_eof, name="stdin-lifeline", daemon=True).start()
 
 
-def write_port_file(port_file: str, port: int, server: str, detail: str, serves_chatcore: bool,
-                    **extra: Any) -> None:
+def write_port_file(port_file: str, port: int, server: str, detail: str, serves_chatcore: bool, **extra: Any) -> None:
     """Tell the parent where this server listens and what serves, as JSON.
 
     *serves_chatcore* says whether chatcore is what serves (its framing
@@ -124,8 +124,13 @@ def write_port_file(port_file: str, port: int, server: str, detail: str, serves_
     os.replace(partial, port_file)
 
 
-def serve_main(argv: Optional[List[str]], prog: str, description: str, servers: Sequence[str],
-               serve: Callable[[str, str, float, bool], None]) -> int:
+def serve_main(
+    argv: Optional[list[str]],
+    prog: str,
+    description: str,
+    servers: Sequence[str],
+    serve: Callable[[str, str, float, bool], None],
+) -> int:
     """The ``serve`` command line of a benchmark module: parse, then ``serve(...)``.
 
     *serve* is called with the server name, the port file, the maximum
@@ -134,19 +139,28 @@ def serve_main(argv: Optional[List[str]], prog: str, description: str, servers: 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve_parser = commands.add_parser(
-        "serve", help="run one server on 127.0.0.1 (a free port, written to --port-file)")
+        "serve", help="run one server on 127.0.0.1 (a free port, written to --port-file)"
+    )
     serve_parser.add_argument(
-        "--server", required=True, choices=list(servers),
-        help="which implementation serves (fault:* misbehave on purpose, for tests)")
+        "--server",
+        required=True,
+        choices=list(servers),
+        help="which implementation serves (fault:* misbehave on purpose, for tests)",
+    )
     serve_parser.add_argument(
-        "--port-file", required=True,
-        help="where to write the port, as JSON with which chatcore and engine serve")
+        "--port-file", required=True, help="where to write the port, as JSON with which chatcore and engine serve"
+    )
     serve_parser.add_argument(
-        "--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
-        help="exit after this many seconds whatever happens (default %g)" % DEFAULT_MAX_SECONDS)
+        "--max-seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help="exit after this many seconds whatever happens (default %g)" % DEFAULT_MAX_SECONDS,
+    )
     serve_parser.add_argument(
-        "--ignore-stdin", action="store_true",
-        help="keep serving when stdin reaches end of file (by default that ends the server)")
+        "--ignore-stdin",
+        action="store_true",
+        help="keep serving when stdin reaches end of file (by default that ends the server)",
+    )
     args = parser.parse_args(argv)
     if args.command != "serve":
         parser.print_help(sys.stderr)
@@ -163,6 +177,9 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.realpath(chatcore.__file__)))
 
 
+_Server = TypeVar("_Server", bound="ServerProcess")
+
+
 class ServerProcess:
     """A benchmark server in a child process running this chatcore, as a context manager.
 
@@ -177,11 +194,11 @@ class ServerProcess:
     label = "benchmark server"
     #: The rows this kind of server knows, and those that misbehave on purpose
     #: (for the harness's own tests; never listed as available).
-    servers: Tuple[str, ...] = ()
-    fault_servers: Tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()
+    fault_servers: tuple[str, ...] = ()
 
     @staticmethod
-    def available_servers() -> List[str]:
+    def available_servers() -> list[str]:
         """The rows of ``servers`` this Python can run."""
         return []
 
@@ -190,13 +207,14 @@ class ServerProcess:
         if server not in self.servers + self.fault_servers:
             raise ValueError("unknown %s %r; available here: %s" % (self.label, server, ", ".join(available)))
         if server in self.servers and server not in available:
-            raise ValueError("%s %r cannot run on this Python; available here: %s"
-                             % (self.label, server, ", ".join(available)))
+            raise ValueError(
+                "%s %r cannot run on this Python; available here: %s" % (self.label, server, ", ".join(available))
+            )
         self.server = server
         self.max_seconds = max_seconds
-        self.process: Optional["subprocess.Popen[bytes]"] = None
+        self.process: Optional[subprocess.Popen[bytes]] = None
         self.port: Optional[int] = None
-        self.info: Dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
         self._workdir: Optional[tempfile.TemporaryDirectory] = None  # type: ignore[type-arg]
         self._stderr_file: Any = None
 
@@ -220,7 +238,7 @@ class ServerProcess:
         """The ``ac_coalesce_sends`` a chatcore server runs with; None for the others."""
         return self.info.get("ac_coalesce_sends")
 
-    def report(self) -> Dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         """What served, as the result records of the benchmarks name it."""
         return {
             "server": self.server,
@@ -241,14 +259,23 @@ class ServerProcess:
         root = package_root()
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
-            [root] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry])
+            [root] + [entry for entry in [os.environ.get("PYTHONPATH")] if entry]
+        )
         try:
             self._workdir = tempfile.TemporaryDirectory(prefix="chatcore-bench-")
             port_file = os.path.join(self._workdir.name, "port.json")
             self._stderr_file = open(os.path.join(self._workdir.name, "stderr.txt"), "w+b")
             command = [
-                sys.executable, "-m", self.module, "serve",
-                "--server", self.server, "--port-file", port_file, "--max-seconds", repr(self.max_seconds),
+                sys.executable,
+                "-m",
+                self.module,
+                "serve",
+                "--server",
+                self.server,
+                "--port-file",
+                port_file,
+                "--max-seconds",
+                repr(self.max_seconds),
             ]
             self.process = subprocess.Popen(
                 command,
@@ -271,11 +298,13 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise BenchmarkError(
                     "%s %r exited with status %s before listening%s"
-                    % (self.label, self.server, self.process.returncode, self.stderr_tail()))
+                    % (self.label, self.server, self.process.returncode, self.stderr_tail())
+                )
             if time.monotonic() >= deadline:
                 raise BenchmarkTimeoutError(
                     "%s %r did not start listening within %g s%s"
-                    % (self.label, self.server, startup_timeout, self.stderr_tail()))
+                    % (self.label, self.server, startup_timeout, self.stderr_tail())
+                )
             time.sleep(0.01)
         with open(port_file) as stream:
             self.info = json.load(stream)
@@ -283,7 +312,8 @@ class ServerProcess:
         if self.info.get("chatcore_file") != mine:
             raise BenchmarkError(
                 "%s %r imported chatcore from %s, the benchmark from %s"
-                % (self.label, self.server, self.info.get("chatcore_file"), mine))
+                % (self.label, self.server, self.info.get("chatcore_file"), mine)
+            )
         self.port = int(self.info["port"])
 
     def stderr_tail(self, limit: int = 2000) -> str:
@@ -323,12 +353,12 @@ class ServerProcess:
             self._workdir.cleanup()
             self._workdir = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self: _Server) -> _Server:
         if self.process is None:
             self.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -400,7 +430,7 @@ def send_rest(sock: socket.socket, data: bytes, sent: int, deadline: float) -> N
                 raise BenchmarkTimeoutError("could not send a %d-byte request before the deadline" % len(data))
             selector.select(remaining)
             try:
-                rest = rest[sock.send(rest):]
+                rest = rest[sock.send(rest) :]
             except BlockingIOError:
                 pass
             except OSError as error:

@@ -36,7 +36,7 @@ import dataclasses
 import selectors
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Type, Union
+from typing import Any, Callable, Optional, Union
 
 from . import echo, framing
 from .inprocess import Step, line_echo_handler_class, load_server_module, smtp_session
@@ -78,7 +78,7 @@ FAULT_SERVERS = ("fault:wrong-reply", "fault:silent")
 BODY_SIZE = 1024
 
 
-def available_servers() -> List[str]:
+def available_servers() -> list[str]:
     """The SMTP server rows this Python can run, chatcore's first."""
     servers = list(echo.CHATCORE_SEND_MODES)
     origin = framing.legacy_origin()  # found by file, not imported here
@@ -90,7 +90,7 @@ def available_servers() -> List[str]:
 # --- The server (runs in the ``serve`` subprocess) ------------------------------------
 
 
-def _faulty_channel(channel_class: Type[Any], fault: str) -> Type[Any]:
+def _faulty_channel(channel_class: type[Any], fault: str) -> type[Any]:
     """The legacy server's channel with one deliberate defect."""
 
     class FaultyChannel(channel_class):  # type: ignore[misc, valid-type]
@@ -121,8 +121,15 @@ def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS,
     detail += "; legacy_smtpd.py unchanged"
 
     def announce(port: int) -> None:
-        write_port_file(port_file, port, server, detail, serves_chatcore=row in echo.CHATCORE_SEND_MODES,
-                        send_timing=timing, ac_coalesce_sends=coalesce)
+        write_port_file(
+            port_file,
+            port,
+            server,
+            detail,
+            serves_chatcore=row in echo.CHATCORE_SEND_MODES,
+            send_timing=timing,
+            ac_coalesce_sends=coalesce,
+        )
 
     module.serve(0, on_listening=announce)
 
@@ -156,7 +163,7 @@ class SMTPMeasurement:
 class _Session:
     __slots__ = ("label", "sock", "steps", "position", "pending", "sent_at", "done")
 
-    def __init__(self, label: str, sock: Any, steps: List[Step]):
+    def __init__(self, label: str, sock: Any, steps: list[Step]):
         self.label = label
         self.sock = sock
         self.steps = steps
@@ -174,12 +181,18 @@ class SMTPClient:
     closes the sockets.
     """
 
-    def __init__(self, port: int, connections: int, transactions: int, body_size: int = BODY_SIZE,
-                 timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        port: int,
+        connections: int,
+        transactions: int,
+        body_size: int = BODY_SIZE,
+        timeout: float = DEFAULT_TIMEOUT,
+    ):
         if connections < 1 or transactions < 1:
             raise ValueError("connections and transactions must be at least 1")
         self.transactions = transactions
-        self.sessions: List[_Session] = []
+        self.sessions: list[_Session] = []
         deadline = time.monotonic() + timeout
         try:
             for index in range(connections):
@@ -194,13 +207,14 @@ class SMTPClient:
             session.sock.close()
 
     def _progress(self) -> str:
-        return ", ".join("%s: %d of %d replies" % (session.label, session.position, len(session.steps))
-                         for session in self.sessions)
+        return ", ".join(
+            "%s: %d of %d replies" % (session.label, session.position, len(session.steps)) for session in self.sessions
+        )
 
     def run(self, timeout: float = DEFAULT_TIMEOUT) -> SMTPMeasurement:
         deadline = time.monotonic() + timeout
         clock_ns = time.perf_counter_ns
-        latencies_ns: List[int] = []
+        latencies_ns: list[int] = []
         sent_bytes = 0
         selector = selectors.DefaultSelector()
         try:
@@ -212,7 +226,8 @@ class SMTPClient:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise BenchmarkTimeoutError(
-                        "SMTP run did not finish within %.3g s (%s)" % (timeout, self._progress()))
+                        "SMTP run did not finish within %.3g s (%s)" % (timeout, self._progress())
+                    )
                 for key, _ in selector.select(min(remaining, 1.0)):
                     session = key.data
                     try:
@@ -228,16 +243,19 @@ class SMTPClient:
                         unfinished -= 1
                         continue
                     if not data:
-                        raise BenchmarkError("%s: the server closed the connection (%s)"
-                                             % (session.label, self._progress()))
+                        raise BenchmarkError(
+                            "%s: the server closed the connection (%s)" % (session.label, self._progress())
+                        )
                     step = session.steps[session.position]
                     pending = session.pending + data
                     if len(pending) < len(step.reply):
                         session.pending = pending
                         continue
                     if pending != step.reply:
-                        raise VerificationError("%s: %s %r got reply %r, expected %r" % (
-                            session.label, step.command, step.request[:60], pending, step.reply))
+                        raise VerificationError(
+                            "%s: %s %r got reply %r, expected %r"
+                            % (session.label, step.command, step.request[:60], pending, step.reply)
+                        )
                     if step.request:
                         latencies_ns.append(clock_ns() - session.sent_at)
                     session.pending = b""
@@ -304,19 +322,19 @@ class SMTPResult:
     send_timing: Optional[str] = None
     ac_coalesce_sends: Union[bool, str, None] = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def run_smtp_servers(
-    servers: List[str],
+    servers: list[str],
     connections: int,
     transactions: int,
     passes: int = 1,
     body_size: int = BODY_SIZE,
     timeout: float = DEFAULT_TIMEOUT,
     on_server_started: Optional[Callable[[SMTPServerProcess], None]] = None,
-) -> Dict[str, SMTPResult]:
+) -> dict[str, SMTPResult]:
     """Each SMTP server row of *servers* in a subprocess, *passes* client runs each; the fastest of each.
 
     The servers are started first (an idle one waits in its poller and costs
@@ -332,9 +350,8 @@ def run_smtp_servers(
     if connections < 1 or transactions < 1 or passes < 1:
         raise ValueError("connections, transactions and passes must be at least 1")
     deadline = time.monotonic() + timeout
-    processes = [SMTPServerProcess(server, max_seconds=max(DEFAULT_MAX_SECONDS, timeout + 60.0))
-                 for server in servers]
-    fastest: Dict[str, SMTPMeasurement] = {}
+    processes = [SMTPServerProcess(server, max_seconds=max(DEFAULT_MAX_SECONDS, timeout + 60.0)) for server in servers]
+    fastest: dict[str, SMTPMeasurement] = {}
     try:
         for process in processes:
             if on_server_started is not None:
@@ -343,8 +360,9 @@ def run_smtp_servers(
         for round_index in range(passes):
             for process in processes if round_index % 2 == 0 else processes[::-1]:
                 assert process.port is not None
-                client = SMTPClient(process.port, connections, transactions, body_size,
-                                    timeout=max(0.0, deadline - time.monotonic()))
+                client = SMTPClient(
+                    process.port, connections, transactions, body_size, timeout=max(0.0, deadline - time.monotonic())
+                )
                 try:
                     measurement = client.run(timeout=max(0.0, deadline - time.monotonic()))
                 finally:
@@ -353,8 +371,9 @@ def run_smtp_servers(
                 if best is None or measurement.seconds < best.seconds:
                     fastest[process.server] = measurement
     except BenchmarkTimeoutError as error:
-        raise BenchmarkTimeoutError("SMTP run on %s exceeded its %g s timeout: %s"
-                                    % (", ".join(map(repr, servers)), timeout, error)) from None
+        raise BenchmarkTimeoutError(
+            "SMTP run on %s exceeded its %g s timeout: %s" % (", ".join(map(repr, servers)), timeout, error)
+        ) from None
     finally:
         for process in processes:
             process.stop()
@@ -383,11 +402,15 @@ def _result(process: SMTPServerProcess, measurement: SMTPMeasurement, passes: in
     )
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """``python -m chatcore.benchmark.smtp serve ...``: run one SMTP server row."""
-    return serve_main(argv, "python -m chatcore.benchmark.smtp",
-                      "Server side of chatcore's SMTP request/response benchmark.",
-                      SERVERS + FAULT_SERVERS, serve)
+    return serve_main(
+        argv,
+        "python -m chatcore.benchmark.smtp",
+        "Server side of chatcore's SMTP request/response benchmark.",
+        SERVERS + FAULT_SERVERS,
+        serve,
+    )
 
 
 if __name__ == "__main__":

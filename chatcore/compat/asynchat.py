@@ -1,10 +1,12 @@
 """chatcore as a drop-in ``asynchat`` module (see ``chatcore.compat``)."""
 
-from collections import deque
+# asynchat's module-level names (the ``x as x`` form marks a re-export).
+from collections import deque as deque
 
-from . import asyncore
 from ..chat import async_chat as _core_async_chat
-from ..chat import find_prefix_at_end, simple_producer
+from ..chat import find_prefix_at_end as find_prefix_at_end
+from ..chat import simple_producer as simple_producer
+from . import asyncore as asyncore
 
 
 class async_chat(_core_async_chat, asyncore.dispatcher):

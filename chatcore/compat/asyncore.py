@@ -9,44 +9,82 @@ chatcore's kernel poller), an ``os`` whose ``name`` says "nt".  Dispatchers
 print as ``<asyncore.dispatcher ...>``.
 """
 
-import os
-import select
-import socket
-import sys
-import time
-import warnings
+# asyncore's own module-level names, kept with it (the ``x as x`` form marks
+# a re-export): legacy code reads them from here, ``from asyncore import *``
+# included, and its tests replace some of them (see the module docstring).
+import os as os
+import select as select
+import socket as socket
+import sys as sys
+import time as time
+import warnings as warnings
 from errno import (
-    EAGAIN,
-    EALREADY,
-    EBADF,
-    ECONNABORTED,
-    ECONNRESET,
-    EINPROGRESS,
-    EINVAL,
-    EISCONN,
-    ENOTCONN,
-    EPIPE,
-    ESHUTDOWN,
-    EWOULDBLOCK,
-    errorcode,
+    EAGAIN as EAGAIN,
 )
-from typing import Any, Dict, Optional
+from errno import (
+    EALREADY as EALREADY,
+)
+from errno import (
+    EBADF as EBADF,
+)
+from errno import (
+    ECONNABORTED as ECONNABORTED,
+)
+from errno import (
+    ECONNRESET as ECONNRESET,
+)
+from errno import (
+    EINPROGRESS as EINPROGRESS,
+)
+from errno import (
+    EINVAL as EINVAL,
+)
+from errno import (
+    EISCONN as EISCONN,
+)
+from errno import (
+    ENOTCONN as ENOTCONN,
+)
+from errno import (
+    EPIPE as EPIPE,
+)
+from errno import (
+    ESHUTDOWN as ESHUTDOWN,
+)
+from errno import (
+    EWOULDBLOCK as EWOULDBLOCK,
+)
+from errno import (
+    errorcode as errorcode,
+)
+from typing import Any, Optional
 
 from .. import dispatch as _core
 from .. import eventloop as _loop
-from ..dispatch import _strerror, compact_traceback
+from .. import events as _events
+from ..dispatch import _strerror as _strerror
+from ..dispatch import compact_traceback as compact_traceback
 from ..events import (
-    _RERAISED as _reraised_exceptions,
-    DISCONNECTED as _DISCONNECTED,
-    ExitNow,
-    _exception,
-    read,
-    readwrite,
-    write,
+    ExitNow as ExitNow,
+)
+from ..events import (
+    _exception as _exception,
+)
+from ..events import (
+    read as read,
+)
+from ..events import (
+    readwrite as readwrite,
+)
+from ..events import (
+    write as write,
 )
 
+_reraised_exceptions = _events._RERAISED
+_DISCONNECTED = _events.DISCONNECTED
+
 #: Shared with chatcore's own default map until a program assigns its own.
-socket_map: Dict[int, Any] = _core.socket_map
+socket_map: dict[int, Any] = _core.socket_map
 
 # This module, whose globals (socket_map, socket, select, time, os, sys) the
 # functions and classes below read when they run, as asyncore's do: tests
@@ -54,15 +92,15 @@ socket_map: Dict[int, Any] = _core.socket_map
 _this = sys.modules[__name__]
 
 
-def _resolve(map: Optional[Dict[int, Any]]) -> Dict[int, Any]:
+def _resolve(map: Optional[dict[int, Any]]) -> dict[int, Any]:
     return socket_map if map is None else map
 
 
-def poll(timeout: Optional[float] = 0.0, map: Optional[Dict[int, Any]] = None) -> None:
+def poll(timeout: Optional[float] = 0.0, map: Optional[dict[int, Any]] = None) -> None:
     _loop.poll_once(timeout, _resolve(map), False, _this)
 
 
-def poll2(timeout: Optional[float] = 0.0, map: Optional[Dict[int, Any]] = None) -> None:
+def poll2(timeout: Optional[float] = 0.0, map: Optional[dict[int, Any]] = None) -> None:
     _loop.poll_once(timeout, _resolve(map), True, _this)
 
 
@@ -72,13 +110,13 @@ poll3 = poll2
 def loop(
     timeout: Optional[float] = 30.0,
     use_poll: bool = False,
-    map: Optional[Dict[int, Any]] = None,
+    map: Optional[dict[int, Any]] = None,
     count: Optional[int] = None,
 ) -> None:
     _loop.run_loop(timeout, use_poll, _resolve(map), count, _this)
 
 
-def close_all(map: Optional[Dict[int, Any]] = None, ignore_all: bool = False) -> None:
+def close_all(map: Optional[dict[int, Any]] = None, ignore_all: bool = False) -> None:
     _core.close_all(_resolve(map), ignore_all)
 
 
@@ -88,7 +126,7 @@ class dispatcher(_core.dispatcher):
     _namespace = _this
 
     @staticmethod
-    def _default_map() -> Dict[int, Any]:
+    def _default_map() -> dict[int, Any]:
         return socket_map
 
 

@@ -25,8 +25,10 @@ def _check_corpus_order(argv):
     directories = [arg for arg in argv[1:] if not arg.startswith("-")]
     seeds = os.path.join(HERE, "corpus")
     if directories and os.path.isdir(directories[0]) and os.path.samefile(directories[0], seeds):
-        sys.exit("fuzz_framer: libFuzzer adds inputs to the first corpus directory; put a "
-                 "scratch directory before tests/fuzz/corpus (see tests/fuzz/README.md)")
+        sys.exit(
+            "fuzz_framer: libFuzzer adds inputs to the first corpus directory; put a "
+            "scratch directory before tests/fuzz/corpus (see tests/fuzz/README.md)"
+        )
 
 
 def main(argv):

@@ -30,7 +30,7 @@ installed.
 
 import array
 from collections import deque
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from chatcore import _framing_py
 
@@ -40,8 +40,15 @@ except ImportError:  # a CHATCORE_NO_EXTENSIONS=1 build
     _framing_c = None
 
 __all__ = [
-    "Boom", "Mismatch", "Unexpected", "TwinDriver", "run_program",
-    "ALPHABET", "WRAPS", "WHERES", "compiled",
+    "ALPHABET",
+    "WHERES",
+    "WRAPS",
+    "Boom",
+    "Mismatch",
+    "TwinDriver",
+    "Unexpected",
+    "compiled",
+    "run_program",
 ]
 
 compiled = _framing_c
@@ -126,14 +133,13 @@ def _seen_pending(framer: Any) -> Any:
 class Channel:
     """The slice of a channel both framing modes talk to, recording every call."""
 
-    def __init__(self, engine: Any, mode: str, terminator: Any, max_size: Optional[int],
-                 call_get_terminator: bool):
+    def __init__(self, engine: Any, mode: str, terminator: Any, max_size: Optional[int], call_get_terminator: bool):
         self.framer = engine.Framer()
         self.mode = mode
         self.terminator = terminator
         self.max_size = max_size
         self.call_get_terminator = call_get_terminator
-        self.events: List[tuple] = []
+        self.events: list[tuple] = []
         self.actions = {where: deque() for where in WHERES}
 
     # -- what the engine calls ------------------------------------------------
@@ -200,9 +206,14 @@ class TwinDriver:
     source, for a reproducer.
     """
 
-    def __init__(self, mode: str = "collect", terminator: Any = b"\n",
-                 max_size: Optional[int] = None, call_get_terminator: bool = True,
-                 engines: Optional[tuple] = None):
+    def __init__(
+        self,
+        mode: str = "collect",
+        terminator: Any = b"\n",
+        max_size: Optional[int] = None,
+        call_get_terminator: bool = True,
+        engines: Optional[tuple] = None,
+    ):
         if engines is None:
             if compiled is None:
                 raise RuntimeError("the compiled engine is not built")
@@ -210,10 +221,7 @@ class TwinDriver:
         if mode == "messages" and max_size is None:
             max_size = 1 << 20
         self.mode = mode
-        self.channels = [
-            Channel(engine, mode, _copy(terminator), max_size, call_get_terminator)
-            for engine in engines
-        ]
+        self.channels = [Channel(engine, mode, _copy(terminator), max_size, call_get_terminator) for engine in engines]
         self.steps = [
             "driver = TwinDriver(mode=%r, terminator=%r, max_size=%r, call_get_terminator=%r)"
             % (mode, terminator, max_size, call_get_terminator)
@@ -231,14 +239,10 @@ class TwinDriver:
                 outcomes.append(("Boom", str(exc)))
             except (ValueError, TypeError) as exc:
                 if not _expected_error(exc):
-                    raise Unexpected(
-                        self._report("unexpected %s: %s" % (type(exc).__name__, exc))
-                    ) from exc
+                    raise Unexpected(self._report("unexpected %s: %s" % (type(exc).__name__, exc))) from exc
                 outcomes.append((type(exc).__name__, str(exc)))
             except Exception as exc:
-                raise Unexpected(
-                    self._report("unexpected %s: %s" % (type(exc).__name__, exc))
-                ) from exc
+                raise Unexpected(self._report("unexpected %s: %s" % (type(exc).__name__, exc))) from exc
             else:
                 outcomes.append(None)
         if outcomes[0] != outcomes[1]:
@@ -278,15 +282,19 @@ class TwinDriver:
                 (i for i, (a, b) in enumerate(zip(first.events, second.events)) if a != b),
                 min(len(first.events), len(second.events)),
             )
-            raise Mismatch(self._report(
-                "callbacks differ at call %d:\n  compiled: %r\n  twin:     %r"
-                % (index, first.events[index:index + 3], second.events[index:index + 3])
-            ))
+            raise Mismatch(
+                self._report(
+                    "callbacks differ at call %d:\n  compiled: %r\n  twin:     %r"
+                    % (index, first.events[index : index + 3], second.events[index : index + 3])
+                )
+            )
         if first.state() != second.state():
-            raise Mismatch(self._report(
-                "state (pending, terminator, feeding, actions left) differs:\n"
-                "  compiled: %r\n  twin:     %r" % (first.state(), second.state())
-            ))
+            raise Mismatch(
+                self._report(
+                    "state (pending, terminator, feeding, actions left) differs:\n"
+                    "  compiled: %r\n  twin:     %r" % (first.state(), second.state())
+                )
+            )
         if first.framer.feeding:
             raise Mismatch(self._report("feeding is still true after feed returned"))
 
@@ -315,7 +323,7 @@ class _Input:
         return self.data[self.pos - 1]
 
     def take(self, count: int) -> bytes:
-        piece = self.data[self.pos:self.pos + count]
+        piece = self.data[self.pos : self.pos + count]
         self.pos += len(piece)
         return piece
 
@@ -367,8 +375,7 @@ def run_program(data: bytes, engines: Optional[tuple] = None) -> TwinDriver:
     try:
         header = source.byte()
         mode = "messages" if header & 1 else "collect"
-        driver = TwinDriver(mode, source.terminator(), source.max_size(mode),
-                            not header & 2, engines)
+        driver = TwinDriver(mode, source.terminator(), source.max_size(mode), not header & 2, engines)
     except _Exhausted:
         return TwinDriver(engines=engines)
     try:

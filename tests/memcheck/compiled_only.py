@@ -29,8 +29,9 @@ def _adjust(current):
 
 
 def pytest_configure(config):
-    import chatcore
     from hypothesis import settings
+
+    import chatcore
 
     if chatcore.implementation != "cython":
         raise pytest.UsageError("memcheck: chatcore is running its pure-Python engine")
