@@ -2,9 +2,19 @@
 
     python benchmarks/soak.py --connections 1000 --seconds 120 [--seed N] [--json]
 
-The server is ``examples/echo_server.py`` in its own process, on 127.0.0.1
-with a kernel-chosen port, a line limit (``--max-line``, 64 KiB by default)
-and a lifetime of its own (``--max-seconds``), so it cannot outlive this run.
+The server under test is ``examples/echo_server.py``, started as its
+docstring tells a user to.  Why the example: it is the server a chatcore user
+starts from (``chatcore.demo``'s ``EchoHandler`` and ``Listener``, the
+classes ``python -m chatcore demo`` runs, behind a line limit), and it has
+the two settings a soak needs: a line limit (``--max-line``, 64 KiB by
+default), which the oversized clients must run into, and a lifetime of its
+own (``--max-seconds``), so it cannot outlive this run.  It runs in its own
+process on 127.0.0.1, on a kernel-chosen port.  ``--server`` soaks another
+script instead (tests/test_soak.py passes broken copies of the example) that
+behaves the same way: it takes ``--port 0``, ``--max-line`` and
+``--max-seconds``, prints ``listening on HOST:PORT (engine: NAME)`` once it
+listens, logs with ``log_info`` to stdout, and exits 0 on SIGINT.
+
 One client process, one selectors loop, keeps ``--connections`` connections
 open for ``--seconds`` seconds, replacing every client that finishes with a
 new one.  A seeded RNG draws each one's behaviour, so that the open
@@ -89,8 +99,12 @@ try:
 except ImportError:  # a bare checkout: soak its source tree
     sys.path.insert(0, str(ROOT))
 
-from chatcore.benchmark.echo import _resident_bytes  # noqa: E402
-from chatcore.benchmark.serverproc import LOOPBACK, package_root, raise_descriptor_limit  # noqa: E402
+from chatcore.benchmark.serverproc import (  # noqa: E402
+    LOOPBACK,
+    package_root,
+    raise_descriptor_limit,
+    resident_bytes,
+)
 
 EXAMPLE_SERVER = ROOT / "examples" / "echo_server.py"
 KINDS = ("echo", "slow", "reset", "half-close", "oversized", "garbage")
@@ -136,7 +150,7 @@ class SoakError(Exception):
 
 
 class ExampleServer:
-    """``examples/echo_server.py`` (or *script*) in a child process.
+    """``examples/echo_server.py`` (or *script*, see ``--server``) in a child process.
 
     Its stdout is read by a thread: the first line gives the port, the rest
     are the server's log lines (``log_info`` prints them), counted here so a
@@ -220,7 +234,7 @@ class ExampleServer:
         return self.process is not None and self.process.poll() is None
 
     def rss(self) -> Optional[int]:
-        return _resident_bytes(self.pid) if self.alive() else None
+        return resident_bytes(self.pid) if self.alive() else None
 
     def stderr_tail(self, limit: int = 1500) -> str:
         if self._stderr is None:

@@ -11,12 +11,13 @@ installed), asyncio and uvloop.
   (times CHATCORE_BENCH_SCALE), at most ``PIPELINE_WINDOW`` bytes in flight;
 * ``echo ping-pong``: 5 000 sequential one-line round trips (times the scale).
 
-The server runs in its own process, started once per test; a timed round is
-one client run (connecting and building the expected streams happen in the
-untimed setup).  Every round checks every echoed byte.  ``extra_info`` holds
-messages/s and MB/s of the fastest round and, for ping-pong, that round's
-p50/p99 round-trip latency in microseconds, and the send timing the server
-measured before listening (with ``ac_coalesce_sends`` for chatcore's).
+The server runs in its own process, started once per test (hence the
+``loopback`` mark, see conftest.py); a timed round is one client run
+(connecting and building the expected streams happen in the untimed setup).
+Every round checks every echoed byte.  ``extra_info`` holds messages/s and
+MB/s of the fastest round and, for ping-pong, that round's p50/p99 round-trip
+latency in microseconds, and the send timing the server measured before
+listening (with ``ac_coalesce_sends`` for chatcore's).
 
     python -m pytest benchmarks/test_echo.py --benchmark-columns=min,median,rounds
     CHATCORE_BENCH_SCALE=0.01 python -m pytest benchmarks/test_echo.py --benchmark-disable
@@ -34,12 +35,12 @@ from chatcore.benchmark.echo import (
     available_servers,
 )
 
+pytestmark = pytest.mark.loopback
+
 PIPELINED_CONNECTIONS = 4
 PIPELINED_LINES = 100_000  # per connection, at scale 1
 PING_PONG_ROUNDS = 5_000  # at scale 1
 LINE_SIZE = 16
-#: Bounds a hung server while connecting; the runs are bounded by conftest's RUN_TIMEOUT.
-RUN_TIMEOUT = 120.0
 
 
 def scaled(count: int, scale: float, minimum: int = 10) -> int:
@@ -69,8 +70,8 @@ def test_echo_pipelined(benchmark, scale, echo_server, client_rounds):
     lines = scaled(PIPELINED_LINES, scale)
     benchmark.group = "echo pipelined, %d connections x %d lines of %d B" % (PIPELINED_CONNECTIONS, lines, LINE_SIZE)
 
-    def make_client() -> PipelinedClient:
-        return PipelinedClient(echo_server.port, PIPELINED_CONNECTIONS, lines, LINE_SIZE, timeout=RUN_TIMEOUT)
+    def make_client(timeout: float) -> PipelinedClient:
+        return PipelinedClient(echo_server.port, PIPELINED_CONNECTIONS, lines, LINE_SIZE, timeout=timeout)
 
     measurements = client_rounds(make_client)
     assert all(m.messages == PIPELINED_CONNECTIONS * lines for m in measurements)
@@ -81,8 +82,8 @@ def test_echo_ping_pong(benchmark, scale, echo_server, client_rounds):
     rounds = scaled(PING_PONG_ROUNDS, scale)
     benchmark.group = "echo ping-pong, %d round trips of %d B" % (rounds, LINE_SIZE)
 
-    def make_client() -> PingPongClient:
-        return PingPongClient(echo_server.port, rounds, LINE_SIZE, timeout=RUN_TIMEOUT)
+    def make_client(timeout: float) -> PingPongClient:
+        return PingPongClient(echo_server.port, rounds, LINE_SIZE, timeout=timeout)
 
     measurements = client_rounds(make_client)
     assert all(m.messages == rounds for m in measurements)

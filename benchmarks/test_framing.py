@@ -19,7 +19,7 @@ IMPLEMENTATIONS = framing.implementations()
 @pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
 @pytest.mark.parametrize("read_size", framing.READ_SIZES)
 @pytest.mark.parametrize("workload", sorted(framing.WORKLOADS))
-def test_framing(benchmark, scale, workload, read_size, implementation):
+def test_framing(benchmark, timed_rounds, scale, workload, read_size, implementation):
     if not framing.runs_on(implementation, workload):
         pytest.skip("%s does not run %s (see chatcore.benchmark.framing)" % (implementation, workload))
     runner = IMPLEMENTATIONS[implementation]
@@ -29,7 +29,7 @@ def test_framing(benchmark, scale, workload, read_size, implementation):
     def one_pass():
         return framing.run_once(workload, implementation, read_size, scale, runner)
 
-    result = benchmark.pedantic(one_pass, rounds=3, iterations=1, warmup_rounds=1)
+    result = timed_rounds(one_pass)[-1]
     benchmark.extra_info.update(
         messages=result.messages,
         stream_bytes=result.stream_bytes,

@@ -10,10 +10,11 @@ send timing) and the legacy modules this Python has (``stdlib`` up to 3.11,
 A timed round is one client run: 4 connections, each an SMTP session of
 1 000 transactions (times CHATCORE_BENCH_SCALE) of MAIL FROM, RCPT TO, DATA,
 a ~1 KiB body and RSET, one command at a time, every reply compared byte for
-byte.  The server runs in its own process, started once per test; connecting
-and building the scripts happen in the untimed setup.  ``extra_info`` holds
-commands/s, transactions/s and p50/p99 per command (microseconds) of the
-fastest round, and what served with its measured send timing.
+byte.  The server runs in its own process, started once per test (hence the
+``loopback`` mark, see conftest.py); connecting and building the scripts
+happen in the untimed setup.  ``extra_info`` holds commands/s, transactions/s
+and p50/p99 per command (microseconds) of the fastest round, and what served
+with its measured send timing.
 
     python -m pytest benchmarks/test_smtp.py --benchmark-columns=min,median,rounds
     CHATCORE_BENCH_SCALE=0.01 python -m pytest benchmarks/test_smtp.py --benchmark-disable
@@ -25,10 +26,10 @@ import pytest
 
 from chatcore.benchmark.smtp import SMTPClient, SMTPMeasurement, SMTPServerProcess, available_servers
 
+pytestmark = pytest.mark.loopback
+
 CONNECTIONS = 4
 TRANSACTIONS = 1_000  # per connection, at scale 1
-#: Bounds a hung server while connecting; the runs are bounded by conftest's RUN_TIMEOUT.
-RUN_TIMEOUT = 120.0
 
 
 @pytest.fixture(params=available_servers())
@@ -41,8 +42,8 @@ def test_smtp_request_response(benchmark, scale, smtp_server, client_rounds):
     transactions = max(2, int(TRANSACTIONS * scale))
     benchmark.group = "smtp, %d connections x %d transactions, one command at a time" % (CONNECTIONS, transactions)
 
-    def make_client() -> SMTPClient:
-        return SMTPClient(smtp_server.port, CONNECTIONS, transactions, timeout=RUN_TIMEOUT)
+    def make_client(timeout: float) -> SMTPClient:
+        return SMTPClient(smtp_server.port, CONNECTIONS, transactions, timeout=timeout)
 
     measurements: list[SMTPMeasurement] = client_rounds(make_client)
     # HELO and QUIT, then five commands a transaction, on every connection.

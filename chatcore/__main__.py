@@ -12,7 +12,7 @@ Without a command the help is printed and the exit status is 2.
 
 import argparse
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from . import demo
 from .benchmark import cli as bench_cli
@@ -85,7 +85,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.run(args)
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ does a compiled module built from older sources (with a warning).
 import os
 import warnings
 from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
 from . import _framing_py
 
@@ -34,4 +35,12 @@ def _load() -> "tuple[ModuleType, str]":
     return _framing_c, "cython"
 
 
-engine, implementation = _load()
+if TYPE_CHECKING:
+    # Type checkers see the compiled engine's stub, _framing_c.pyi, which
+    # describes both engines (tests/test_typing.py compares it with the twin).
+    from . import _framing_c
+
+    engine = _framing_c
+    implementation: Literal["cython", "python"]
+else:
+    engine, implementation = _load()

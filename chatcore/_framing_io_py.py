@@ -12,12 +12,15 @@ fast paths below are taken only where nothing of the sort is overridden.
 """
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from . import coalesce
 from .dispatch import dispatcher, inherits
 from .eventloop import note_interest_change
 from .events import DISCONNECTED
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = [
     "deliver_messages",
@@ -106,7 +109,7 @@ def get_terminator(channel: Any) -> Any:
     return channel.terminator
 
 
-def deliver_received(channel: Any, data: Any) -> None:
+def deliver_received(channel: Any, data: "ReadableBuffer") -> None:
     """``async_chat._deliver_received``: frame *data* into the two callbacks."""
     # get_terminator() is called before every step only where it is overridden.
     channel._framer.feed(
@@ -114,7 +117,7 @@ def deliver_received(channel: Any, data: Any) -> None:
     )
 
 
-def deliver_messages(channel: Any, data: Any) -> None:
+def deliver_messages(channel: Any, data: "ReadableBuffer") -> None:
     """``message_chat._deliver_received``: frame *data* into ``handle_message`` calls."""
     channel._framer.feed_messages(channel, data, channel.max_message_size)
 
@@ -125,7 +128,7 @@ def initiate_send_once(channel: Any) -> None:
     note_interest_change(channel._map, channel._fileno)
 
 
-def push_and_send(channel: Any, data: Any) -> None:
+def push_and_send(channel: Any, data: Union[bytes, bytearray, memoryview]) -> None:
     """Queue *data* for sending (``async_chat.push``).
 
     With ``ac_coalesce_sends`` false (compat's default) it is handed to

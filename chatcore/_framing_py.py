@@ -21,11 +21,14 @@ The tests run every behaviour test against both modules; keep them in step.
 
 import sys
 from collections import deque
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .dispatch import dispatcher
 from .limits import check_limit
 from .outqueue import OutputQueue
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 # push() appends to chatcore's own producer_fifo with deque's own method.
 _deque_append = deque.append
@@ -63,7 +66,7 @@ class SizeLimit:
 
     __slots__ = ("_name", "_default", "_key")
 
-    def __init__(self, name: str, default: Any = None) -> None:
+    def __init__(self, name: str, default: Optional[int] = None) -> None:
         if type(name) is not str:
             raise TypeError("SizeLimit name must be a str, not %s" % type(name).__name__)
         self._name = name
@@ -88,15 +91,15 @@ class SizeLimit:
     def __set_name__(self, owner: type, name: str) -> None:
         setattr(owner, self._key, self._default)
 
-    def __get__(self, instance: Any, owner: Any = None) -> Optional[int]:
+    def __get__(self, instance: object, owner: Optional[type] = None) -> Optional[int]:
         if instance is None:
             return self._default
         return getattr(instance, self._key, self._default)
 
-    def __set__(self, instance: Any, value: Any) -> None:
+    def __set__(self, instance: object, value: Optional[int]) -> None:
         object.__setattr__(instance, self._key, check_limit(value, self._name))
 
-    def __delete__(self, instance: Any) -> None:
+    def __delete__(self, instance: object) -> None:
         try:
             object.__delattr__(instance, self._key)
         except AttributeError:
@@ -110,7 +113,7 @@ class SizeLimit:
 # live here so the compiled twin can speed them up.
 
 
-def set_terminator(channel: Any, term: Any) -> None:
+def set_terminator(channel: Any, term: Union[bytes, bytearray, memoryview, str, int, None]) -> None:
     """Set the input delimiter: bytes of any length, a byte count, or None."""
     if type(term) is bytes:
         channel.terminator = term
@@ -122,7 +125,7 @@ def set_terminator(channel: Any, term: Any) -> None:
     channel.terminator = term
 
 
-def collect_incoming_piece(channel: Any, data: Any) -> None:
+def collect_incoming_piece(channel: Any, data: bytes) -> None:
     """Keep *data* for ``join_incoming`` (stdlib's ``_collect_incoming_data``)."""
     channel.incoming.append(data)
 
@@ -199,7 +202,7 @@ class Framer:
         # parts joined once when it is complete (bytes pieces, and bytearrays
         # gathering small ones), and its length; and the bytes an
         # integer-framed message still needs.
-        self._parts: list = []
+        self._parts: list[Union[bytes, bytearray]] = []
         self._body_len = 0
         self._count_left = 0
         # Both modes: whether the current message overflowed and is being
@@ -218,7 +221,7 @@ class Framer:
         return self._data[self._pos :]
 
     @pending.setter
-    def pending(self, value: Any) -> None:
+    def pending(self, value: "ReadableBuffer") -> None:
         self._data = bytes(memoryview(value))
         self._pos = 0
         self._found_owed = False
@@ -228,7 +231,9 @@ class Framer:
         """True while ``feed`` is running (a handler callback re-entered it)."""
         return self._feeding > 0
 
-    def feed(self, channel: Any, data: Any, call_get_terminator: bool = True, max_size: Optional[int] = None) -> None:
+    def feed(
+        self, channel: Any, data: "ReadableBuffer", call_get_terminator: bool = True, max_size: Optional[int] = None
+    ) -> None:
         """Append *data* to the pending bytes and deliver every complete piece.
 
         Calls ``channel.collect_incoming_data(bytes)`` and
@@ -364,7 +369,7 @@ class Framer:
                 self._data = self._data[self._pos :]
                 self._pos = 0
 
-    def feed_messages(self, channel: Any, data: Any, max_size: Optional[int]) -> None:
+    def feed_messages(self, channel: Any, data: "ReadableBuffer", max_size: Optional[int]) -> None:
         """Message mode: hand each complete message to ``channel.handle_message``.
 
         One ``bytes`` per message, terminator excluded, instead of pieces to
@@ -503,7 +508,7 @@ def _byte_view(view: memoryview) -> Any:
     return bytes(view)
 
 
-def push(channel: Any, data: Any) -> None:
+def push(channel: Any, data: Union[bytes, bytearray, memoryview]) -> None:
     """Queue *data* on ``channel.producer_fifo`` in ``ac_out_buffer_size`` pieces."""
     if type(data) is not bytes:
         if type(data) is memoryview:
@@ -545,6 +550,8 @@ def initiate_send(channel: Any, zero_copy: bool = False) -> None:
     counts items there).
     """
     fifo = channel.producer_fifo
+    # A slice of the head, or what a producer gave: any type a program queued.
+    data: Any
     while fifo and channel.connected:
         first = fifo[0]
         if type(first) is memoryview:
@@ -613,7 +620,7 @@ def _dispatcher_send(channel: Any, data: Any) -> int:
 GATHER_LIMIT = 512
 
 
-def send_gathered(fifo: Any, sendmsg: Any, max_bytes: int) -> int:
+def send_gathered(fifo: "deque[Any]", sendmsg: Callable[[list[Any]], int], max_bytes: int) -> int:
     """Send the plain buffers at the head of *fifo* in one ``sendmsg`` call.
 
     Gathers bytes, bytearray and memoryview entries (stopping at ``None``, a

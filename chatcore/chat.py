@@ -15,7 +15,7 @@ slices) are taken only where nothing observable changes.
 
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, AnyStr, Callable, Optional, Union
 
 from . import _framing, coalesce
 from .dispatch import dispatcher, inherits
@@ -24,11 +24,31 @@ from .events import _RERAISED, DISCONNECTED
 from .limits import declare_limits
 from .outqueue import OutputQueue
 
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from _typeshed import ReadableBuffer
+
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
 
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
 
-Terminator = Union[bytes, str, int, None]
+#: What ``push()`` takes (anything else is a TypeError, as in stdlib).
+BytesLike = Union[bytes, bytearray, memoryview]
+
+#: What ``set_terminator()`` takes: a delimiter (bytes-like; a str only with
+#: ``use_encoding`` set), a byte count, or None for "everything".
+Terminator = Union[bytes, bytearray, memoryview, str, int, None]
+
+if TYPE_CHECKING:
+
+    class Producer(Protocol):
+        """What ``push_with_producer()`` takes: ``more()`` gives the next data, empty when done.
+
+        A str is encoded only with ``use_encoding`` set, as in stdlib.
+        """
+
+        def more(self) -> Union[bytes, bytearray, memoryview, str]: ...
 
 
 def _disable_nagle(sock: Any) -> None:
@@ -46,16 +66,16 @@ def _disable_nagle(sock: Any) -> None:
 
 if hasattr(socket.socket, "sendmsg"):
 
-    def _gathering_send(sock: socket.socket) -> Any:
+    def _gathering_send(sock: socket.socket) -> Callable[[list[Any]], int]:
         return sock.sendmsg
 else:  # Windows: no sendmsg; one joined send is still one call
 
-    def _gathering_send(sock: socket.socket) -> Any:
+    def _gathering_send(sock: socket.socket) -> Callable[[list[Any]], int]:
         return lambda buffers: sock.send(b"".join(buffers))
 
 
-#: async_chat methods the engine implements (each engine function has the
-#: method's own name or, for the first three, the name it has in the engine).
+#: async_chat methods that are engine functions, bound in the class body
+#: (most under another name in the engine: ``push`` is ``push_and_send``).
 _ENGINE_METHODS = (
     "set_terminator",
     "_collect_incoming_data",
@@ -79,11 +99,15 @@ class async_chat(dispatcher):
     ac_in_buffer_size = 65536
     ac_out_buffer_size = 65536
 
-    #: The most bytes one message framed by a bytes terminator may hold before
-    #: ``handle_message_overflow()`` runs; None for no limit (stdlib's
-    #: behaviour, and the default in ``chatcore.compat.asynchat``).  Checked
-    #: when set, in a subclass body or on an instance (``chatcore.limits``).
-    ac_max_message_size = _framing.engine.SizeLimit("ac_max_message_size", 1 << 20)
+    if TYPE_CHECKING:
+        # To type checkers a plain attribute, which a subclass body may set.
+        ac_max_message_size: Optional[int]
+    else:
+        #: The most bytes one message framed by a bytes terminator may hold before
+        #: ``handle_message_overflow()`` runs; None for no limit (stdlib's
+        #: behaviour, and the default in ``chatcore.compat.asynchat``).  Checked
+        #: when set, in a subclass body or on an instance (``chatcore.limits``).
+        ac_max_message_size = _framing.engine.SizeLimit("ac_max_message_size", 1 << 20)
     # Which attribute holds the limit, for handle_message_overflow's log line.
     _size_limit_name = "ac_max_message_size"
 
@@ -110,6 +134,9 @@ class async_chat(dispatcher):
     use_encoding = 0
     encoding = "latin-1"
 
+    #: The current terminator (``set_terminator()``); unset until it is first set.
+    terminator: Terminator
+
     #: The framing engine module; tests swap in the other implementation.
     _engine = _framing.engine
 
@@ -132,7 +159,7 @@ class async_chat(dispatcher):
     def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None):
         self._framer = self._engine.Framer()
         # Where _get_data()/_collect_incoming_data() accumulate pieces.
-        self.incoming: list = []
+        self.incoming: list[bytes] = []
         # Buffers, producers and None (= close) waiting to be sent, in order.
         self.producer_fifo: deque[Any] = OutputQueue()
         self.producer_fifo.set_owner(self)
@@ -144,29 +171,32 @@ class async_chat(dispatcher):
         return self._framer.pending
 
     @ac_in_buffer.setter
-    def ac_in_buffer(self, value: Any) -> None:
+    def ac_in_buffer(self, value: "ReadableBuffer") -> None:
         self._framer.pending = value
 
     def collect_incoming_data(self, data: bytes) -> None:
         raise NotImplementedError("must be implemented in subclass")
 
-    # Hot in legacy handlers, so the engine provides them (see _ENGINE_METHODS).
-    _collect_incoming_data = _framing.engine.collect_incoming_piece
-    _get_data = _framing.engine.join_incoming
-
     def found_terminator(self) -> None:
         raise NotImplementedError("must be implemented in subclass")
 
-    set_terminator: Callable[["async_chat", Terminator], None] = _framing.engine.set_terminator
-
     if TYPE_CHECKING:
-
+        # The methods the engine functions below are, as type checkers should
+        # see them (the channel is ``self``); tests/test_typing.py checks that
+        # the parameters agree with the engine's.
+        def set_terminator(self, term: Terminator) -> None: ...
+        def _collect_incoming_data(self, data: bytes) -> None: ...
+        def _get_data(self) -> bytes: ...
         def get_terminator(self) -> Terminator: ...
         def handle_read(self) -> None: ...
-        def _deliver_received(self, data: Any) -> None: ...
-        def push(self, data: Union[bytes, bytearray, memoryview]) -> None: ...
+        def _deliver_received(self, data: "ReadableBuffer") -> None: ...
+        def push(self, data: BytesLike) -> None: ...
         def initiate_send(self) -> None: ...
     else:
+        # Hot in legacy handlers, so the engine provides them (see _ENGINE_METHODS).
+        set_terminator = _framing.engine.set_terminator
+        _collect_incoming_data = _framing.engine.collect_incoming_piece
+        _get_data = _framing.engine.join_incoming
         # The per-event steps, compiled in the engine (chatcore._framing_io_py
         # is their pure-Python twin, with what each does): a request that
         # arrives and is answered crosses the fewest Python frames.  push()
@@ -277,7 +307,7 @@ class async_chat(dispatcher):
             # None (close when done) or a producer: stdlib's own steps.
             self.initiate_send()
 
-    def push_with_producer(self, producer: Any) -> None:
+    def push_with_producer(self, producer: "Producer") -> None:
         """Queue an object with a ``more()`` method; it is drained in order."""
         self.producer_fifo.append(producer)
         self.initiate_send()
@@ -290,8 +320,9 @@ class async_chat(dispatcher):
         # Always readable: a buffer-size test would contradict set_terminator().
         return True
 
-    def writable(self) -> Any:
-        return self.producer_fifo or (not self.connected)
+    def writable(self) -> bool:
+        # Truthy rather than bool, as in stdlib: the queue itself when it holds something.
+        return self.producer_fifo or (not self.connected)  # type: ignore[return-value]
 
     def close_when_done(self) -> None:
         """Close the channel once everything queued so far has been sent."""
@@ -333,7 +364,10 @@ class message_chat(async_chat):
     logs the peer and closes the channel.
     """
 
-    max_message_size = _framing.engine.SizeLimit("max_message_size", 1 << 20)
+    if TYPE_CHECKING:
+        max_message_size: Optional[int]
+    else:
+        max_message_size = _framing.engine.SizeLimit("max_message_size", 1 << 20)
 
     def handle_message(self, message: bytes) -> None:
         raise NotImplementedError("must be implemented in subclass")
@@ -348,8 +382,8 @@ class simple_producer:
     """Yields *data* in pieces of at most *buffer_size* bytes."""
 
     def __init__(self, data: bytes, buffer_size: int = 512):
-        self.data = data
-        self.buffer_size = buffer_size
+        self.data: bytes = data
+        self.buffer_size: int = buffer_size
 
     def more(self) -> bytes:
         if len(self.data) > self.buffer_size:
@@ -360,7 +394,7 @@ class simple_producer:
         return result
 
 
-def find_prefix_at_end(haystack: Union[bytes, str], needle: Union[bytes, str]) -> int:
+def find_prefix_at_end(haystack: AnyStr, needle: AnyStr) -> int:
     """Length of the longest proper prefix of *needle* that *haystack* ends with.
 
     Assumes *needle* itself does not occur at the end (asynchat checks that first).

@@ -64,7 +64,7 @@ def end_turn(outer: Optional[list[Any]]) -> None:
             flush(channel)
         except _RERAISED:
             # The channels not reached send their pushes themselves from now on.
-            for skipped in channels[position + 1 :]:
+            for skipped in channels[position + 1 :]:  # type: ignore[index]  # not None: the loop ran
                 skipped._send_deferred = False
             raise
         except BaseException:

@@ -151,7 +151,7 @@ class _DemoRun:
 
     def __init__(self, connections: int):
         self.connections = connections
-        self.finished = 0
+        self.finished: int = 0
         self.failure: Optional[str] = None
         self.listener: Optional[Listener] = None
 
@@ -186,8 +186,8 @@ class EchoClient(chatcore.async_chat):
         chatcore.async_chat.__init__(self, map=map)
         self.connection = connection
         self.lines = lines
-        self.sent = 0
-        self.received = 0
+        self.sent: int = 0
+        self.received: int = 0
         self._run = run
         self._line_parts: list[bytes] = []
         self.set_terminator(b"\n")

@@ -21,9 +21,10 @@ from errno import (
     EWOULDBLOCK,
     errorcode,
 )
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .eventloop import (
+    ChannelMap,
     forget_channel,
     note_interest_change,
     release_pollers,
@@ -38,6 +39,9 @@ from .events import (
     readwrite,
     write,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = [
     "ExitNow",
@@ -74,7 +78,7 @@ def compact_traceback() -> tuple[tuple[str, str, str], Any, Any, str]:
     if not tb:
         raise AssertionError("traceback does not exist")
     frames = []
-    while tb:
+    while tb is not None:
         code = tb.tb_frame.f_code
         frames.append((code.co_filename, code.co_name, str(tb.tb_lineno)))
         tb = tb.tb_next
@@ -82,7 +86,7 @@ def compact_traceback() -> tuple[tuple[str, str, str], Any, Any, str]:
     return frames[-1], exc_type, exc_value, info
 
 
-def close_all(map: Optional[dict[int, Any]] = None, ignore_all: bool = False) -> None:
+def close_all(map: Optional[ChannelMap] = None, ignore_all: bool = False) -> None:
     """Close every object in *map* (default: ``socket_map``) and empty it."""
     if map is None:
         map = socket_map
@@ -106,24 +110,27 @@ def close_all(map: Optional[dict[int, Any]] = None, ignore_all: bool = False) ->
 class dispatcher:
     """A non-blocking socket plus the event handlers the loop calls on it."""
 
-    debug = False
-    connected = False
-    accepting = False
-    connecting = False
-    closing = False
+    debug: bool = False
+    connected: bool = False
+    accepting: bool = False
+    connecting: bool = False
+    closing: bool = False
     addr: Any = None
-    ignore_log_types = frozenset({"warning"})
+    ignore_log_types: frozenset[str] = frozenset({"warning"})
 
     #: The module whose ``socket``, ``os`` and ``sys`` globals the methods
     #: read when they run, as asyncore's read its own: ``chatcore.compat.asyncore``
     #: names itself, so a test that replaces ``asyncore.socket`` is honoured.
     _namespace: Any = sys.modules[__name__]
 
-    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None):
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[ChannelMap] = None):
         self._map = self._default_map() if map is None else map
         self._fileno: Optional[int] = None
         if not sock:
-            self.socket = None
+            #: The socket: whatever was given or made (an ``ssl.SSLSocket``, a
+            #: ``file_wrapper``, a test's fake), None before that.  Any, so
+            #: handlers call its methods without narrowing it first.
+            self.socket: Any = None
             return
         # The socket may come from a blocking source (accept(), a factory).
         sock.setblocking(False)
@@ -139,7 +146,7 @@ class dispatcher:
             self.connected = False
 
     @staticmethod
-    def _default_map() -> dict[int, Any]:
+    def _default_map() -> ChannelMap:
         """The map used when none is given; the compat module reads its own global."""
         return socket_map
 
@@ -157,29 +164,30 @@ class dispatcher:
                 status.append(repr(self.addr))
         return "<%s at %#x>" % (" ".join(status), id(self))
 
-    def add_channel(self, map: Optional[dict[int, Any]] = None) -> None:
+    def add_channel(self, map: Optional[ChannelMap] = None) -> None:
         if map is None:
             map = self._map
-        map[self._fileno] = self
+        # Under None before a socket is set, as in asyncore.
+        map[self._fileno] = self  # type: ignore[index]
         note_interest_change(map, self._fileno)
 
-    def del_channel(self, map: Optional[dict[int, Any]] = None) -> None:
+    def del_channel(self, map: Optional[ChannelMap] = None) -> None:
         if map is None:
             map = self._map
         fd = self._fileno
         # Before the socket can be closed: see forget_channel().
         forget_channel(map, fd, self)
-        map.pop(fd, None)
+        map.pop(fd, None)  # type: ignore[arg-type]
         note_interest_change(map, fd)
         self._fileno = None
 
     def create_socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> None:
-        self.family_and_type = family, type
+        self.family_and_type: tuple[int, int] = family, type
         sock = self._namespace.socket.socket(family, type)
         sock.setblocking(False)
         self.set_socket(sock)
 
-    def set_socket(self, sock: Any, map: Optional[dict[int, Any]] = None) -> None:
+    def set_socket(self, sock: Any, map: Optional[ChannelMap] = None) -> None:
         self.socket = sock
         self._fileno = sock.fileno()
         self.add_channel(map)
@@ -208,11 +216,12 @@ class dispatcher:
         note_interest_change(self._map, self._fileno)
         if self._namespace.os.name == "nt" and num > 5:
             num = 5
-        return self.socket.listen(num)
+        # What the socket object answers, as asyncore returned it.
+        return self.socket.listen(num)  # type: ignore[no-any-return]
 
     def bind(self, addr: Any) -> None:
         self.addr = addr
-        return self.socket.bind(addr)
+        return self.socket.bind(addr)  # type: ignore[no-any-return]
 
     def connect(self, address: Any) -> None:
         self.connected = False
@@ -239,9 +248,9 @@ class dispatcher:
             raise
         return conn, addr
 
-    def send(self, data: Any) -> int:
+    def send(self, data: "ReadableBuffer") -> int:
         try:
-            return self.socket.send(data)
+            return self.socket.send(data)  # type: ignore[no-any-return]
         except OSError as err:
             if err.errno == EWOULDBLOCK:
                 return 0
@@ -251,6 +260,7 @@ class dispatcher:
             raise
 
     def recv(self, buffer_size: int) -> bytes:
+        data: bytes
         try:
             data = self.socket.recv(buffer_size)
         except OSError as err:
@@ -371,9 +381,9 @@ track_predicates(dispatcher.readable, dispatcher.writable)
 class dispatcher_with_send(dispatcher):
     """A dispatcher whose send() buffers, for simple clients."""
 
-    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None):
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[ChannelMap] = None):
         dispatcher.__init__(self, sock, map)
-        self.out_buffer = b""
+        self.out_buffer: bytes = b""
 
     def initiate_send(self) -> None:
         sent = dispatcher.send(self, self.out_buffer[:65536])
@@ -383,9 +393,11 @@ class dispatcher_with_send(dispatcher):
         self.initiate_send()
 
     def writable(self) -> bool:
-        return (not self.connected) or len(self.out_buffer)
+        # Truthy rather than bool, as in asyncore: the length of what is left to send.
+        return (not self.connected) or len(self.out_buffer)  # type: ignore[return-value]
 
-    def send(self, data: Any) -> None:
+    # Returns None, not a count: asyncore's dispatcher_with_send.send does.
+    def send(self, data: "ReadableBuffer") -> None:  # type: ignore[override]
         if self.debug:
             self.log_info("sending %s" % repr(data))
         self.out_buffer = self.out_buffer + data
@@ -402,18 +414,19 @@ if os.name == "posix":
         _namespace: Any = sys.modules[__name__]
 
         def __init__(self, fd: int):
-            self.fd = self._namespace.os.dup(fd)
+            self.fd: int = self._namespace.os.dup(fd)
 
         def __del__(self) -> None:
             if self.fd >= 0:
                 warnings.warn("unclosed file %r" % self, ResourceWarning, source=self)  # noqa: B028 (as asyncore)
             self.close()
 
+        # What the namespace's os.read()/os.write() answer, as asyncore's did.
         def recv(self, *args: Any) -> bytes:
-            return self._namespace.os.read(self.fd, *args)
+            return self._namespace.os.read(self.fd, *args)  # type: ignore[no-any-return]
 
         def send(self, *args: Any) -> int:
-            return self._namespace.os.write(self.fd, *args)
+            return self._namespace.os.write(self.fd, *args)  # type: ignore[no-any-return]
 
         def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
             socket = self._namespace.socket
@@ -436,7 +449,7 @@ if os.name == "posix":
     class file_dispatcher(dispatcher):
         """A dispatcher over a pipe or file descriptor instead of a socket."""
 
-        def __init__(self, fd: Any, map: Optional[dict[int, Any]] = None):
+        def __init__(self, fd: Any, map: Optional[ChannelMap] = None):
             dispatcher.__init__(self, None, map)
             self.connected = True
             try:
@@ -447,6 +460,6 @@ if os.name == "posix":
             self._namespace.os.set_blocking(fd, False)
 
         def set_file(self, fd: int) -> None:
-            self.socket = self._namespace.file_wrapper(fd)
+            self.socket: Any = self._namespace.file_wrapper(fd)
             self._fileno = self.socket.fileno()
             self.add_channel()

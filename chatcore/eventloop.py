@@ -30,7 +30,7 @@ import selectors
 import threading
 import time
 from time import monotonic as _monotonic
-from typing import Any, Optional
+from typing import Any, Callable, Optional, cast
 
 from . import coalesce
 from .events import (
@@ -48,7 +48,7 @@ from .events import (
 
 __all__ = ["loop", "poll", "poll2", "poll3", "socket_map"]
 
-ChannelMap = dict[Any, Any]
+ChannelMap = dict[int, Any]
 Events = list[tuple[int, int]]
 
 _REPORTED = POLLIN | POLLPRI | POLLOUT | POLLERR | POLLHUP | POLLNVAL
@@ -58,7 +58,7 @@ socket_map: ChannelMap = {}
 
 #: id(map) -> descriptors whose channel may want other events now, for the
 #: loop's poller of that map (present only while one follows the map).
-interest_changes: dict[int, list] = {}
+interest_changes: dict[int, list[Any]] = {}
 
 
 def note_interest_change(channel_map: Any, fd: Any) -> None:
@@ -96,14 +96,14 @@ class _Poller:
         self.changes: Optional[list[Any]] = None
         # The (fd, flags) events of the last turn.
         self.touched: Events = []
-        self.scanned_at = 0.0
+        self.scanned_at: float = 0.0
         self.scanned_mode: Optional[bool] = None
         # What an empty select-mode turn sleeps with.
-        self.sleep = time.sleep
+        self.sleep: Callable[[float], None] = time.sleep
         # The _PollerCache generation (process) it was made in, and the lock
         # held by the loop()/poll() call using it.
-        self.generation = 0
-        self.claim = threading.Lock()
+        self.generation: int = 0
+        self.claim: threading.Lock = threading.Lock()
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -285,7 +285,8 @@ class _SelectorsPoller(_Poller):
     def _set_aside_closed(self) -> bool:
         """Move registered descriptors that are no longer open to the invalid ones."""
         closed = []
-        for fd in list(self._selector.get_map()):
+        # Registered by number, so every key of the map is an int.
+        for fd in cast("list[int]", list(self._selector.get_map())):
             try:
                 select.select([fd], [], [], 0)
             except OSError:
@@ -380,7 +381,7 @@ class _PollerCache:
         # Bumped in a forked child: pollers of an older generation are the
         # parent's.  (Where fork() cannot be hooked, the pid tells.)
         self._generation = 0
-        self._pid = os.getpid()
+        self._pid: Optional[int] = os.getpid()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget_parent_pollers)
             self._pid = None
@@ -613,7 +614,8 @@ def _scan_all(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
 
 def _scan_changes(poller: _Poller, map: ChannelMap, poll_mode: bool) -> None:
     """Ask only the channels that may want something else than last turn."""
-    changes = poller.changes
+    # Only a poller that follows changes gets here (see _turn).
+    changes: list[Any] = poller.changes  # type: ignore[assignment]
     touched = poller.touched
     poller.touched = []
     if len(touched) <= 1 and len(changes) <= 1 and not poller.custom:

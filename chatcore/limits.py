@@ -21,7 +21,7 @@ set in a subclass body is checked when the class is created.
 
 import operator
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any, Optional, SupportsIndex, overload
 
 __all__ = ["check_limit", "declare_limits"]
 
@@ -29,6 +29,10 @@ __all__ = ["check_limit", "declare_limits"]
 _ENGINE_MODULES = ("chatcore._framing_c", "chatcore._framing_py")
 
 
+@overload
+def check_limit(value: None, name: str) -> None: ...
+@overload
+def check_limit(value: SupportsIndex, name: str) -> int: ...
 def check_limit(value: Any, name: str) -> Optional[int]:
     """*value* as a limit: None, or a plain ``int`` >= 0; *name* is used in the error."""
     if value is None:

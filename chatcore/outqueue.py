@@ -29,7 +29,7 @@ _iadd = deque.__iadd__
 _Queue = TypeVar("_Queue", bound="OutputQueue")
 
 
-class OutputQueue(deque):
+class OutputQueue(deque[Any]):
     """A deque of buffers, producers and None (close) that reports additions.
 
     Only a change from empty to not empty is reported, by calling the

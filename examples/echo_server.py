@@ -10,9 +10,12 @@ A line longer than ``--max-line`` bytes (64 KiB by default) closes that one
 connection, so a client that never sends a newline cannot make the server
 buffer without bound; ``--max-seconds`` stops serving after that long (the
 soak run in ``benchmarks/soak.py`` uses it so the server cannot outlive it).
-The server classes live in ``chatcore.demo`` (``python -m chatcore demo`` uses
-the same ones); ``start_echo_server`` builds a server on any channel map, so
-tests can serve from their own loop.
+
+The handler and the listener are the public ``EchoHandler``, ``Listener`` and
+``start_echo_server`` of ``chatcore.demo`` (the ones ``python -m chatcore
+demo`` runs), imported rather than written again; this file adds the line
+limit (``limited_handler``) and the command line.  ``start_echo_server``
+builds a server on any channel map, so tests can serve from their own loop.
 """
 
 import argparse

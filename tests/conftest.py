@@ -4,29 +4,25 @@
 pure-Python twin (id "py"); ``chat_class`` is ``chatcore.async_chat`` bound to
 that engine, ready to subclass.  The "c" cases are skipped, with the reason,
 only in a build made with CHATCORE_NO_EXTENSIONS=1; test_build.py fails a
-normal build that lacks the compiled module.
+normal build that lacks the compiled module.  ``sockets`` and ``socket_pair``
+hand out real sockets that are closed after the test (helpers/sockets.py);
+the rest of what tests share is in helpers/.
 """
 
 import os
 import sys
 from types import ModuleType
-from typing import Optional
 
 import pytest
 
-import chatcore
-from chatcore import _framing_py
+# Before anything imports them: helpers' asserts report their operands as the
+# tests' own do.
+pytest.register_assert_rewrite("helpers")
 
-try:
-    from chatcore import _framing_c as _compiled
-except ImportError:
-    _compiled: Optional[ModuleType] = None
+from helpers.engines import ENGINES  # noqa: E402
+from helpers.sockets import Sockets  # noqa: E402
 
-ENGINES = {"c": _compiled, "py": _framing_py}
-
-
-def extensions_disabled() -> bool:
-    return os.environ.get("CHATCORE_NO_EXTENSIONS", "") not in ("", "0")
+import chatcore  # noqa: E402
 
 
 @pytest.fixture(params=sorted(ENGINES), scope="session")
@@ -41,6 +37,20 @@ def engine(request) -> ModuleType:
 def chat_class(engine) -> type[chatcore.async_chat]:
     """``chatcore.async_chat`` running on the engine under test."""
     return type("async_chat", (chatcore.async_chat,), {"_engine": engine})
+
+
+@pytest.fixture
+def sockets():
+    """A ``helpers.sockets.Sockets``: socketpairs, TCP pairs and listeners, all closed after the test."""
+    opened = Sockets()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def socket_pair(sockets):
+    """A connected socketpair (channel end, peer end) whose blocking calls time out."""
+    return sockets.pair()
 
 
 def pytest_report_header(config):

@@ -33,8 +33,8 @@ def main(path: str) -> int:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(select, "epoll"):
-        # Urgent (out-of-band) data is reported only through epoll; README
-        # lists this among the differences from stdlib.
+        # Urgent (out-of-band) data is reported only through epoll;
+        # docs/migrating.rst lists this among the differences from stdlib.
         for cls in vars(module).values():
             if isinstance(cls, type) and hasattr(cls, "test_handle_expt"):
                 cls.test_handle_expt = unittest.skip("chatcore reports urgent data only through epoll")(

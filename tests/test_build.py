@@ -14,7 +14,7 @@ import os
 import sysconfig
 
 import pytest
-from conftest import ENGINES, extensions_disabled
+from helpers.engines import ENGINES, env_flag, extensions_disabled
 
 import chatcore
 
@@ -44,11 +44,7 @@ def test_the_stub_file_matches_the_twin():
         assert ("def %s(" % name in text) or ("class %s" % name in text), name
 
 
-def _required(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
-
-
-@pytest.mark.skipif(not _required("CHATCORE_REQUIRE_EXTENSION"), reason="CHATCORE_REQUIRE_EXTENSION=1 not set")
+@pytest.mark.skipif(not env_flag("CHATCORE_REQUIRE_EXTENSION"), reason="CHATCORE_REQUIRE_EXTENSION=1 not set")
 def test_required_extension_is_compiled_and_in_use():
     assert chatcore.implementation == "cython"
     assert ENGINES["c"] is not None and chatcore.async_chat._engine is ENGINES["c"]
@@ -56,7 +52,7 @@ def test_required_extension_is_compiled_and_in_use():
     assert ENGINES["c"].__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
-@pytest.mark.skipif(not _required("CHATCORE_REQUIRE_INSTALLED"), reason="CHATCORE_REQUIRE_INSTALLED=1 not set")
+@pytest.mark.skipif(not env_flag("CHATCORE_REQUIRE_INSTALLED"), reason="CHATCORE_REQUIRE_INSTALLED=1 not set")
 def test_required_installation_is_what_the_tests_import():
     package = os.path.dirname(os.path.realpath(chatcore.__file__))
     site_dirs = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}

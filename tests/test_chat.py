@@ -10,54 +10,18 @@ import threading
 from unittest import mock
 
 import pytest
+from helpers.channels import line_channel_class
+from helpers.serving import serve_and_receive, serve_until
 
 import chatcore
-
-
-def line_channel_class(chat_class, channel_map, terminator=b"\n"):
-    class Lines(chat_class):
-        def __init__(self, sock):
-            super().__init__(sock, map=channel_map)
-            self.set_terminator(terminator)
-            self.lines = []
-            self.closed_count = 0
-
-        def collect_incoming_data(self, data):
-            self._collect_incoming_data(data)
-
-        def found_terminator(self):
-            self.lines.append(self._get_data())
-
-        def handle_close(self):
-            self.closed_count += 1
-            self.close()
-
-    return Lines
 
 
 def make_line_channel(chat_class, sock, channel_map, terminator=b"\n"):
     return line_channel_class(chat_class, channel_map, terminator)(sock)
 
 
-@pytest.fixture
-def pair():
-    left, right = socket.socketpair()
-    right.settimeout(10)
-    yield left, right
-    left.close()
-    right.close()
-
-
-def serve_until(channel_map, condition, turns=500):
-    for _ in range(turns):
-        if condition():
-            return
-        chatcore.loop(timeout=0.02, map=channel_map, count=1)
-    raise AssertionError("condition not reached in %d turns" % turns)
-
-
-def test_lines_over_a_socket(chat_class, pair):
-    left, right = pair
+def test_lines_over_a_socket(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     channel = make_line_channel(chat_class, left, channel_map, b"\r\n")
     try:
@@ -70,8 +34,8 @@ def test_lines_over_a_socket(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-def test_end_of_stream_closes_and_processes_pending(chat_class, pair):
-    left, right = pair
+def test_end_of_stream_closes_and_processes_pending(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     channel = make_line_channel(chat_class, left, channel_map, b"\r\n")
     try:
@@ -87,8 +51,8 @@ def test_end_of_stream_closes_and_processes_pending(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-def test_overridden_recv_is_called(chat_class, pair):
-    left, right = pair
+def test_overridden_recv_is_called(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
 
     class Shouting(line_channel_class(chat_class, channel_map)):
@@ -108,8 +72,8 @@ def test_overridden_recv_is_called(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-def test_overridden_send_gets_bytes_as_stdlib_passes_them(chat_class, pair):
-    left, right = pair
+def test_overridden_send_gets_bytes_as_stdlib_passes_them(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     seen = []
 
@@ -130,33 +94,23 @@ def test_overridden_send_gets_bytes_as_stdlib_passes_them(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
-def test_close_when_done_sends_everything_then_closes(chat_class, pair):
-    left, right = pair
+def test_close_when_done_sends_everything_then_closes(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     channel = chat_class(left, map=channel_map)
     payload = bytes(range(256)) * 4096  # 1 MiB: needs many partial sends
     try:
         channel.push(payload)
         channel.close_when_done()
-        received = bytearray()
-        while True:
-            chatcore.loop(timeout=0.01, map=channel_map, count=1)
-            try:
-                chunk = right.recv(1 << 20, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                break
-            received += chunk
-        assert bytes(received) == payload
+        received = serve_and_receive(channel_map, right)
+        assert received == payload
         assert not channel.connected and channel_map == {}
     finally:
         chatcore.close_all(channel_map)
 
 
-def test_discard_buffers_inside_found_terminator(chat_class, pair):
-    left, right = pair
+def test_discard_buffers_inside_found_terminator(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
 
     class Discarding(chat_class):
@@ -179,8 +133,8 @@ def test_discard_buffers_inside_found_terminator(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-def test_reentrant_handle_read_does_not_corrupt_data(chat_class, pair):
-    left, right = pair
+def test_reentrant_handle_read_does_not_corrupt_data(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
 
     class Greedy(chat_class):
@@ -209,8 +163,8 @@ def test_reentrant_handle_read_does_not_corrupt_data(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-def test_overridden_get_terminator_is_used(chat_class, pair):
-    left, right = pair
+def test_overridden_get_terminator_is_used(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
 
     class Semicolons(chat_class):
@@ -244,8 +198,8 @@ def test_blocking_io_error_on_recv_is_ignored(chat_class):
     assert not handle_error.called
 
 
-def test_large_receive_buffer(chat_class, pair):
-    left, right = pair
+def test_large_receive_buffer(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
 
     class Big(chat_class):
@@ -263,7 +217,7 @@ def test_large_receive_buffer(chat_class, pair):
     sender = threading.Thread(target=right.sendall, args=(b"z" * (3 << 20),))
     sender.start()
     try:
-        serve_until(channel_map, lambda: channel.done, turns=2000)
+        serve_until(channel_map, lambda: channel.done)
         assert channel.total == 3 << 20 and channel.terminator == 0
     finally:
         sender.join(10)
@@ -336,16 +290,8 @@ def test_simple_producer():
 
 
 def _echo_class(chat_class, channel_map, lines_per_message=1):
-    class Echo(chat_class):
-        def __init__(self, sock):
-            super().__init__(sock, map=channel_map)
-            self.set_terminator(b"\n")
-
-        def collect_incoming_data(self, data):
-            self._collect_incoming_data(data)
-
-        def found_terminator(self):
-            line = self._get_data()
+    class Echo(line_channel_class(chat_class, channel_map)):
+        def line(self, line):
             for _ in range(lines_per_message):
                 self.push(line + b"\n")
             if line == b"bye":
@@ -354,23 +300,7 @@ def _echo_class(chat_class, channel_map, lines_per_message=1):
     return Echo
 
 
-def _receive_until_eof(sock, channel_map, limit=1 << 26):
-    received = bytearray()
-    sock.setblocking(False)
-    for _ in range(20000):
-        chatcore.loop(timeout=0.01, map=channel_map, count=1)
-        try:
-            chunk = sock.recv(1 << 20)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            return bytes(received)
-        received += chunk
-        assert len(received) <= limit
-    raise AssertionError("no end of stream")
-
-
-def test_pushes_in_a_turn_leave_in_few_gathered_sends(chat_class, pair, monkeypatch):
+def test_pushes_in_a_turn_leave_in_few_gathered_sends(chat_class, socket_pair, monkeypatch):
     from chatcore import chat as chat_module
 
     calls = []
@@ -386,34 +316,35 @@ def test_pushes_in_a_turn_leave_in_few_gathered_sends(chat_class, pair, monkeypa
         return wrapper
 
     monkeypatch.setattr(chat_module, "_gathering_send", counting)
-    left, right = pair
+    left, right = socket_pair
     channel_map = {}
     _echo_class(chat_class, channel_map)(left)
     try:
         lines = [b"line %04d" % i for i in range(400)] + [b"bye"]
         right.sendall(b"".join(line + b"\n" for line in lines))
-        assert _receive_until_eof(right, channel_map) == b"".join(line + b"\n" for line in lines)
+        assert serve_and_receive(channel_map, right) == b"".join(line + b"\n" for line in lines)
         assert sum(calls) == len(lines)  # every line went through a gathered send
         assert len(calls) < len(lines) / 10
     finally:
         chatcore.close_all(channel_map)
 
 
-def test_large_pushes_in_a_handler_arrive_whole_through_a_full_socket(chat_class, pair):
-    left, right = pair
+def test_large_pushes_in_a_handler_arrive_whole_through_a_full_socket(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     _echo_class(chat_class, channel_map, lines_per_message=2000)(left)
     try:
         right.sendall(b"x" * 1000 + b"\nbye\n")
         expected = (b"x" * 1000 + b"\n") * 2000 + b"bye\n" * 2000
-        assert _receive_until_eof(right, channel_map) == expected
+        # 2 MiB through a 4 KiB send buffer: many turns.
+        assert serve_and_receive(channel_map, right, turns=20_000) == expected
     finally:
         chatcore.close_all(channel_map)
 
 
-def test_push_outside_the_loop_is_sent_at_once(chat_class, pair):
-    left, right = pair
+def test_push_outside_the_loop_is_sent_at_once(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     channel = chat_class(left, map=channel_map)
     try:
@@ -423,8 +354,8 @@ def test_push_outside_the_loop_is_sent_at_once(chat_class, pair):
         chatcore.close_all(channel_map)
 
 
-def test_overridden_send_keeps_stdlib_timing_inside_the_loop(chat_class, pair):
-    left, right = pair
+def test_overridden_send_keeps_stdlib_timing_inside_the_loop(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     sends_during_push = []
 
@@ -445,14 +376,14 @@ def test_overridden_send_keeps_stdlib_timing_inside_the_loop(chat_class, pair):
     Recording(left)
     try:
         right.sendall(b"a\nb\nbye\n")
-        assert _receive_until_eof(right, channel_map) == b"a\nb\nbye\n"
+        assert serve_and_receive(channel_map, right) == b"a\nb\nbye\n"
         assert sends_during_push[:3] == [True, True, True]
     finally:
         chatcore.close_all(channel_map)
 
 
-def test_producers_and_pushes_keep_their_order_inside_the_loop(chat_class, pair):
-    left, right = pair
+def test_producers_and_pushes_keep_their_order_inside_the_loop(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
 
     class Mixed(_echo_class(chat_class, channel_map)):
@@ -469,13 +400,13 @@ def test_producers_and_pushes_keep_their_order_inside_the_loop(chat_class, pair)
         right.sendall(b"one\ntwo\nbye\n")
         body = b"-produced-" * 50
         expected = b"".join(b"<" + word + body + b">\n" for word in (b"one", b"two", b"bye"))
-        assert _receive_until_eof(right, channel_map) == expected
+        assert serve_and_receive(channel_map, right) == expected
     finally:
         chatcore.close_all(channel_map)
 
 
-def test_recv_replaced_on_the_instance_is_called(chat_class, pair):
-    left, right = pair
+def test_recv_replaced_on_the_instance_is_called(chat_class, socket_pair):
+    left, right = socket_pair
     channel_map = {}
     channel = make_line_channel(chat_class, left, channel_map)
     calls = []
@@ -496,23 +427,16 @@ def test_recv_replaced_on_the_instance_is_called(chat_class, pair):
 # -- TCP_NODELAY: chatcore's own channels set it, compat's leave sockets as stdlib did ---------
 
 
-def _tcp_pair():
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=10)
-        server, _ = listener.accept()
-    return server, client
-
-
 def _nodelay(sock):
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 @pytest.mark.parametrize("compat", [False, True], ids=["chatcore", "compat"])
-def test_tcp_nodelay_is_set_on_chatcores_channels_only(chat_class, compat):
+def test_tcp_nodelay_is_set_on_chatcores_channels_only(chat_class, compat, sockets):
     import chatcore.compat.asynchat
 
     base = chatcore.compat.asynchat.async_chat if compat else chat_class
-    server, client = _tcp_pair()
+    server, _ = sockets.tcp_pair()
     channel_map = {}
     try:
         assert not _nodelay(server)
@@ -524,17 +448,13 @@ def test_tcp_nodelay_is_set_on_chatcores_channels_only(chat_class, compat):
         assert _nodelay(outgoing.socket) is (not compat)
         # A subclass may opt out (or in, on compat).
         opted = type("Opted", (base,), {"ac_tcp_nodelay": compat})
-        other_server, other_client = _tcp_pair()
-        try:
-            opted(other_server, map=channel_map)
-            assert _nodelay(other_server) is compat
-        finally:
-            other_client.close()
+        other_server, _ = sockets.tcp_pair()
+        opted(other_server, map=channel_map)
+        assert _nodelay(other_server) is compat
         # Not TCP: nothing to set, nothing fails.
-        left, right = socket.socketpair()
+        left, right = sockets.pair()
         right.close()
         base(left, map=channel_map)
         assert channel in channel_map.values()
     finally:
         chatcore.close_all(channel_map)
-        client.close()

@@ -1,12 +1,12 @@
 """chatcore.compat as a drop-in for ``import asyncore, asynchat``."""
 
 import os
-import subprocess
 import sys
 import textwrap
 
 import oracle
 import pytest
+from helpers.processes import run_python
 
 import chatcore
 from chatcore.compat import asynchat as compat_asynchat
@@ -41,13 +41,7 @@ def test_install_makes_unchanged_programs_import_chatcore():
         right.close()
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", program],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=60,
-        text=True,
-    )
+    out = run_python(program, "-W", "error::DeprecationWarning")
     assert out.returncode == 0, out.stdout
     assert out.stdout.split() == ["chatcore.compat.asynchat", "chatcore.compat.asyncore", "b'HELLO\\n'"]
 
@@ -171,13 +165,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def _run(program):
     """Run *program* in a child interpreter with tests/ importable; its stdout, split."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n" % TESTS_DIR + textwrap.dedent(program)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=60,
-        text=True,
-    )
+    out = run_python("import sys; sys.path.insert(0, %r)\n" % TESTS_DIR + textwrap.dedent(program))
     assert out.returncode == 0, out.stdout
     return out.stdout.split()
 

@@ -4,9 +4,9 @@ The files are taken from an installed CPython at test time, never vendored:
 this interpreter's own stdlib where it still has them (3.9-3.11, whose suites
 match its ``test.support``), otherwise the directory named by
 CHATCORE_CPYTHON_TESTS or a sibling 3.11 installation (pyenv's layout); see
-cpython_files.py.  Each suite runs
-in a child process per engine, so ``sys.modules`` surgery and the suites'
-threads and sockets stay out of this process.
+helpers/cpython.py.  Each suite runs in a child process per engine, so
+``sys.modules`` surgery and the suites' threads and sockets stay out of this
+process.
 """
 
 import os
@@ -14,13 +14,17 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ENGINES
-from cpython_files import engine_available, engine_env, find_cpython_test
+from helpers.cpython import engine_available, engine_env, find_cpython_test
+from helpers.engines import ENGINES
 
 SUITES = ["test_asynchat.py", "test_asyncore.py"]
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpython_suite.py")
+#: Bound on one suite's child (about 10 s normally); only a hung child reaches it.
+CHILD_TIMEOUT = 600
 
 
+# The child's own bound ends a hang first, and reports its output.
+@pytest.mark.timeout(CHILD_TIMEOUT + 60)
 @pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize("engine_id", sorted(ENGINES))
 def test_cpython_suite_passes(suite, engine_id, tmp_path):
@@ -41,7 +45,7 @@ def test_cpython_suite_passes(suite, engine_id, tmp_path):
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        timeout=600,
+        timeout=CHILD_TIMEOUT,
         text=True,
     )
     output = proc.stdout

@@ -25,7 +25,7 @@ skipped, with the reason.  Every channel gets a private map, so nothing
 reaches ``socket_map``.
 """
 
-import errno
+import functools
 import random
 import select
 import socket
@@ -33,7 +33,8 @@ from collections import deque
 
 import oracle
 import pytest
-from fakes import FakeConnection
+from helpers.fakes import FakeSocket, send_step
+from helpers.recorders import merged
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,63 +67,13 @@ def random_bytes(size, seed):
 
 
 # ---------------------------------------------------------------------------
-# Fakes and recording channels
+# Recording channels (the fake socket is helpers.fakes.FakeSocket)
 # ---------------------------------------------------------------------------
 
 
-class FakeSocket(FakeConnection):
-    """Just enough of a connected, non-blocking socket for ``dispatcher``.
-
-    ``recv()`` returns the next scripted chunk.  ``send(data)`` follows the
-    scripted behaviours, one per call, then accepts everything:
-    ``("all",)``, ``("part", r)`` (accept ``1 + r % len(data)`` bytes),
-    ``("eagain",)`` (BlockingIOError) and ``("reset",)`` (ECONNRESET).
-    It is not a ``socket.socket``, so chatcore takes its ``recv()`` path.
-    """
-
-    def __init__(self, chunks=(), send_script=()):
-        super().__init__()
-        self.chunks = deque(chunks)
-        self.send_script = list(send_script)
-        self.sent = bytearray()
-        self.send_lengths = []
-        self.closed = False
-
-    def recv(self, bufsize):
-        if not self.chunks:
-            raise BlockingIOError(errno.EAGAIN, "no scripted chunk left")
-        chunk = self.chunks.popleft()
-        assert len(chunk) <= bufsize, "test bug: chunk larger than ac_in_buffer_size"
-        return chunk
-
-    def send(self, data):
-        size = len(data)
-        step = len(self.send_lengths)
-        self.send_lengths.append(size)
-        behaviour = self.send_script[step] if step < len(self.send_script) else ("all",)
-        kind = behaviour[0]
-        if kind == "eagain":
-            raise BlockingIOError(errno.EAGAIN, "scripted EAGAIN")
-        if kind == "reset":
-            raise ConnectionResetError(errno.ECONNRESET, "scripted ECONNRESET")
-        count = size if kind == "all" or not size else 1 + behaviour[1] % size
-        self.sent += bytes(data[:count])
-        return count
-
-    def close(self):
-        self.closed = True
-
-
-_reader_classes = {}
-_writer_classes = {}
-
-
+@functools.cache
 def reader_class(base):
     """*base* plus callbacks that record what they are given and follow a terminator script."""
-    try:
-        return _reader_classes[base]
-    except KeyError:
-        pass
 
     class Reader(base):
         # Stdlib's unbounded input (chatcore's limit is tested in test_limits.py).
@@ -161,16 +112,12 @@ def reader_class(base):
                 term = None
             self.set_terminator(term)
 
-    _reader_classes[base] = Reader
     return Reader
 
 
+@functools.cache
 def writer_class(base):
     """*base* whose handle_close() logs the operation / write turn it ran in."""
-    try:
-        return _writer_classes[base]
-    except KeyError:
-        pass
 
     class Writer(base):
         def __init__(self, sock, out_buffer_size):
@@ -189,27 +136,7 @@ def writer_class(base):
             self.closes.append(self.turn)
             base.handle_close(self)
 
-    _writer_classes[base] = Writer
     return Writer
-
-
-def merge_data(events):
-    """*events* with consecutive ("data", bytes) entries joined into one."""
-    merged = []
-    pending = None
-    for kind, value in events:
-        if kind == "data":
-            if pending is None:
-                pending = bytearray()
-            pending += value
-            continue
-        if pending is not None:
-            merged.append(("data", bytes(pending)))
-            pending = None
-        merged.append((kind, value))
-    if pending is not None:
-        merged.append(("data", bytes(pending)))
-    return merged
 
 
 def _short(value, limit=80):
@@ -419,7 +346,7 @@ def _outcome(channel):
 
 def feed_fake(base, case, edits=()):
     """Play the case's chunks through a fake socket, one handle_read() per chunk."""
-    sock = FakeSocket(chunks=case["chunks"])
+    sock = FakeSocket(reads=case["chunks"])
     channel = reader_class(base)(
         sock,
         case["initial"],
@@ -432,7 +359,7 @@ def feed_fake(base, case, edits=()):
     try:
         for _ in case["chunks"]:
             channel.handle_read()
-        assert not sock.chunks
+        assert not sock.reads
         return _outcome(channel)
     finally:
         channel.close()
@@ -484,8 +411,8 @@ def feed_socketpair(base, case):
 def test_incoming_matches_oracle(chat_class, case):
     expected = feed_fake(oracle_asynchat.async_chat, case)
     actual = feed_fake(chat_class, case)
-    merged = merge_data(expected["events"])
-    assert_same("merged callback sequences", merged, merge_data(actual["events"]))
+    merged_events = merged(expected["events"])
+    assert_same("merged callback sequences", merged_events, merged(actual["events"]))
     assert_same("leftover ac_in_buffer", expected["ac_in_buffer"], actual["ac_in_buffer"])
     assert_same("final terminators", expected["terminator"], actual["terminator"])
     # Same reads, same pieces: the collect_incoming_data() calls match one for one.
@@ -496,7 +423,7 @@ def test_incoming_matches_oracle(chat_class, case):
     # chatcore's recv_into fast path on a real socket; the kernel re-chunks the stream,
     # which merged sequences do not depend on.
     real = feed_socketpair(chat_class, case)
-    assert_same("merged callback sequences (socketpair)", merged, merge_data(real["events"]))
+    assert_same("merged callback sequences (socketpair)", merged_events, merged(real["events"]))
     assert_same("leftover ac_in_buffer (socketpair)", expected["ac_in_buffer"], real["ac_in_buffer"])
     assert_same("final terminators (socketpair)", expected["terminator"], real["terminator"])
 
@@ -540,11 +467,11 @@ def test_terminator_switch_to_str_and_collect_all(chat_class, use_encoding, coll
     assert actual["ac_in_buffer"] == expected["ac_in_buffer"] == b""
     assert actual["terminator"] == expected["terminator"] == collect_all
     real = feed_socketpair(chat_class, case)
-    assert merge_data(real["events"]) == merge_data(expected["events"])
+    assert merged(real["events"]) == merged(expected["events"])
     assert real["ac_in_buffer"] == b""
     assert real["terminator"] == collect_all
     # The scenario goes through every state it is meant to.
-    assert merge_data(expected["events"]) == [
+    assert merged(expected["events"]) == [
         ("data", b"HELO there"),
         ("term", b"\r\n"),
         ("data", b"size "),
@@ -644,7 +571,7 @@ def _fifo_snapshot(fifo):
 
 
 def play_outgoing(base, simple_producer, case):
-    sock = FakeSocket(send_script=case["send_script"])
+    sock = FakeSocket(sends=map(send_step, case["send_script"]))
     channel = writer_class(base)(sock, case["out_buffer_size"])
     # str from a producer is sent encoded only with use_encoding (as a real socket
     # would refuse str); push() refuses str either way.
@@ -683,7 +610,7 @@ def play_outgoing(base, simple_producer, case):
             "connected": channel.connected,
             "socket_closed": sock.closed,
             "fifo": _fifo_snapshot(channel.producer_fifo),
-            "send_lengths": sock.send_lengths,
+            "send_sizes": sock.send_sizes,
         }
     finally:
         channel.close()
@@ -708,10 +635,10 @@ def test_outgoing_matches_oracle(chat_class, operations, send_script, out_buffer
     assert_same("connected", expected["connected"], actual["connected"])
     assert_same("socket closed", expected["socket_closed"], actual["socket_closed"])
     assert_same("producer_fifo left over", expected["fifo"], actual["fifo"])
-    # SEPARATE PROMISE: chatcore currently makes exactly stdlib's send() calls (same
-    # number, same lengths).  A later issue may relax this (e.g. larger or vectored
-    # sends); if so, change or drop only this assertion, not the ones above.
-    assert_same("send() argument lengths", expected["send_lengths"], actual["send_lengths"])
+    # A separate promise: chatcore makes exactly stdlib's send() calls (same
+    # number, same lengths) on this path.  Should that be relaxed (larger or
+    # vectored sends), change or drop only this assertion, not the ones above.
+    assert_same("send() argument lengths", expected["send_sizes"], actual["send_sizes"])
 
 
 # ---------------------------------------------------------------------------
@@ -746,7 +673,7 @@ def test_unusable_terminator_raises_typeerror_in_handle_read(chat_class, bad):
     """Both raise TypeError from handle_read() and keep the unprocessed bytes."""
     outcomes = []
     for base in (oracle_asynchat.async_chat, chat_class):
-        sock = FakeSocket(chunks=[b"a\nb\nc"])
+        sock = FakeSocket(reads=[b"a\nb\nc"])
         channel = reader_class(base)(sock, b"\n", [bad], 0, FAKE_IN_BUFFER_SIZE, False)
         try:
             with pytest.raises(TypeError):

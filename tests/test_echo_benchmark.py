@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from helpers.processes import STOP_ALLOWANCE, assert_process_gone
 
 import chatcore
 from chatcore.benchmark import echo
@@ -33,19 +34,6 @@ from chatcore.benchmark.echo import (
     run_echo,
     send_mode,
 )
-
-#: A generous ceiling for "fails within its bound": the run's own timeout plus
-#: the longest a server stop may take (1 s + terminate 5 s + kill 5 s) and
-#: slack for a loaded machine.  Not a speed assertion.
-STOP_ALLOWANCE = 20.0
-
-
-def assert_process_gone(process: "subprocess.Popen[bytes]") -> None:
-    assert process.returncode is not None, "the server process was not reaped"
-    if os.name == "nt":
-        return  # os.kill(pid, 0) would terminate a live process there
-    with pytest.raises(ProcessLookupError):
-        os.kill(process.pid, 0)
 
 
 def distribution_installed(name: str) -> bool:
@@ -221,8 +209,9 @@ def test_chatcore_servers_report_the_send_mode_they_run(server):
 
 @pytest.mark.parametrize("server", sorted(echo.CHATCORE_SEND_MODES))
 def test_chatcore_servers_measure_the_mode_their_row_names(server):
-    # The spec (issue 10): compat hands each push to the socket at once, like
-    # stdlib; chatcore.async_chat coalesces.  Fails until ac_coalesce_sends exists.
+    # compat hands each push to the socket at once, like stdlib;
+    # chatcore.async_chat coalesces (docs/migrating.rst, "When pushed data
+    # reaches the kernel").
     coalesce = echo.CHATCORE_SEND_MODES[server]
     result = run_echo(server, "ping-pong", 1, 5, timeout=30)
     assert result.ac_coalesce_sends is coalesce
@@ -374,6 +363,7 @@ def test_pyasynchat_server_is_refused_where_stdlib_asynchat_is_what_imports():
 # --- The pieces run_echo is made of ----------------------------------------------
 
 
+@pytest.mark.timeout(240)  # three runs and two servers, each with its own bound
 def test_clients_close_their_sockets_after_a_run_and_after_a_failure():
     with EchoServerProcess("chatcore") as server:
         client = PipelinedClient(server.port, 2, 30)

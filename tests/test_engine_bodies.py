@@ -18,43 +18,10 @@ import sys
 import tracemalloc
 
 import pytest
-from conftest import ENGINES
+from helpers.engines import ENGINES
+from helpers.recorders import MessageRecorder, chunked, feed_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-
-class Messages:
-    """The slice of message_chat the engine's message mode talks to."""
-
-    def __init__(self, terminator, script=(), on_message=None):
-        self.terminator = terminator
-        self.script = list(script)
-        self.on_message = on_message
-        self.messages = []
-        self.events = []
-
-    def handle_message(self, message):
-        assert type(message) is bytes
-        self.messages.append(message)
-        self.events.append(("message", message))
-        if self.on_message is not None:
-            self.on_message(self, message)
-        elif self.script:
-            self.terminator = self.script.pop(0)
-
-    def handle_message_overflow(self):
-        self.events.append(("overflow",))
-
-
-def feed(engine, channel, chunks, max_size=None, framer=None):
-    framer = framer or engine.Framer()
-    for chunk in chunks:
-        framer.feed_messages(channel, chunk, max_size)
-    return framer
-
-
-def chunked(data, size):
-    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def pattern(size, seed=0):
@@ -67,8 +34,8 @@ def pattern(size, seed=0):
 def test_integer_framed_bodies_spanning_reads(engine, read_size):
     sizes = [1, 250, 4096, 5000, 3]
     bodies = [pattern(size, seed) for seed, size in enumerate(sizes)]
-    channel = Messages(sizes[0], script=sizes[1:] + [8])
-    framer = feed(engine, channel, chunked(b"".join(bodies) + b"partial", read_size))
+    channel = MessageRecorder(sizes[0], script=sizes[1:] + [8])
+    framer = feed_messages(engine, channel, chunked(b"".join(bodies) + b"partial", read_size))
     assert channel.messages == bodies
     assert channel.terminator == 8 and framer.pending == b""
 
@@ -87,8 +54,8 @@ def test_delivered_messages_never_change_afterwards(engine, read_size):
     stream = (
         pattern(3000, 1) + pattern(2000, 2) + b"\r\n" + pattern(100, 3) + b"\r\n" + pattern(7000, 4) + pattern(10, 5)
     )
-    channel = Messages(3000, script=[b"\r\n", b"\r\n", 7000, 10], on_message=keep)
-    feed(engine, channel, chunked(stream, read_size))
+    channel = MessageRecorder(3000, script=[b"\r\n", b"\r\n", 7000, 10], on_message=keep)
+    feed_messages(engine, channel, chunked(stream, read_size))
     assert [message for message, _ in kept] == [
         pattern(3000, 1),
         pattern(2000, 2),
@@ -104,7 +71,7 @@ def test_a_partial_body_continues_under_an_integer_terminator(engine):
     # A bytes-framed body is under way when something other than
     # handle_message switches to an integer: the count frames the rest, and
     # the message is what was held plus that many bytes (both engines alike).
-    channel = Messages(b"\n")
+    channel = MessageRecorder(b"\n")
     framer = engine.Framer()
     framer.feed_messages(channel, b"abc", None)
     channel.terminator = 4
@@ -119,7 +86,7 @@ def test_a_partial_integer_body_ends_at_a_bytes_terminator_set_meanwhile(engine)
     # An integer-framed body is under way when something other than
     # handle_message makes the terminator bytes: the body held so far is the
     # start of the message that the bytes terminator ends.
-    channel = Messages(6)
+    channel = MessageRecorder(6)
     framer = engine.Framer()
     framer.feed_messages(channel, b"abc", None)
     channel.terminator = b"\n"
@@ -130,8 +97,8 @@ def test_a_partial_integer_body_ends_at_a_bytes_terminator_set_meanwhile(engine)
 def test_overflow_in_the_middle_of_a_reserved_body(engine):
     # The limit is checked before the body is reserved: the oversized message
     # is skipped and the next one is built from nothing.
-    channel = Messages(10)
-    framer = feed(engine, channel, chunked(b"x" * 10 + b"y" * 10, 3), max_size=8)
+    channel = MessageRecorder(10)
+    framer = feed_messages(engine, channel, chunked(b"x" * 10 + b"y" * 10, 3), max_size=8)
     assert channel.events == [("overflow",), ("overflow",)] and channel.messages == []
     channel.terminator = 4
     framer.feed_messages(channel, b"zz", 8)
@@ -141,8 +108,8 @@ def test_overflow_in_the_middle_of_a_reserved_body(engine):
 
 
 def test_overflow_of_a_grown_body_then_the_next_message(engine):
-    channel = Messages(b"\n")
-    framer = feed(engine, channel, [b"a" * 5, b"b" * 5, b"c" * 5, b"\nok", b"\n"], max_size=12)
+    channel = MessageRecorder(b"\n")
+    framer = feed_messages(engine, channel, [b"a" * 5, b"b" * 5, b"c" * 5, b"\nok", b"\n"], max_size=12)
     assert channel.events == [("overflow",), ("message", b"ok")]
     assert framer.pending == b""
 
@@ -158,7 +125,7 @@ def test_pending_replaced_from_a_callback_keeps_the_body_apart(engine):
             framer.pending = b"second-"
             channel.terminator = 10
 
-    channel = Messages(b"\n", on_message=replace)
+    channel = MessageRecorder(b"\n", on_message=replace)
     framer.feed_messages(channel, b"first\nignored", None)
     assert channel.messages == [b"first"]
     assert framer.pending == b""  # "second-" (7 bytes) is held as a body now
@@ -178,7 +145,7 @@ def test_handle_message_feeding_the_framer_again(engine):
         if message == pattern(300, 9):
             framer.feed_messages(channel, b"inner\n", None)
 
-    channel = Messages(b"\n", on_message=reenter)
+    channel = MessageRecorder(b"\n", on_message=reenter)
     for chunk in chunked(pattern(300, 9) + b"\nafter\n", 64):
         framer.feed_messages(channel, chunk, None)
     # The inner feed appends to what the outer one had not framed yet.
@@ -189,12 +156,12 @@ def test_handle_message_feeding_the_framer_again(engine):
 def test_a_delivered_body_belongs_to_the_handler_alone(engine):
     # Once handed over, the framer holds no reference to the message: the
     # handler's is the only one (a leaked one would keep 1000 bytes alive).
-    class Keep(Messages):
+    class Keep(MessageRecorder):
         def handle_message(self, message):
             self.last = message
 
     channel = Keep(1000)
-    feed(engine, channel, chunked(pattern(1000), 100))
+    feed_messages(engine, channel, chunked(pattern(1000), 100))
     assert channel.last == pattern(1000)
     references = sys.getrefcount(channel.last)
     assert references == 2  # the attribute, and getrefcount's argument
@@ -205,7 +172,7 @@ def test_a_framer_dropped_mid_body_frees_the_body(engine):
     try:
         before = tracemalloc.get_traced_memory()[0]
         for terminator in (1 << 22, b"\n"):
-            channel = Messages(terminator)
+            channel = MessageRecorder(terminator)
             framer = engine.Framer()
             framer.feed_messages(channel, b"q" * (1 << 21), None)
             assert channel.messages == []
@@ -222,8 +189,8 @@ def test_bodies_past_the_huge_page_and_reservation_sizes(engine, size):
     # Above 4 MiB bodies get huge-page advice; above 64 MiB an announced size
     # is not reserved ahead and the body grows instead.  Same bytes either way.
     body = pattern(size, 3)
-    channel = Messages(size, script=[b"\n"])
-    framer = feed(engine, channel, chunked(body, 1 << 20) + [b"tail\n"])
+    channel = MessageRecorder(size, script=[b"\n"])
+    framer = feed_messages(engine, channel, chunked(body, 1 << 20) + [b"tail\n"])
     assert len(channel.messages) == 2
     assert channel.messages[0] == body and channel.messages[1] == b"tail"
     assert framer.pending == b""
@@ -231,12 +198,12 @@ def test_bodies_past_the_huge_page_and_reservation_sizes(engine, size):
     del body
     # The same through a bytes terminator: the body grows by doubling.
     body = pattern(5 << 20, 4)
-    channel = Messages(b"\r\n")
-    feed(engine, channel, chunked(body + b"\r\n", 1 << 20), framer=framer)
+    channel = MessageRecorder(b"\r\n")
+    feed_messages(engine, channel, chunked(body + b"\r\n", 1 << 20), framer=framer)
     assert channel.messages == [body]
 
 
-class Snapshots(Messages):
+class Snapshots(MessageRecorder):
     """Also copies each message as it arrives, to check later that it never changed."""
 
     def __init__(self, terminator, script):

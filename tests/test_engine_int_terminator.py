@@ -1,6 +1,7 @@
 """An integer terminator keeps its count when ``collect_incoming_data`` raises.
 
-The bytes-terminator rule (README, "Where chatcore differs from stdlib"): a
+The bytes-terminator rule (docs/migrating.rst, "Where chatcore differs from
+stdlib, on purpose"): a
 piece handed to a raising ``collect_incoming_data`` counts as consumed and
 the message boundary stays, so ``found_terminator()`` still runs for that
 message with the next read.  For an integer terminator the same guarantee
@@ -15,11 +16,9 @@ Framer-level tests run on both engines; the channel-level ones run
 non-raising handler sees with the oracle (stdlib/pyasynchat).
 """
 
-import socket
-
 import oracle
 import pytest
-from conftest import ENGINES
+from helpers.engines import ENGINES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -222,16 +221,6 @@ def test_the_engines_agree_when_handlers_raise(chunks, first, script, fail):
 # -- async_chat over a socketpair ---------------------------------------------------------
 
 
-@pytest.fixture
-def pair():
-    server, peer = socket.socketpair()
-    for end in (server, peer):
-        end.settimeout(10)
-    yield server, peer
-    server.close()
-    peer.close()
-
-
 def counted_channel(base, sock, fail_on):
     """*base* reading length-prefixed records: a 1-byte length, then that many bytes."""
 
@@ -274,8 +263,8 @@ def read_once(channel, peer, data):
     return None
 
 
-def test_a_channel_whose_handler_raised_frames_the_next_read_right(chat_class, pair):
-    server, peer = pair
+def test_a_channel_whose_handler_raised_frames_the_next_read_right(chat_class, socket_pair):
+    server, peer = socket_pair
     channel = counted_channel(chat_class, server, lambda data: data == b"hello")
     assert read_once(channel, peer, b"\x05hello") is not None
     assert channel.get_terminator() == 0 and channel.records == []
@@ -284,8 +273,8 @@ def test_a_channel_whose_handler_raised_frames_the_next_read_right(chat_class, p
     channel.close()
 
 
-def test_a_raising_partial_read_keeps_the_count(chat_class, pair):
-    server, peer = pair
+def test_a_raising_partial_read_keeps_the_count(chat_class, socket_pair):
+    server, peer = socket_pair
     channel = counted_channel(chat_class, server, lambda data: data == b"hel")
     assert read_once(channel, peer, b"\x08hel") is not None
     assert channel.get_terminator() == 5
@@ -294,21 +283,17 @@ def test_a_raising_partial_read_keeps_the_count(chat_class, pair):
     channel.close()
 
 
-def test_the_count_inside_collect_incoming_data_is_stdlib_s(chat_class, pair):
+def test_the_count_inside_collect_incoming_data_is_stdlib_s(chat_class, sockets):
     """What a handler sees as the terminator inside each call, against the oracle."""
     oracle.require()
     reads = [b"\x06ab", b"cd", b"ef\x02", b"gh\x09", b"123456789"]
     outcomes = []
     for base in (oracle.asynchat.async_chat, chat_class):
-        server, peer = socket.socketpair()
-        try:
-            server.settimeout(10)
-            channel = counted_channel(base, server, lambda data: False)
-            for data in reads:
-                assert read_once(channel, peer, data) is None
-            outcomes.append((channel.records, channel.seen, channel.get_terminator()))
-            channel.close()
-        finally:
-            peer.close()
+        server, peer = sockets.pair()
+        channel = counted_channel(base, server, lambda data: False)
+        for data in reads:
+            assert read_once(channel, peer, data) is None
+        outcomes.append((channel.records, channel.seen, channel.get_terminator()))
+        channel.close()
     assert outcomes[1] == outcomes[0]
     assert outcomes[0][1][:3] == [1, 6, 4]

@@ -12,20 +12,9 @@ candidates common.
 """
 
 import pytest
+from helpers.recorders import MessageRecorder, chunked
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-
-class Messages:
-    def __init__(self, terminator):
-        self.terminator = terminator
-        self.messages = []
-
-    def handle_message(self, message):
-        self.messages.append(message)
-
-    def handle_message_overflow(self):
-        raise AssertionError("no limit is set")
 
 
 class Pieces:
@@ -49,9 +38,9 @@ class Pieces:
 
 def split_by_framer(engine, stream, terminator, read_size=None):
     """Messages of *stream* as message mode and collect mode find them (both must agree)."""
-    reads = [stream] if read_size is None else [stream[i : i + read_size] for i in range(0, len(stream), read_size)]
+    reads = [stream] if read_size is None else chunked(stream, read_size)
     found = []
-    for channel, feed in ((Messages(terminator), "feed_messages"), (Pieces(terminator), "feed")):
+    for channel, feed in ((MessageRecorder(terminator), "feed_messages"), (Pieces(terminator), "feed")):
         framer = engine.Framer()
         for data in reads:
             if feed == "feed":

@@ -8,8 +8,8 @@ typed view loses or repeats bytes there.  chatcore normalises every
 memoryview to its bytes where it enters the outgoing queue (``push``), where
 one reaches its head by another route (a producer's ``more()``, a direct
 ``producer_fifo.append``) and in gathered sends: every byte of the view, in
-C order (``view.tobytes()``), is sent exactly once (README, "Where chatcore
-differs from stdlib").  Plain byte views and bytes are still queued without a
+C order (``view.tobytes()``), is sent exactly once (docs/migrating.rst,
+"Where chatcore differs from stdlib, on purpose").  Plain byte views and bytes are still queued without a
 copy.
 
 The fakes count bytes as a real socket does (``send`` of a non-contiguous
@@ -19,14 +19,15 @@ through ``async_chat`` over socketpairs, on both send timings.
 
 import array
 import ctypes
-import socket
 import struct
 from collections import deque
 
 import oracle
 import pytest
-from conftest import ENGINES
-from fakes import FakeConnection
+from helpers.engines import ENGINES
+from helpers.fakes import FakeSocket, sent_bytes
+from helpers.recorders import Gatherer, Sender, drain
+from helpers.serving import serve_and_receive
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -108,78 +109,6 @@ ZERO_COPY = {
 }
 
 
-def raw(data):
-    """The bytes of *data* as a socket sends them (C order); BufferError where it cannot."""
-    with memoryview(data) as view:
-        if not view.c_contiguous:
-            raise BufferError("a socket sends only C-contiguous buffers")
-        return view.tobytes()
-
-
-class ByteSender:
-    """The slice of async_chat the outgoing engine talks to, with a socket's send().
-
-    ``accept``: bytes taken per send() (cycled), None for everything.
-    """
-
-    use_encoding = 0
-    encoding = "latin-1"
-
-    def __init__(self, out_buffer_size=7, accept=None):
-        self.ac_out_buffer_size = out_buffer_size
-        self.producer_fifo = deque()
-        self.connected = True
-        # Its own socket: with zero_copy (send not overridden) the engine
-        # calls channel.socket.send, as dispatcher.send would.
-        self.socket = self
-        self.accept = list(accept) if accept else None
-        self.sends = []  # the bytes each send() was offered
-        self.data = b""
-        self.closed = 0
-
-    def send(self, data):
-        offered = raw(data)
-        self.sends.append(offered)
-        count = len(offered)
-        if self.accept is not None:
-            count = min(count, self.accept[(len(self.sends) - 1) % len(self.accept)])
-        self.data += offered[:count]
-        return count
-
-    def handle_close(self):
-        self.closed += 1
-        self.connected = False
-
-    def handle_error(self):
-        raise AssertionError("send() failed")
-
-
-def drain(engine, sender, zero_copy, turns=20000):
-    for _ in range(turns):
-        if not sender.producer_fifo or not sender.connected:
-            return sender.data
-        engine.initiate_send(sender, zero_copy)
-    raise AssertionError("the queue did not drain")
-
-
-class ByteSendmsg:
-    """A sendmsg() stand-in that counts bytes and refuses what a socket refuses."""
-
-    def __init__(self, accept=None):
-        self.accept = list(accept) if accept else None
-        self.calls = []
-        self.data = b""
-
-    def __call__(self, buffers):
-        joined = b"".join(raw(buffer) for buffer in buffers)
-        self.calls.append(joined)
-        count = len(joined)
-        if self.accept is not None:
-            count = min(count, self.accept[(len(self.calls) - 1) % len(self.accept)])
-        self.data += joined[:count]
-        return count
-
-
 def nbytes(item):
     with memoryview(item) as view:
         return view.nbytes
@@ -194,7 +123,7 @@ def gather_all(engine, fifo, sendmsg, max_bytes=64, turns=20000):
         after = sum(map(nbytes, fifo))
         sent = before - after
         # What it reports unsent is in bytes too: what it gathered minus what went.
-        assert unsent == len(sendmsg.calls[-1]) - sent
+        assert unsent == sum(map(len, sendmsg.calls[-1])) - sent
     raise AssertionError("the queue did not drain")
 
 
@@ -207,7 +136,7 @@ def gather_all(engine, fifo, sendmsg, max_bytes=64, turns=20000):
 def test_a_pushed_view_is_sent_as_exactly_its_bytes(engine, kind, zero_copy, accept):
     view = VIEWS[kind]()
     expected = view.tobytes()
-    sender = ByteSender(out_buffer_size=7, accept=accept)
+    sender = Sender(out_buffer_size=7, accept=accept)
     engine.push(sender, b"<")
     engine.push(sender, view)
     engine.push(sender, b">")
@@ -215,19 +144,19 @@ def test_a_pushed_view_is_sent_as_exactly_its_bytes(engine, kind, zero_copy, acc
     assert drain(engine, sender, zero_copy) == b"<" + expected + b">"
     assert sender.closed == 1
     # Split by bytes: no send() is offered more than ac_out_buffer_size bytes.
-    assert max(map(len, sender.sends)) <= 7
+    assert max(map(len, sender.offered)) <= 7
 
 
 @pytest.mark.parametrize("kind", sorted(VIEWS))
 def test_push_queues_byte_views_without_copying_contiguous_ones(engine, kind):
     view = VIEWS[kind]()
-    sender = ByteSender(out_buffer_size=50)
+    sender = Sender(out_buffer_size=50)
     engine.push(sender, view)
     queued = list(sender.producer_fifo)
-    assert b"".join(raw(piece) for piece in queued) == view.tobytes()
+    assert b"".join(sent_bytes(piece) for piece in queued) == view.tobytes()
     for piece in queued:
         # len() of what is queued counts bytes, and every piece fits a send.
-        assert len(piece) == len(raw(piece)) <= 50
+        assert len(piece) == len(sent_bytes(piece)) <= 50
     if kind in ZERO_COPY:
         assert all(type(piece) is memoryview and piece.obj is view.obj for piece in queued)
     else:
@@ -235,7 +164,7 @@ def test_push_queues_byte_views_without_copying_contiguous_ones(engine, kind):
 
 
 def test_plain_buffers_are_queued_as_they_are(engine):
-    sender = ByteSender(out_buffer_size=64)
+    sender = Sender(out_buffer_size=64)
     data, view, buffer = b"bytes", memoryview(b"a byte view"), bytearray(b"mutable")
     for item in (data, view, buffer):
         engine.push(sender, item)
@@ -248,7 +177,7 @@ def test_a_released_view_is_refused_on_push(engine):
     view = memoryview(array.array("i", [1, 2]))
     view.release()
     with pytest.raises(ValueError, match="released"):
-        engine.push(ByteSender(), view)
+        engine.push(Sender(), view)
 
 
 @pytest.mark.parametrize("kind", ["int32", "int32-2d", "uint16-strided", "ctypes-struct"])
@@ -262,7 +191,7 @@ def test_views_appended_directly_or_produced_are_sent_as_their_bytes(engine, kin
 
     produced = [VIEWS[kind](), VIEWS["double"](), VIEWS[kind]()]
     appended = VIEWS[kind]()
-    sender = ByteSender(out_buffer_size=9, accept=(4, 13, 2))
+    sender = Sender(out_buffer_size=9, accept=(4, 13, 2))
     sender.producer_fifo.append(appended)  # as a relay does, bypassing push()
     sender.producer_fifo.append(Producer(produced))
     sender.producer_fifo.append(VIEWS[kind]())
@@ -272,13 +201,13 @@ def test_views_appended_directly_or_produced_are_sent_as_their_bytes(engine, kin
 
 def test_a_normalised_head_replaces_the_original(engine):
     view = memoryview(array.array("i", range(10)))
-    sender = ByteSender(out_buffer_size=1 << 16, accept=(6,))
+    sender = Sender(out_buffer_size=1 << 16, accept=(6,))
     sender.producer_fifo.append(view)
     engine.initiate_send(sender, True)
     head = sender.producer_fifo[0]
     assert head.format == "B" and head.obj is view.obj and len(head) == 40 - 6
     strided = memoryview(array.array("i", range(10)))[::2]
-    stalled = ByteSender(accept=(0,))
+    stalled = Sender(accept=(0,))
     stalled.producer_fifo.append(strided)
     engine.initiate_send(stalled, True)
     # Copied once, kept: the next attempt does not copy again.
@@ -294,18 +223,18 @@ def test_gathered_sends_count_bytes(engine, accept):
     items = [VIEWS[kind]() for kind in sorted(VIEWS)] + [b"bytes", bytearray(b"array")]
     expected = b"".join(memoryview(item).tobytes() for item in items)
     fifo = deque(items)
-    sendmsg = ByteSendmsg(accept)
+    sendmsg = Gatherer(accept)
     assert gather_all(engine, fifo, sendmsg, max_bytes=64) == expected
     # Gathering stops once max_bytes bytes (not items) are gathered.
     largest = max(map(nbytes, items))
-    assert all(len(call) < 64 + largest for call in sendmsg.calls)
+    assert all(sum(map(len, call)) < 64 + largest for call in sendmsg.calls)
 
 
 def test_gathered_normalised_views_stay_queued_normalised(engine):
     strided = memoryview(array.array("i", range(20)))[::2]
     typed = memoryview(array.array("i", range(20)))
     fifo = deque([b"head", typed, strided])
-    sendmsg = ByteSendmsg(accept=(6,))
+    sendmsg = Gatherer(accept=(6,))
     assert engine.send_gathered(fifo, sendmsg, 1 << 20) == 4 + 80 + 40 - 6
     assert [type(item) for item in fifo] == [memoryview, bytes]
     assert fifo[0].format == "B" and fifo[0].obj is typed.obj and len(fifo[0]) == 78
@@ -347,7 +276,7 @@ def test_outgoing_engines_agree_on_views(items, accepts, size, zero_copy, gather
         accepts = accepts + [1]
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
-        sender = ByteSender(out_buffer_size=size, accept=accepts)
+        sender = Sender(out_buffer_size=size, accept=accepts)
         expected = b""
         for item, direct in items:
             data = VIEWS[item]() if isinstance(item, str) else item
@@ -359,35 +288,16 @@ def test_outgoing_engines_agree_on_views(items, accepts, size, zero_copy, gather
         # At worst one byte (or one empty item) per cycle of the accepted counts.
         turns = (len(expected) + len(items) + 1) * len(accepts)
         if gathered:
-            sendmsg = ByteSendmsg(accepts)
+            sendmsg = Gatherer(accepts)
             assert gather_all(engine, sender.producer_fifo, sendmsg, max_bytes=size, turns=turns) == expected
             results.append(sendmsg.calls)
         else:
             assert drain(engine, sender, zero_copy, turns) == expected
-            results.append(sender.sends)
+            results.append(sender.offered)
     assert results[0] == results[1]
 
 
 # -- async_chat over sockets -----------------------------------------------------------------
-
-
-@pytest.fixture
-def socket_pair():
-    pairs = []
-
-    def make(send_buffer=None):
-        server, peer = socket.socketpair()
-        if send_buffer:
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        for end in (server, peer):
-            end.settimeout(10)
-        pairs.append((server, peer))
-        return server, peer
-
-    yield make
-    for pair in pairs:
-        for end in pair:
-            end.close()
 
 
 def _payload():
@@ -403,27 +313,8 @@ def _payload():
     ]
 
 
-def _serve_and_collect(channel_map, peer, size=None, turns=5000):
-    """Run the loop and read the peer until *size* bytes came (None: until EOF)."""
-    peer.setblocking(False)
-    received = bytearray()
-    for _ in range(turns):
-        if size is not None and len(received) >= size:
-            break
-        chatcore.loop(timeout=0.01, map=channel_map, count=1)
-        while True:
-            try:
-                chunk = peer.recv(1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                return bytes(received)
-            received += chunk
-    return bytes(received)
-
-
 @pytest.mark.parametrize("timing", ["coalesced", "stdlib", "send-overridden"])
-def test_views_pushed_by_a_handler_arrive_exactly(chat_class, socket_pair, timing):
+def test_views_pushed_by_a_handler_arrive_exactly(chat_class, sockets, timing):
     """A handler pushes views in reply to a line; the peer gets exactly their bytes."""
     channel_map = {}
     payload = _payload()
@@ -451,18 +342,18 @@ def test_views_pushed_by_a_handler_arrive_exactly(chat_class, socket_pair, timin
             def send(self, data):  # stdlib's path: initiate_send() without zero-copy
                 return chat_class.send(self, data)
 
-    server, peer = socket_pair(send_buffer=8192)
+    server, peer = sockets.pair(send_buffer=8192)
     channel = Replier(server)
     try:
         peer.sendall(b"go\n")
-        received = _serve_and_collect(channel_map, peer)
+        received = serve_and_receive(channel_map, peer)
         assert received == expected + b"<end>"
         assert not channel.connected
     finally:
         chatcore.close_all(channel_map)
 
 
-def test_a_relay_appending_views_to_another_channel_sends_their_bytes(chat_class, socket_pair):
+def test_a_relay_appending_views_to_another_channel_sends_their_bytes(chat_class, sockets):
     channel_map = {}
     payload = [VIEWS["int32"](), VIEWS["bytes-strided"](), VIEWS["zero-dim"]()]
     expected = b"".join(view.tobytes() for view in payload)
@@ -471,36 +362,16 @@ def test_a_relay_appending_views_to_another_channel_sends_their_bytes(chat_class
         def collect_incoming_data(self, data):
             pass
 
-    server, peer = socket_pair()
+    server, peer = sockets.pair()
     sink = Sink(server, map=channel_map)
     try:
         sink.producer_fifo.extend(payload)  # a legacy relay's direct append
-        assert _serve_and_collect(channel_map, peer, len(expected)) == expected
+        assert serve_and_receive(channel_map, peer, len(expected)) == expected
     finally:
         chatcore.close_all(channel_map)
 
 
 # -- against the oracle ------------------------------------------------------------------------
-
-
-class ByteSocket(FakeConnection):
-    """A fake connected socket whose send() takes at most *accept* bytes, counting bytes."""
-
-    def __init__(self, accept):
-        super().__init__()
-        self.accept = list(accept)
-        self.sent = b""
-        self.offered = []
-
-    def send(self, data):
-        offered = raw(data)
-        self.offered.append(len(offered))
-        count = min(len(offered), self.accept[(len(self.offered) - 1) % len(self.accept)])
-        self.sent += offered[:count]
-        return count
-
-    def close(self):
-        pass
 
 
 def play_pushes(async_chat_class, items, write):
@@ -510,7 +381,7 @@ def play_pushes(async_chat_class, items, write):
         def collect_incoming_data(self, data):
             pass
 
-    sock = ByteSocket(accept=(7, 3, 20))
+    sock = FakeSocket(sends=[7, 3, 20] * 700)  # more than the turns below
     channel = Channel(sock, map={})
     for item in items:
         channel.push(item)
@@ -518,14 +389,14 @@ def play_pushes(async_chat_class, items, write):
         if not channel.producer_fifo:
             break
         write(channel)
-    return sock.sent, sock.offered
+    return bytes(sock.sent), sock.send_sizes
 
 
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "bytes-3d", "char", "int32", "ctypes-2d"])
 def test_compat_matches_the_oracle_on_byte_views_and_sends_typed_ones_exactly(engine, kind):
     """Byte views (format 'B', 1-D): the same send() calls as the oracle.  Any
     other view: exactly its bytes, where the oracle's item counting loses or
-    repeats some on partial sends (README, "differs on purpose")."""
+    repeats some on partial sends (docs/migrating.rst, "differs on purpose")."""
     compat_class = type("async_chat", (compat_asynchat.async_chat,), {"_engine": engine})
     items = [b"head", VIEWS[kind](), b"tail"]
     expected = b"head" + VIEWS[kind]().tobytes() + b"tail"

@@ -15,12 +15,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
 import pytest
+from helpers.serving import serve_until
+from helpers.sockets import receive_exactly, receive_until_closed
 
 import chatcore
 from chatcore import demo
@@ -45,15 +46,6 @@ http_static = _load_example("http_static")
 # Driving the loop --------------------------------------------------------------
 
 
-def run_until(channel_map: dict[int, Any], condition: Callable[[], bool], what: str) -> None:
-    """Turn the loop of *channel_map* until *condition()* holds, failing after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for " + what)
-        chatcore.loop(timeout=0.01, map=channel_map, count=1)
-
-
 def serve_while(channel_map: dict[int, Any], *clients: Callable[[], Any]) -> list[Any]:
     """Run each client function in its own thread while the loop turns here; their results.
 
@@ -73,7 +65,7 @@ def serve_while(channel_map: dict[int, Any], *clients: Callable[[], Any]) -> lis
     for thread in threads:
         thread.start()
     try:
-        run_until(channel_map, lambda: not any(t.is_alive() for t in threads), "the clients")
+        serve_until(channel_map, lambda: not any(t.is_alive() for t in threads), what="the clients")
     finally:
         for thread in threads:
             thread.join(WAIT)
@@ -87,26 +79,6 @@ def connect(address: Any) -> socket.socket:
     client = socket.create_connection(address, timeout=WAIT)
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return client
-
-
-def receive_exactly(sock: socket.socket, size: int) -> bytes:
-    pieces = []
-    while size:
-        piece = sock.recv(min(size, 1 << 16))
-        if not piece:
-            break
-        pieces.append(piece)
-        size -= len(piece)
-    return b"".join(pieces)
-
-
-def receive_until_closed(sock: socket.socket) -> bytes:
-    pieces = []
-    while True:
-        piece = sock.recv(1 << 16)
-        if not piece:
-            return b"".join(pieces)
-        pieces.append(piece)
 
 
 @pytest.fixture
@@ -181,12 +153,12 @@ def test_echo_line_split_across_reads(channel_map, echo_handler):
     server = echo_server.start_echo_server(channel_map, handler_class=CountingHandler)
     pieces = [b"hel", b"lo", b" wor", b"ld\nsec", b"ond", b"\n\nthi", b"r", b"d\n", b"\n"]
     with connect(server.address) as sock:
-        run_until(channel_map, lambda: handlers, "the connection to be accepted")
+        serve_until(channel_map, lambda: handlers, what="the connection to be accepted")
         handler = handlers[0]
         for piece in pieces:
             reads_before = handler.reads
             sock.sendall(piece)
-            run_until(channel_map, lambda count=reads_before: handler.reads > count, "the server to read")
+            serve_until(channel_map, lambda count=reads_before: handler.reads > count, what="the server to read")
         expected = b"hello world\nsecond\n\nthird\n\n"
         assert receive_exactly(sock, len(expected)) == expected
     assert handler.reads >= len(pieces)
@@ -222,7 +194,7 @@ def test_echo_closes_connection_on_overlong_line(channel_map, echo_handler):
 
     (received,) = serve_while(channel_map, client)
     assert received == b"short\n"
-    run_until(channel_map, lambda: len(channel_map) == 1, "the server to drop the channel")
+    serve_until(channel_map, lambda: len(channel_map) == 1, what="the server to drop the channel")
 
 
 # HTTP static server ------------------------------------------------------------
@@ -548,7 +520,7 @@ def test_http_client_leaving_mid_transfer_closes_the_file(channel_map, site, htt
 
     (first,) = serve_while(channel_map, client)
     assert first.startswith(b"HTTP/1.1 200 ")
-    run_until(channel_map, lambda: len(channel_map) == 1, "the server to drop the channel")
+    serve_until(channel_map, lambda: len(channel_map) == 1, what="the server to drop the channel")
     assert len(producers) == 1
     assert producers[0].remaining > 0, "the whole file was sent; the test proves nothing"
     assert producers[0].closed
@@ -616,6 +588,7 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "--lines" in capsys.readouterr().err
 
 
+@pytest.mark.timeout(180)  # past the child's own 120 s bound, which reports its output
 def test_cli_demo_subprocess():
     completed = subprocess.run(
         [sys.executable, "-m", "chatcore", "demo", "--lines", "2000", "--connections", "4"],

@@ -15,76 +15,30 @@ then only the written expectations are checked).
 The fake is not a ``socket.socket``, so chatcore takes stdlib's code paths
 (``recv()``, ``initiate_send()``/``send()``); its fast paths (``recv_into``
 into a shared buffer, gathered ``sendmsg``) are faulted over real sockets in
-``test_faults_loopback.py``, which imports the helpers below.
+``test_faults_loopback.py``, with the same faults (helpers/faults.py).
 """
 
 import errno
-import os
-import sys
-from collections import deque
 
 import oracle
 import pytest
-from fakes import FakeConnection
+from helpers.fakes import FakeSocket, err
+from helpers.faults import (
+    CLOSED,
+    ERROR,
+    EXCEPTION_NAMES,
+    FAULT_CASES,
+    IGNORED,
+    RECV_FAULTS,
+    SEND_FAULTS,
+    ChunkProducer,
+    FailingProducer,
+    ProducerBug,
+)
+from helpers.recorders import data_of, merged
+from helpers.scenarios import ORACLE, chatcore_impl, check, recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import chatcore
-from chatcore import dispatch
-
-# -- the implementations ------------------------------------------------------------
-
-
-class Impl:
-    """One implementation of the programming model, as a scenario uses it."""
-
-    def __init__(self, name, async_chat, simple_producer, core):
-        self.name = name
-        self.async_chat = async_chat
-        self.simple_producer = simple_producer
-        # read/write/readwrite: the wrappers through which the loop delivers
-        # events (they turn exceptions into handle_error/handle_close).
-        self.read = core.read
-        self.write = core.write
-        self.readwrite = core.readwrite
-        self.loop = core.loop
-
-    def __repr__(self):
-        return "<Impl %s>" % self.name
-
-
-#: The oracle as an Impl, or None where it is not installed (see oracle.py).
-ORACLE = (
-    None
-    if oracle.MISSING
-    else Impl("oracle", oracle.asynchat.async_chat, oracle.asynchat.simple_producer, oracle.asyncore)
-)
-
-
-class _ChatcoreCore:
-    read = staticmethod(dispatch.read)
-    write = staticmethod(dispatch.write)
-    readwrite = staticmethod(dispatch.readwrite)
-    loop = staticmethod(chatcore.loop)
-
-
-def chatcore_impl(chat_class):
-    return Impl(
-        "chatcore-" + chat_class._engine.__name__.rsplit("_", 1)[-1],
-        chat_class,
-        chatcore.simple_producer,
-        _ChatcoreCore,
-    )
-
-
-def check(scenario, chat_class, expected, *args, **kwargs):
-    """Run *scenario* on the oracle (when present) and chatcore; both must give *expected*."""
-    if ORACLE is not None:
-        reference = scenario(ORACLE, *args, **kwargs)
-        assert reference == expected, "the oracle does not do what this test expects"
-    actual = scenario(chatcore_impl(chat_class), *args, **kwargs)
-    assert actual == expected
-    return actual
 
 
 def test_oracle_is_available():
@@ -93,152 +47,7 @@ def test_oracle_is_available():
     assert ORACLE.async_chat.__module__ == "asynchat"
 
 
-# -- fakes and recorders ----------------------------------------------------------------
-
-
-def err(code):
-    """A fresh OSError for errno *code* (the constructor picks the subclass)."""
-    return OSError(code, os.strerror(code))
-
-
-class FakeSocket(FakeConnection):
-    """A connected non-blocking socket whose recv/send results are scripted.
-
-    ``reads``: bytes to return or exceptions to raise, one per ``recv``; then
-    EAGAIN.  ``sends``: per ``send`` call, how many bytes to accept at most
-    (int >= 1) or an exception to raise; then everything is accepted.
-    """
-
-    def __init__(self, reads=(), sends=()):
-        super().__init__()
-        self.reads = deque(reads)
-        self.sends = deque(sends)
-        self.sent = bytearray()
-        self.send_sizes = []
-        self.closed = False
-        self.sent_at_close = None
-        self.used_after_close = 0
-
-    def recv(self, size):
-        if self.closed:
-            self.used_after_close += 1
-            raise err(errno.EBADF)
-        if not self.reads:
-            raise BlockingIOError(errno.EAGAIN, "nothing scripted")
-        item = self.reads.popleft()
-        if isinstance(item, BaseException):
-            raise item
-        assert len(item) <= size, "test bug: scripted read larger than the buffer"
-        return item
-
-    def send(self, data):
-        if self.closed:
-            self.used_after_close += 1
-            raise err(errno.EBADF)
-        self.send_sizes.append(len(data))
-        item = self.sends.popleft() if self.sends else None
-        if isinstance(item, BaseException):
-            raise item
-        count = len(data) if item is None else min(item, len(data))
-        self.sent += bytes(data[:count])
-        return count
-
-    def close(self):
-        if not self.closed:
-            self.closed = True
-            self.sent_at_close = len(self.sent)
-
-
-class HandlerBug(Exception):
-    """What the test handlers raise."""
-
-
-_recorders = {}
-
-
-def recorder(base):
-    """*base* recording its callbacks; handlers can be told to raise."""
-    if base in _recorders:
-        return _recorders[base]
-
-    class Recorder(base):
-        # handle_error: "close" runs the inherited one (log, handle_close);
-        # "keep" records and leaves the channel open, as some servers do.
-        on_error = "close"
-        fail_found = fail_collect = None  # predicates on the current message
-
-        def __init__(self, sock, terminator=b"\n", channel_map=None, **options):
-            self.events = []
-            self.logged = []
-            self.message = b""
-            self.__dict__.update(options)
-            base.__init__(self, sock, map={} if channel_map is None else channel_map)
-            self.set_terminator(terminator)
-
-        def collect_incoming_data(self, data):
-            data = bytes(data)
-            self.events.append(("data", data))
-            self.message += data
-            if self.fail_collect is not None and self.fail_collect(data):
-                raise HandlerBug("collect_incoming_data")
-
-        def found_terminator(self):
-            message, self.message = self.message, b""
-            self.events.append(("term",))
-            if self.fail_found is not None and self.fail_found(message):
-                raise HandlerBug("found_terminator")
-            self.found(message)
-
-        def found(self, message):
-            """Subclasses answer here."""
-
-        def handle_error(self):
-            self.events.append(("error", sys.exc_info()[0].__name__))
-            if self.on_error == "close":
-                base.handle_error(self)
-
-        def handle_close(self):
-            self.events.append(("close",))
-            base.handle_close(self)
-
-        def log_info(self, message, type="info"):
-            self.logged.append(type)
-
-        @property
-        def gone(self):
-            """Closed: the loop would no longer deliver events to it."""
-            return self._fileno is None
-
-    _recorders[base] = Recorder
-    return Recorder
-
-
-def merged(events):
-    """*events* with consecutive ("data", b) entries joined: independent of read sizes."""
-    out = []
-    for event in events:
-        if event[0] == "data" and out and out[-1][0] == "data":
-            out[-1] = ("data", out[-1][1] + event[1])
-        elif event != ("data", b""):
-            out.append(event)
-    return out
-
-
-def data_of(events):
-    return b"".join(event[1] for event in events if event[0] == "data")
-
-
 # -- random partial sends -------------------------------------------------------------------
-
-
-class ChunkProducer:
-    """A custom producer: its chunks (bytes or bytearray), then b""."""
-
-    def __init__(self, chunks):
-        self.chunks = deque(chunks)
-
-    def more(self):
-        return self.chunks.popleft() if self.chunks else b""
 
 
 _payload = st.binary(max_size=2500)
@@ -275,12 +84,12 @@ def play_sends(impl, operations, sends, out_buffer_size):
             channel.push_with_producer(ChunkProducer(chunks))
             pushed += b"".join(operation[1])
         else:
-            impl.write(channel)
+            impl.core.write(channel)
     channel.close_when_done()
     for _ in range(20_000):
         if channel.gone:
             break
-        impl.write(channel)
+        impl.core.write(channel)
     return {
         "pushed": bytes(pushed),
         "sent": bytes(sock.sent),
@@ -312,23 +121,6 @@ def test_random_partial_sends_deliver_the_pushed_stream_then_close(chat_class, o
 
 # -- recv faults ------------------------------------------------------------------------------
 
-# errno -> what stdlib 3.11 does when recv() raises it: dispatcher.recv() turns
-# _DISCONNECTED into handle_close(); async_chat.handle_read() ignores
-# BlockingIOError and sends any other OSError to handle_error().
-IGNORED, CLOSED, ERROR = "ignored", "closed", "error"
-RECV_FAULTS = {
-    "EAGAIN": (errno.EAGAIN, IGNORED),
-    "EWOULDBLOCK": (errno.EWOULDBLOCK, IGNORED),
-    "EINTR": (errno.EINTR, ERROR),
-    "ECONNRESET": (errno.ECONNRESET, CLOSED),
-    "EPIPE": (errno.EPIPE, CLOSED),
-    "ENOTCONN": (errno.ENOTCONN, CLOSED),
-    "ESHUTDOWN": (errno.ESHUTDOWN, CLOSED),
-    "ECONNABORTED": (errno.ECONNABORTED, CLOSED),
-    "EBADF": (errno.EBADF, CLOSED),
-    "ETIMEDOUT": (errno.ETIMEDOUT, ERROR),
-}
-EXCEPTION_NAMES = {code: type(err(code)).__name__ for code, _ in RECV_FAULTS.values()}
 
 # "tw" is the start of a message when the fault comes; "\r" a partial terminator.
 READS_BEFORE = [b"one\r\ntw", b"o\r"]
@@ -354,40 +146,29 @@ def play_recv_fault(impl, code, on_error):
     for _ in range(len(sock.reads) + 2):
         if channel.gone:
             break
-        impl.read(channel)
+        impl.core.read(channel)
     return {"events": channel.events, "pending": bytes(channel.ac_in_buffer)}
-
-
-# (fault, what handle_error does): "keep" only where handle_error is called.
-FAULT_CASES = [(fault, "close") for fault in sorted(RECV_FAULTS)] + [
-    (fault, "keep") for fault in sorted(RECV_FAULTS) if RECV_FAULTS[fault][1] == ERROR
-]
 
 
 @pytest.mark.parametrize("fault, on_error", FAULT_CASES)
 def test_recv_fault_is_handled_as_stdlib(chat_class, fault, on_error):
     code, kind = RECV_FAULTS[fault]
-    check(play_recv_fault, chat_class, expected_after_recv_fault(code, kind, on_error), code, on_error)
+    check(play_recv_fault, chatcore_impl(chat_class), expected_after_recv_fault(code, kind, on_error), code, on_error)
 
 
 # -- send faults ------------------------------------------------------------------------------
-
-# dispatcher.send() returns 0 on EWOULDBLOCK (== EAGAIN here) and calls
-# handle_close() on _DISCONNECTED; async_chat.initiate_send() sends any other
-# OSError (EINTR included) to handle_error().
-SEND_FAULTS = RECV_FAULTS
 
 
 def play_send_fault(impl, code, on_error):
     sock = FakeSocket(sends=[3, err(code)])
     channel = recorder(impl.async_chat)(sock, on_error=on_error)
     channel.push(b"hello\n")  # "hel" goes at once
-    impl.write(channel)  # the fault
+    impl.core.write(channel)  # the fault
     channel.push(b"after\n")
     for _ in range(10):
         if channel.gone or not channel.producer_fifo:
             break
-        impl.write(channel)
+        impl.core.write(channel)
     return {
         "events": channel.events,
         "sent": bytes(sock.sent),
@@ -415,7 +196,7 @@ def expected_after_send_fault(code, kind, on_error):
 @pytest.mark.parametrize("fault, on_error", FAULT_CASES)
 def test_send_fault_is_handled_as_stdlib(chat_class, fault, on_error):
     code, kind = SEND_FAULTS[fault]
-    check(play_send_fault, chat_class, expected_after_send_fault(code, kind, on_error), code, on_error)
+    check(play_send_fault, chatcore_impl(chat_class), expected_after_send_fault(code, kind, on_error), code, on_error)
 
 
 @pytest.mark.parametrize("fault", ["ECONNRESET", "EPIPE", "EINTR"])
@@ -432,32 +213,14 @@ def test_fault_inside_close_when_done_drain(chat_class, fault):
         for _ in range(20):
             if channel.gone:
                 break
-            impl.write(channel)
+            impl.core.write(channel)
         return {"events": channel.events, "sent": bytes(sock.sent), "used_after_close": sock.used_after_close}
 
     events = ([("error", EXCEPTION_NAMES[code])] if fault == "EINTR" else []) + [("close",)]
-    check(play, chat_class, {"events": events, "sent": b"01234567", "used_after_close": 0})
+    check(play, chatcore_impl(chat_class), {"events": events, "sent": b"01234567", "used_after_close": 0})
 
 
 # -- a producer whose more() raises -----------------------------------------------------------
-
-
-class ProducerBug(Exception):
-    pass
-
-
-class FailingProducer:
-    """Returns its chunks, then raises from more() every time."""
-
-    def __init__(self, chunks):
-        self.chunks = deque(chunks)
-        self.calls = 0
-
-    def more(self):
-        self.calls += 1
-        if self.chunks:
-            return self.chunks.popleft()
-        raise ProducerBug("more() failed")
 
 
 def play_failing_producer(impl, on_error, first_fails):
@@ -476,7 +239,7 @@ def play_failing_producer(impl, on_error, first_fails):
     for _ in range(6):
         if channel.gone:
             break
-        impl.write(channel)
+        impl.core.write(channel)
     return {
         "events": channel.events,
         "sent": bytes(sock.sent),
@@ -523,7 +286,7 @@ def test_failing_producer_is_handled_as_stdlib(chat_class, on_error, first_fails
         },
     }[first_fails, on_error]
     expected["used_after_close"] = 0
-    check(play_failing_producer, chat_class, expected, on_error, first_fails)
+    check(play_failing_producer, chatcore_impl(chat_class), expected, on_error, first_fails)
 
 
 # -- a handler that raises --------------------------------------------------------------------
@@ -542,7 +305,7 @@ def play_raising_handler(impl, where, on_error):
     for _ in range(len(HANDLER_READS)):
         if channel.gone:
             break
-        impl.read(channel)
+        impl.core.read(channel)
     return {"events": channel.events, "pending": bytes(channel.ac_in_buffer)}
 
 
@@ -552,17 +315,23 @@ def test_raising_found_terminator_loses_nothing(chat_class):
     front = [("data", b"a"), ("term",), ("data", b"b"), ("term",), ("error", "HandlerBug")]
     check(
         play_raising_handler,
-        chat_class,
+        chatcore_impl(chat_class),
         {"events": front + [("close",)], "pending": b"c\nd"},
         "found_terminator",
         "close",
     )
     rest = [("data", b"c"), ("term",), ("data", b"d"), ("term",), ("data", b"e"), ("term",)]
-    check(play_raising_handler, chat_class, {"events": front + rest, "pending": b""}, "found_terminator", "keep")
+    check(
+        play_raising_handler,
+        chatcore_impl(chat_class),
+        {"events": front + rest, "pending": b""},
+        "found_terminator",
+        "keep",
+    )
 
 
 def test_raising_collect_incoming_data_delivers_each_byte_once(chat_class):
-    """README, "differs on purpose": a piece whose collect_incoming_data() raised
+    """docs/migrating.rst, "differs on purpose": a piece whose collect_incoming_data() raised
     counts as consumed, where stdlib hands it over again with the next read
     (and, with a handle_error that keeps the channel open, fails on it again)."""
     front = [("data", b"a"), ("term",), ("data", b"b"), ("error", "HandlerBug")]

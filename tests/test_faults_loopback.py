@@ -8,7 +8,7 @@ mode.  Each scenario runs on the oracle (the real asyncore/asynchat, with
 its own ``asyncore.loop``: stdlib's on <= 3.11, pyasyncore/pyasynchat on
 3.12+, see ``oracle.py``) where it is installed, and on chatcore over both
 engines.  Every socket is closed and every wait is bounded by a number of
-loop turns of 10 ms.
+loop turns (helpers/serving.py).
 """
 
 import errno
@@ -18,27 +18,14 @@ import struct
 
 import oracle
 import pytest
-from test_faults import (
-    CLOSED,
-    ERROR,
-    EXCEPTION_NAMES,
-    FAULT_CASES,
-    IGNORED,
-    ORACLE,
-    RECV_FAULTS,
-    ChunkProducer,
-    FailingProducer,
-    chatcore_impl,
-    data_of,
-    err,
-    merged,
-    recorder,
-)
+from helpers import faults
+from helpers.fakes import err
+from helpers.recorders import data_of, merged
+from helpers.scenarios import ORACLE, chatcore_impl, recorder
+from helpers.serving import release, serve_until
+from helpers.sockets import Peer, tcp_pair
 
-import chatcore
 from chatcore import chat as chat_module
-
-TURNS = 400  # at 10 ms a turn at most: no scenario waits more than ~4 s
 
 
 class FaultySocket(socket.socket):
@@ -71,59 +58,9 @@ class FaultySocket(socket.socket):
         return super().send(data, *args)
 
 
-class Peer:
-    """The other end, non-blocking: collects what arrives and whether it ended."""
-
-    def __init__(self, sock):
-        sock.setblocking(False)
-        self.sock = sock
-        self.received = bytearray()
-        self.eof = False
-
-    def pump(self):
-        while not self.eof:
-            try:
-                chunk = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except ConnectionResetError:
-                self.eof = "reset"
-                return
-            if not chunk:
-                self.eof = True
-                return
-            self.received += chunk
-
-
-def tcp_pair():
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(5)
-        client = socket.create_connection(listener.getsockname(), timeout=5)
-        server, _ = listener.accept()
-    return server, client
-
-
 def rst_close(sock):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def release(channel_map):
-    """Close every channel, then let chatcore's loop hand the map's poller back."""
-    chatcore.close_all(channel_map)
-    chatcore.loop(timeout=0, map=channel_map, count=1)  # an empty map: returns at once
-
-
-def serve(impl, channel_map, condition, use_poll=False, peers=(), turns=TURNS):
-    for _ in range(turns):
-        for peer in peers:
-            peer.pump()
-        if condition():
-            return
-        impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=1)
-    raise AssertionError("condition not reached in %d turns" % turns)
 
 
 def echo_class(impl, producer=False):
@@ -133,7 +70,7 @@ def echo_class(impl, producer=False):
     class Echo(base):
         def found(self, message):
             if producer:
-                self.push_with_producer(FailingProducer([message + b"\n"]))
+                self.push_with_producer(faults.FailingProducer([message + b"\n"]))
             else:
                 self.push(message + b"\n")
 
@@ -162,16 +99,16 @@ def play_recv_fault(impl, code, on_error, use_poll):
     channel = recorder(impl.async_chat)(sock, b"\r\n", channel_map, on_error=on_error)
     try:
         right.sendall(b"one\r\ntw")
-        serve(impl, channel_map, lambda: data_of(channel.events) == b"onetw", use_poll)
+        serve_until(channel_map, lambda: data_of(channel.events) == b"onetw", loop=impl.core.loop, use_poll=use_poll)
         sock.recv_faults.append(err(code))
         right.sendall(b"o\r\nthree\r\n")
-        serve(
-            impl,
+        serve_until(
             channel_map,
             lambda: channel.gone or (channel.events[-1:] == [("term",)] and b"three" in data_of(channel.events)),
-            use_poll,
+            loop=impl.core.loop,
+            use_poll=use_poll,
         )
-        impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=2)
+        impl.core.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=2)
         if impl is not ORACLE:
             assert sock.calls["recv_into"] and not sock.calls["recv"]  # the fast path
         return {"events": merged(channel.events), "pending": bytes(channel.ac_in_buffer)}
@@ -182,19 +119,19 @@ def play_recv_fault(impl, code, on_error, use_poll):
 
 
 @pytest.mark.parametrize("use_poll", [False, True], ids=["select", "poll"])
-@pytest.mark.parametrize("fault, on_error", FAULT_CASES)
+@pytest.mark.parametrize("fault, on_error", faults.FAULT_CASES)
 def test_recv_fault_on_a_real_socket(chat_class, fault, on_error, use_poll):
-    code, kind = RECV_FAULTS[fault]
+    code, kind = faults.RECV_FAULTS[fault]
     head = [("data", b"one"), ("term",), ("data", b"tw")]
     tail = [("data", b"o"), ("term",), ("data", b"three"), ("term",)]
-    if kind == IGNORED:
+    if kind == faults.IGNORED:
         expected = [("data", b"one"), ("term",), ("data", b"two"), ("term",), ("data", b"three"), ("term",)]
-    elif kind == CLOSED:
+    elif kind == faults.CLOSED:
         expected = head + [("close",)]
     elif on_error == "close":
-        expected = head + [("error", EXCEPTION_NAMES[code]), ("close",)]
+        expected = head + [("error", faults.EXCEPTION_NAMES[code]), ("close",)]
     else:
-        expected = head + [("error", EXCEPTION_NAMES[code])] + tail
+        expected = head + [("error", faults.EXCEPTION_NAMES[code])] + tail
     outcome = same_on_all(chat_class, play_recv_fault, code, on_error, use_poll)
     assert outcome == {"events": expected, "pending": b""}
 
@@ -205,7 +142,7 @@ def test_recv_fault_on_a_real_socket(chat_class, fault, on_error, use_poll):
 @pytest.fixture
 def gathered_send_faults(monkeypatch):
     """Faults and short sends for chatcore's gathered sendmsg path."""
-    faults = []
+    pending_faults = []
     state = {"limit": None, "calls": 0}
     real = chat_module._gathering_send
 
@@ -214,8 +151,8 @@ def gathered_send_faults(monkeypatch):
 
         def sendmsg(buffers):
             state["calls"] += 1
-            if faults:
-                raise faults.pop(0)
+            if pending_faults:
+                raise pending_faults.pop(0)
             limit = state["limit"]
             if limit is not None:
                 budget, cut = limit(), []
@@ -230,23 +167,35 @@ def gathered_send_faults(monkeypatch):
         return sendmsg
 
     monkeypatch.setattr(chat_module, "_gathering_send", faulty)
-    return faults, state
+    return pending_faults, state
 
 
 def play_send_fault(impl, code, on_error, use_poll, gathered_faults=None):
     left, right = socket.socketpair()
     sock = left if gathered_faults is not None else FaultySocket(left)
-    faults = gathered_faults if gathered_faults is not None else sock.send_faults
+    pending_faults = gathered_faults if gathered_faults is not None else sock.send_faults
     channel_map = {}
     channel = echo_class(impl)(sock, b"\n", channel_map, on_error=on_error)
     peer = Peer(right)
     try:
-        faults.append(err(code))
+        pending_faults.append(err(code))
         right.sendall(b"a\n")  # the echo's first send fails
-        serve(impl, channel_map, lambda: channel.gone or peer.received == b"a\n", use_poll, [peer])
+        serve_until(
+            channel_map,
+            lambda: channel.gone or peer.received == b"a\n",
+            loop=impl.core.loop,
+            use_poll=use_poll,
+            peers=[peer],
+        )
         if not channel.gone:
             right.sendall(b"b\n")
-        serve(impl, channel_map, lambda: peer.eof or peer.received == b"a\nb\n", use_poll, [peer])
+        serve_until(
+            channel_map,
+            lambda: peer.eof or peer.received == b"a\nb\n",
+            loop=impl.core.loop,
+            use_poll=use_poll,
+            peers=[peer],
+        )
         return {"events": merged(channel.events), "received": bytes(peer.received), "eof": peer.eof}
     finally:
         release(channel_map)
@@ -256,30 +205,30 @@ def play_send_fault(impl, code, on_error, use_poll, gathered_faults=None):
 
 def expected_send_fault_outcome(code, kind, on_error):
     requests = [("data", b"a"), ("term",)]
-    if kind == IGNORED or (kind == ERROR and on_error == "keep"):
-        error = [("error", EXCEPTION_NAMES[code])] if kind == ERROR else []
+    if kind == faults.IGNORED or (kind == faults.ERROR and on_error == "keep"):
+        error = [("error", faults.EXCEPTION_NAMES[code])] if kind == faults.ERROR else []
         return {"events": requests + error + [("data", b"b"), ("term",)], "received": b"a\nb\n", "eof": False}
-    error = [("error", EXCEPTION_NAMES[code])] if kind == ERROR else []
+    error = [("error", faults.EXCEPTION_NAMES[code])] if kind == faults.ERROR else []
     return {"events": requests + error + [("close",)], "received": b"", "eof": True}
 
 
 @pytest.mark.parametrize("use_poll", [False, True], ids=["select", "poll"])
-@pytest.mark.parametrize("fault, on_error", FAULT_CASES)
+@pytest.mark.parametrize("fault, on_error", faults.FAULT_CASES)
 def test_send_fault_on_a_real_socket(chat_class, fault, on_error, use_poll):
     """Through socket.send (stdlib's path, chatcore's for a subclassed socket)."""
-    code, kind = RECV_FAULTS[fault]
+    code, kind = faults.RECV_FAULTS[fault]
     outcome = same_on_all(chat_class, play_send_fault, code, on_error, use_poll)
     assert outcome == expected_send_fault_outcome(code, kind, on_error)
 
 
 @pytest.mark.parametrize("use_poll", [False, True], ids=["select", "poll"])
-@pytest.mark.parametrize("fault, on_error", FAULT_CASES)
+@pytest.mark.parametrize("fault, on_error", faults.FAULT_CASES)
 def test_send_fault_on_the_gathered_path(chat_class, gathered_send_faults, fault, on_error, use_poll):
     """chatcore's coalesced sendmsg path handles each errno as stdlib's send path."""
-    code, kind = RECV_FAULTS[fault]
-    faults, state = gathered_send_faults
-    outcome = play_send_fault(chatcore_impl(chat_class), code, on_error, use_poll, faults)
-    assert state["calls"] and not faults  # the fault was raised on this path
+    code, kind = faults.RECV_FAULTS[fault]
+    pending_faults, state = gathered_send_faults
+    outcome = play_send_fault(chatcore_impl(chat_class), code, on_error, use_poll, pending_faults)
+    assert state["calls"] and not pending_faults  # the fault was raised on this path
     assert outcome == expected_send_fault_outcome(code, kind, on_error)
 
 
@@ -305,7 +254,7 @@ def play_partial_sends(impl, seed, path, state=None):
             self.push(b"<" + message)
             if rng.random() < 0.3:
                 self.push_with_producer(impl.simple_producer(message * 20, rng.choice([37, 700])))
-                self.push_with_producer(ChunkProducer([bytearray(b"|"), message]))
+                self.push_with_producer(faults.ChunkProducer([bytearray(b"|"), message]))
             else:
                 self.push(bytearray(message * 20))
                 self.push(memoryview(b"|" + message))
@@ -318,7 +267,7 @@ def play_partial_sends(impl, seed, path, state=None):
     try:
         right.sendall(b"".join(word + b"\n" for word in words + [b"bye"]))
         # Stdlib sends one piece per write event: many (fast) turns.
-        serve(impl, channel_map, lambda: peer.eof, peers=[peer], turns=20_000)
+        serve_until(channel_map, lambda: peer.eof, loop=impl.core.loop, peers=[peer], turns=20_000)
         expected = b"".join(b"<" + w + w * 20 + b"|" + w for w in words + [b"bye"])
         return {
             "received": bytes(peer.received),
@@ -368,7 +317,7 @@ def test_real_epipe_closes_once_and_sends_nothing(chat_class, use_poll, inside_l
                 right.sendall(b"ping\n")
             else:
                 channel.push(b"unsolicited\n")
-            serve(impl, channel_map, lambda: channel.gone, use_poll)
+            serve_until(channel_map, lambda: channel.gone, loop=impl.core.loop, use_poll=use_poll)
             channel.push(b"after the close\n")
             return merged(channel.events)
         finally:
@@ -389,17 +338,29 @@ def play_peer_leaving(impl, transport, how, use_poll):
     try:
         channel.push(b"welcome\r\n")  # sent at once, before anything happens
         right.sendall(b"m1\r\nm2\r\npart\r")
-        serve(impl, channel_map, lambda: peer.received == b"welcome\r\nm1\nm2\n", use_poll, [peer])
+        serve_until(
+            channel_map,
+            lambda: peer.received == b"welcome\r\nm1\nm2\n",
+            loop=impl.core.loop,
+            use_poll=use_poll,
+            peers=[peer],
+        )
         if how == "half-close":
             right.shutdown(socket.SHUT_WR)
         elif how == "close":
             right.close()
         else:
             rst_close(right)
-        serve(impl, channel_map, lambda: channel.gone, use_poll, [] if how != "half-close" else [peer])
-        impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=2)
+        serve_until(
+            channel_map,
+            lambda: channel.gone,
+            loop=impl.core.loop,
+            use_poll=use_poll,
+            peers=[] if how != "half-close" else [peer],
+        )
+        impl.core.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=2)
         if how == "half-close":
-            serve(impl, channel_map, lambda: peer.eof, use_poll, [peer])
+            serve_until(channel_map, lambda: peer.eof, loop=impl.core.loop, use_poll=use_poll, peers=[peer])
         return {
             "events": merged(channel.events),
             "pending": bytes(channel.ac_in_buffer),
@@ -442,7 +403,7 @@ def test_integer_terminator_cut_short_by_the_peer(chat_class):
         try:
             right.sendall(b"abcd")
             right.close()
-            serve(impl, channel_map, lambda: channel.gone)
+            serve_until(channel_map, lambda: channel.gone, loop=impl.core.loop)
             return merged(channel.events), channel.get_terminator()
         finally:
             release(channel_map)
@@ -471,7 +432,7 @@ def play_push_then_fail(impl, how):
     peer = Peer(right)
     try:
         right.sendall(b"request\n")
-        serve(impl, channel_map, lambda: peer.eof, peers=[peer])
+        serve_until(channel_map, lambda: peer.eof, loop=impl.core.loop, peers=[peer])
         return bytes(peer.received)
     finally:
         release(channel_map)
@@ -580,7 +541,7 @@ def play_many(impl, use_poll, healthy=8, lines=40):
                 for kind in FAULTY
             )
 
-        serve(impl, channel_map, first_phase_done, use_poll, list(peers.values()))
+        serve_until(channel_map, first_phase_done, loop=impl.core.loop, use_poll=use_poll, peers=list(peers.values()))
         for index in range(healthy):
             peers[index].sock.sendall(b"".join(line + b"\n" for line in requests[index][half:]))
         for kind, (_, then, _, _, _) in FAULTY.items():
@@ -594,16 +555,16 @@ def play_many(impl, use_poll, healthy=8, lines=40):
             elif then is not None:
                 peer.sock.sendall(then)
         live = [peer for key, peer in peers.items() if peer.sock.fileno() >= 0]
-        serve(
-            impl,
+        serve_until(
             channel_map,
             lambda: (
                 all(echoed(index, lines) for index in range(healthy)) and all(channels[kind].gone for kind in FAULTY)
             ),
-            use_poll,
-            live,
+            loop=impl.core.loop,
+            use_poll=use_poll,
+            peers=live,
         )
-        impl.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=3)
+        impl.core.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=3)
         for peer in live:
             peer.pump()
         return {

@@ -6,7 +6,7 @@ pyasynchat on 3.12+: see ``oracle.py``).  Each scenario is a function of an
 implementation that returns everything observable; it runs on the oracle
 first (which must give the outcome written in the test, so the expectation is
 the real modules' behaviour) and then on chatcore.compat's classes bound to
-the engine of the ``engine`` fixture.  The patterns (issue 10):
+the engine of the ``engine`` fixture (helpers/scenarios.py).  The patterns:
 
 * push, then block: a handler pushes one or two replies and then blocks
   (``accept()`` on a data socket, ``Event.wait``) until a client thread that
@@ -21,22 +21,21 @@ the engine of the ``engine`` fixture.  The patterns (issue 10):
 * every kind of push (a MiB, a producer, ``close_when_done()``) in one
   handler: the same bytes in the same order.
 
-Then the send-timing contract of the APIs that coalesce (``chatcore.async_chat``,
-and compat channels with ``ac_coalesce_sends = True``; README, "When pushed
-data reaches the kernel"): pushes made in a handler leave at the end of the
-loop turn, a push from plain code at once; ``flush_sends()`` hands everything
+Then the send-timing contract of the APIs that coalesce
+(``chatcore.async_chat``, and compat channels with ``ac_coalesce_sends =
+True``; docs/migrating.rst, "When pushed data reaches the kernel"): pushes
+made in a handler leave at the end of the loop turn, a push from plain code at once; ``flush_sends()`` hands everything
 queued over at once and ``initiate_send()`` takes stdlib's single step; queued
 pushes are flushed before ``del_channel()``, ``set_socket()``, ``close()`` and
 before the default ``handle_error()`` reports; bytes and order are the
 oracle's.
 
 Network use is 127.0.0.1 and socketpairs only.  Every blocking call has a
-timeout (``TIMEOUT``; reached only when a test is failing, never asserted
-on), and every socket, thread and channel map is released by the
-``resources`` fixture.
+timeout (the sockets' from helpers/sockets.py, the threads' ``TIMEOUT``;
+reached only when a test is failing, never asserted on), and every socket,
+thread and channel map is released by the ``resources`` fixture.
 """
 
-import errno
 import itertools
 import os
 import random
@@ -44,18 +43,16 @@ import select
 import shutil
 import socket
 import subprocess
-import sys
-import textwrap
 import threading
 import types
 from collections import deque
 
-import oracle
 import pytest
-
-# serve(): loop turns of 10 ms until a condition holds (at most 400); Peer: the
-# far end of a socketpair, read without blocking between turns.
-from test_faults_loopback import Peer, serve
+from helpers.fakes import FakeSocket
+from helpers.processes import run_python
+from helpers.scenarios import Impl, chatcore_impl, check, compat_impl
+from helpers.serving import release, serve_until
+from helpers.sockets import Peer, Sockets
 
 import chatcore
 from chatcore.compat import asynchat as compat_asynchat
@@ -66,68 +63,8 @@ try:
 except ImportError:  # pragma: no cover - Python built without OpenSSL
     ssl = None
 
-#: Seconds any blocking call may wait.  Only a failing test waits that long.
+#: Seconds the scenarios' threads and their own blocking calls may wait.  Only a failing test waits that long.
 TIMEOUT = 5.0
-
-# -- the implementations ------------------------------------------------------------
-
-
-class Impl:
-    """One implementation of the programming model, as the scenarios use it.
-
-    ``core`` is the asyncore-like module: ``loop``, ``poll``, ``close_all``,
-    ``dispatcher``, and the globals a test may patch.
-    """
-
-    def __init__(self, name, async_chat, simple_producer, core):
-        self.name = name
-        self.async_chat = async_chat
-        self.simple_producer = simple_producer
-        self.core = core
-        self.loop = core.loop  # what test_faults_loopback.serve() runs
-
-    def __repr__(self):
-        return "<Impl %s>" % self.name
-
-
-ORACLE = (
-    None
-    if oracle.MISSING
-    else Impl("oracle", oracle.asynchat.async_chat, oracle.asynchat.simple_producer, oracle.asyncore)
-)
-
-
-def compat_impl(engine, **attributes):
-    """chatcore.compat's async_chat on *engine* (the ``engine`` fixture), as a program sees it."""
-    cls = type("async_chat", (compat_asynchat.async_chat,), dict(attributes, _engine=engine))
-    suffix = "".join("+%s=%s" % item for item in sorted(attributes.items()))
-    return Impl(
-        "compat-%s%s" % (engine.__name__.rsplit("_", 1)[-1], suffix),
-        cls,
-        compat_asynchat.simple_producer,
-        compat_asyncore,
-    )
-
-
-def chatcore_impl(engine):
-    """chatcore's own async_chat on *engine*: new code's API, which coalesces by default."""
-    cls = type("async_chat", (chatcore.async_chat,), {"_engine": engine})
-    return Impl("chatcore-%s" % engine.__name__.rsplit("_", 1)[-1], cls, chatcore.simple_producer, chatcore)
-
-
-def check(scenario, engine, expected, *args):
-    """Play *scenario* on the oracle (when installed), then on chatcore.compat.
-
-    Both must give *expected*; without the oracle only the written expectation
-    is checked (``test_faults.test_oracle_is_available`` reports that).
-    """
-    if ORACLE is not None:
-        assert scenario(ORACLE, *args) == expected, "the oracle does not do what this test expects"
-    impl = compat_impl(engine)
-    outcome = scenario(impl, *args)
-    assert outcome == expected, "%s differs from the oracle" % impl.name
-    return outcome
-
 
 # -- resources: sockets, threads, channel maps ----------------------------------------
 
@@ -155,35 +92,14 @@ class Worker(threading.Thread):
         return self.result
 
 
-class Resources:
-    """What a scenario opens; ``release()`` closes and joins all of it."""
+class Resources(Sockets):
+    """What a scenario opens (sockets, threads, timers, channel maps); ``release()`` closes and joins all of it."""
 
     def __init__(self):
-        self.sockets = []
+        super().__init__()
         self.workers = []
         self.timers = []
         self.maps = []
-
-    def track(self, sock):
-        self.sockets.append(sock)
-        return sock
-
-    def socketpair(self):
-        left, right = socket.socketpair()
-        return self.track(left), self.track(right)
-
-    def listener(self):
-        sock = self.track(socket.socket())
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(5)
-        sock.settimeout(TIMEOUT)
-        return sock
-
-    def tcp_pair(self):
-        listener = self.listener()
-        client = self.track(socket.create_connection(listener.getsockname(), timeout=TIMEOUT))
-        server, _ = listener.accept()
-        return self.track(server), client
 
     def map(self, impl):
         channel_map = {}
@@ -207,11 +123,8 @@ class Resources:
         for timer in self.timers:
             timer.cancel()
         for impl, channel_map in self.maps:
-            impl.core.close_all(channel_map, ignore_all=True)
-            # An empty map returns at once; chatcore's loop hands its poller back.
-            impl.core.loop(timeout=0, map=channel_map, count=1)
-        for sock in self.sockets:
-            sock.close()
+            release(channel_map, impl.core)
+        self.close()
         for thread in self.workers + self.timers:
             thread.join(3 * TIMEOUT)
         alive = [thread for thread in self.workers + self.timers if thread.is_alive()]
@@ -226,16 +139,21 @@ def resources():
 
 
 def drain(sock):
-    """What has arrived on *sock* (a socketpair end) so far, without waiting."""
+    """What has arrived on *sock* (a socketpair end) so far, without waiting; its timeout is kept."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
     data = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(1 << 16, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return bytes(data)
-        if not chunk:
-            return bytes(data)
-        data += chunk
+    try:
+        while True:
+            try:
+                chunk = sock.recv(1 << 16)
+            except BlockingIOError:
+                return bytes(data)
+            if not chunk:
+                return bytes(data)
+            data += chunk
+    finally:
+        sock.settimeout(timeout)
 
 
 def read_line(sock):
@@ -332,7 +250,7 @@ def play_push_then_block(impl, resources, pushes, wait):
 
     Pasv(server_sock, channel_map)
     worker = resources.start(client)
-    serve(impl, channel_map, lambda: not worker.is_alive())
+    serve_until(channel_map, lambda: not worker.is_alive(), loop=impl.core.loop)
     return {"client": worker.outcome(), "handler": handler_saw}
 
 
@@ -341,7 +259,7 @@ def play_push_then_block(impl, resources, pushes, wait):
 def test_push_then_block(engine, resources, pushes, wait):
     check(
         play_push_then_block,
-        engine,
+        compat_impl(engine),
         {
             "client": PASV_REPLIES[:pushes] + [b"226 Transfer complete\r\n"],
             "handler": [("data", b"file contents")] if wait == "accept" else [],
@@ -354,7 +272,7 @@ def test_push_then_block(engine, resources, pushes, wait):
 
 def play_push_is_sent_before_it_returns(impl, resources):
     """What the peer can read right after each push() inside a handler."""
-    left, right = resources.socketpair()
+    left, right = resources.pair()
     channel_map = resources.map(impl)
     seen = []
 
@@ -366,13 +284,13 @@ def play_push_is_sent_before_it_returns(impl, resources):
 
     Replier(left, channel_map)
     right.sendall(b"go\r\n")
-    serve(impl, channel_map, lambda: len(seen) == 2)
+    serve_until(channel_map, lambda: len(seen) == 2, loop=impl.core.loop)
     return seen
 
 
 def test_push_is_handed_to_the_socket_before_push_returns(engine, resources):
     # The mechanism behind every push-then-wait pattern, without any waiting.
-    check(play_push_is_sent_before_it_returns, engine, [b"one\r\n", b"two\r\n"], resources)
+    check(play_push_is_sent_before_it_returns, compat_impl(engine), [b"one\r\n", b"two\r\n"], resources)
 
 
 # -- STARTTLS: push, del_channel(), wrap, set_socket() ---------------------------------------
@@ -417,7 +335,7 @@ def tls_files(tmp_path_factory):
             pass
     # CPython's test suite ships one (key and certificate in one file; under
     # certdata/ since 3.12).
-    from cpython_files import THIS_VERSION, find_cpython_test
+    from helpers.cpython import THIS_VERSION, find_cpython_test
 
     versions = [THIS_VERSION, "3.11"]
     keycert = find_cpython_test("keycert.pem", versions) or find_cpython_test(
@@ -505,14 +423,14 @@ def play_starttls(impl, resources, tls_files):
 
     Pop3(server_sock, channel_map)
     worker = resources.start(client)
-    serve(impl, channel_map, lambda: not worker.is_alive())
+    serve_until(channel_map, lambda: not worker.is_alive(), loop=impl.core.loop)
     return {"client": worker.outcome(), "server": events}
 
 
 def test_starttls_socket_swap(engine, resources, tls_files):
     check(
         play_starttls,
-        engine,
+        compat_impl(engine),
         {
             "client": (b"+OK Begin TLS negotiation\r\n", b"+OK over TLS: HELLO\r\n"),
             "server": [("line", False, b"STLS"), ("handshake", True), ("line", True, b"HELLO")],
@@ -525,65 +443,44 @@ def test_starttls_socket_swap(engine, resources, tls_files):
 # -- patched module globals ------------------------------------------------------------
 
 
-class FakeSocket:
-    """A socket stand-in as CPython's test/mock_socket.py is one: calls are recorded.
-
-    ``received`` holds what ``recv`` returns (then EAGAIN); ``send_limits``
-    how much each ``send`` accepts (then everything).
-    """
+class MockSocket(FakeSocket):
+    """A socket stand-in as CPython's test/mock_socket.py is one: scripted, and every call recorded."""
 
     def __init__(self, fd, calls, family=None, type=None):
-        self.fd, self.calls = fd, calls
+        super().__init__(fd=fd)
+        self.calls = calls
         self.calls.append(("socket", fd, family, type))
-        self.received = deque()
-        self.send_limits = deque()
-        self.sent = bytearray()
-
-    def fileno(self):
-        return self.fd
 
     def setblocking(self, flag):
-        self.calls.append(("setblocking", self.fd, flag))
+        self.calls.append(("setblocking", self.fileno(), flag))
 
     def setsockopt(self, level, name, value):
-        self.calls.append(("setsockopt", self.fd, level, name, value))
+        self.calls.append(("setsockopt", self.fileno(), level, name, value))
 
     def getsockopt(self, level, name):
-        self.calls.append(("getsockopt", self.fd, level, name))
+        self.calls.append(("getsockopt", self.fileno(), level, name))
         return 0
 
     def bind(self, address):
-        self.calls.append(("bind", self.fd, address))
+        self.calls.append(("bind", self.fileno(), address))
 
     def listen(self, backlog):
-        self.calls.append(("listen", self.fd, backlog))
+        self.calls.append(("listen", self.fileno(), backlog))
 
     def accept(self):
-        self.calls.append(("accept", self.fd))
-        return FakeSocket(self.fd + 1, self.calls), ("127.0.0.1", 4242)
-
-    def getpeername(self):
-        return ("127.0.0.1", 4242)
-
-    def recv(self, buffer_size):
-        if not self.received:
-            raise BlockingIOError(errno.EAGAIN, "fake: nothing to read")
-        return self.received.popleft()
-
-    def send(self, data):
-        count = min(len(data), self.send_limits.popleft() if self.send_limits else len(data))
-        self.sent += bytes(data[:count])
-        return count
+        self.calls.append(("accept", self.fileno()))
+        return MockSocket(self.fileno() + 1, self.calls), ("127.0.0.1", 4242)
 
     def close(self):
-        self.calls.append(("close", self.fd))
+        self.calls.append(("close", self.fileno()))
+        super().close()
 
 
 def fake_socket_module(calls):
     """What a test puts in ``asyncore.socket``: constants and a ``socket()`` factory."""
     fds = itertools.count(90_000, 10)
     module = types.ModuleType("mock_socket")
-    module.socket = lambda family=socket.AF_INET, type=socket.SOCK_STREAM: FakeSocket(next(fds), calls, family, type)
+    module.socket = lambda family=socket.AF_INET, type=socket.SOCK_STREAM: MockSocket(next(fds), calls, family, type)
     module.error = OSError
     module.AF_INET, module.SOCK_STREAM = socket.AF_INET, socket.SOCK_STREAM
     # Values of its own, so whoever reads them from the real module is caught.
@@ -620,11 +517,11 @@ def play_patched_socket(impl, monkeypatch):
     server = Server()
     server.handle_accept()  # what the loop would call on a readable listening socket
     channel = channels[0]
-    channel.socket.received.extend([b"HELO there\r\n", b"NOOP\r", b"\n"])
+    channel.socket.reads.extend([b"HELO there\r\n", b"NOOP\r", b"\n"])
     for _ in range(3):
         channel.handle_read()
     outcome = {
-        "server socket": (type(server.socket).__name__, server.socket.fd, server.accepting),
+        "server socket": (type(server.socket).__name__, server.socket.fileno(), server.accepting),
         "map": sorted(channel_map),
         "calls": list(calls),
         "sent": bytes(channel.socket.sent),
@@ -637,9 +534,9 @@ def play_patched_socket(impl, monkeypatch):
 def test_patched_socket_module_builds_the_sockets(engine, monkeypatch):
     check(
         play_patched_socket,
-        engine,
+        compat_impl(engine),
         {
-            "server socket": ("FakeSocket", 90_000, True),
+            "server socket": ("MockSocket", 90_000, True),
             "map": [90_000, 90_001],
             "calls": [
                 ("socket", 90_000, socket.AF_INET, socket.SOCK_STREAM),
@@ -717,9 +614,9 @@ def play_patched_select(impl, monkeypatch, with_poll):
     )
     monkeypatch.setattr(impl.core, "select", fake)
     calls = []
-    sock = FakeSocket(FD, calls)
-    sock.received.extend([b"one\n", b"two\n"])
-    sock.send_limits.append(0)
+    sock = MockSocket(FD, calls)
+    sock.reads.extend([b"one\n", b"two\n"])
+    sock.sends.append(0)
     channel_map = {}
     lines = []
 
@@ -751,7 +648,7 @@ def test_patched_select_module_is_what_the_loop_calls(engine, monkeypatch, with_
     )
     check(
         play_patched_select,
-        engine,
+        compat_impl(engine),
         {
             "select calls": [
                 ("select", [FD], [], [FD], 2.5),
@@ -785,7 +682,7 @@ def play_patched_time(impl, monkeypatch):
             return False
 
     channel_map = {}
-    idle = Idle(FakeSocket(FD, []), map=channel_map)
+    idle = Idle(MockSocket(FD, []), map=channel_map)
     impl.core.poll(timeout=0.125, map=channel_map)
     impl.core.loop(timeout=0.25, map=channel_map, count=2)
     idle.close()
@@ -793,7 +690,7 @@ def play_patched_time(impl, monkeypatch):
 
 
 def test_patched_time_module_is_what_poll_sleeps_with(engine, monkeypatch):
-    check(play_patched_time, engine, [0.125, 0.25, 0.25], monkeypatch)
+    check(play_patched_time, compat_impl(engine), [0.125, 0.25, 0.25], monkeypatch)
 
 
 def play_patched_os(impl, monkeypatch):
@@ -845,7 +742,7 @@ def _play_patched_os(impl, monkeypatch, read_end, write_end):
 def test_patched_os_module_is_what_file_dispatcher_uses(engine, monkeypatch):
     check(
         play_patched_os,
-        engine,
+        compat_impl(engine),
         {
             "calls": [("dup", "pipe"), ("set_blocking", "pipe", False), ("read", "copy", 64), ("close", "copy")],
             "received": [b"through a pipe"],
@@ -868,9 +765,9 @@ def play_relay(impl, resources, use_poll, item, where):
     must have left when they end.  A watchdog ends a turn stuck waiting for
     the loop timeout, and records that it had to.
     """
-    a_sock, a_peer = resources.socketpair()
-    b_sock, b_peer = resources.socketpair()
-    w_sock, w_peer = resources.socketpair()
+    a_sock, a_peer = resources.pair()
+    b_sock, b_peer = resources.pair()
+    w_sock, w_peer = resources.pair()
     channel_map = resources.map(impl)
     woken = []
     base = line_chat(impl)
@@ -919,7 +816,7 @@ def play_relay(impl, resources, use_poll, item, where):
 def test_direct_producer_fifo_append_goes_out_on_the_next_turn(engine, resources, use_poll, item, where):
     check(
         play_relay,
-        engine,
+        compat_impl(engine),
         {
             "b received": b"hello (relayed)\n",
             "watchdog had to wake the loop": False,
@@ -935,7 +832,7 @@ def test_direct_producer_fifo_append_goes_out_on_the_next_turn(engine, resources
 
 
 def play_push_then_end(impl, resources, how):
-    left, right = resources.socketpair()
+    left, right = resources.pair()
     channel_map = resources.map(impl)
     peer = Peer(right)
 
@@ -955,7 +852,7 @@ def play_push_then_end(impl, resources, how):
 
     Replier(left, channel_map)
     right.sendall(b"bye\r\n")
-    serve(impl, channel_map, lambda: peer.eof, peers=[peer])
+    serve_until(channel_map, lambda: peer.eof, loop=impl.core.loop, peers=[peer])
     return {"received": bytes(peer.received), "eof": peer.eof}
 
 
@@ -963,7 +860,7 @@ def play_push_then_end(impl, resources, how):
 def test_pushes_before_close_or_error_reach_the_peer(engine, resources, how):
     check(
         play_push_then_end,
-        engine,
+        compat_impl(engine),
         {
             "received": b"bye 1\r\nbye 2\r\nbye 3\r\n",
             "eof": True,
@@ -980,7 +877,7 @@ BIG = random.Random(10).randbytes(1 << 20)
 
 def play_stream(impl, resources):
     """Every kind of push inside one handler, a MiB among them, then close_when_done()."""
-    left, right = resources.socketpair()
+    left, right = resources.pair()
     channel_map = resources.map(impl)
     peer = Peer(right)
 
@@ -998,7 +895,7 @@ def play_stream(impl, resources):
 
     Streamer(left, channel_map)
     right.sendall(b"go\r\n")
-    serve(impl, channel_map, lambda: peer.eof, peers=[peer])
+    serve_until(channel_map, lambda: peer.eof, loop=impl.core.loop, peers=[peer])
     return {"received": bytes(peer.received), "eof": peer.eof}
 
 
@@ -1006,18 +903,18 @@ STREAM = b"one\ntwo\nthree\n" + b"four\n" * 300 + BIG + b"six\nseven\n"
 
 
 def test_stream_bytes_and_order(engine, resources):
-    check(play_stream, engine, {"received": STREAM, "eof": True}, resources)
+    check(play_stream, compat_impl(engine), {"received": STREAM, "eof": True}, resources)
 
 
 # -- the contract where sends are coalesced ---------------------------------------------
 
 
 @pytest.fixture(params=["chatcore", "compat-opt-in"])
-def coalescing(request, engine):
+def coalescing(request, chat_class):
     """chatcore.async_chat (coalesces by default), or compat with ac_coalesce_sends = True."""
     if request.param == "chatcore":
-        return chatcore_impl(engine)
-    return compat_impl(engine, ac_coalesce_sends=True)
+        return chatcore_impl(chat_class)
+    return compat_impl(chat_class._engine, ac_coalesce_sends=True)
 
 
 def test_which_classes_coalesce_by_default():
@@ -1030,7 +927,7 @@ def run_in_handler(impl, resources, action):
 
     Returns the notes and what the peer received once the turn was over.
     """
-    left, right = resources.socketpair()
+    left, right = resources.pair()
     channel_map = resources.map(impl)
     notes = []
 
@@ -1056,7 +953,7 @@ def test_pushes_in_a_handler_leave_at_the_end_of_the_turn(coalescing, resources)
 
 
 def test_a_push_outside_the_loop_is_sent_at_once(coalescing, resources):
-    left, right = resources.socketpair()
+    left, right = resources.pair()
     channel = line_chat(coalescing)(left, resources.map(coalescing))
     channel.push(b"at once\r\n")
     assert drain(right) == b"at once\r\n"
@@ -1097,7 +994,7 @@ def test_del_channel_flushes_first(coalescing, resources):
 
 
 def test_set_socket_flushes_to_the_old_socket_first(coalescing, resources):
-    new, new_peer = resources.socketpair()
+    new, new_peer = resources.pair()
 
     def action(channel, peer, notes):
         channel.push(b"old\r\n")
@@ -1145,14 +1042,14 @@ def play_push_then_raise(impl, resources, override):
 
 def test_default_handle_error_reports_after_the_reply_left(engine, coalescing, resources):
     expected = ([("reported", "error", b"reply\r\n")], b"")
-    check(play_push_then_raise, engine, expected, resources, False)
+    check(play_push_then_raise, compat_impl(engine), expected, resources, False)
     assert play_push_then_raise(coalescing, resources, False) == expected
 
 
 def test_an_overriding_handle_error_that_closes_still_sends_the_reply(engine, coalescing, resources):
     # Stdlib sent the reply before handle_error ran; a coalescing channel sends
-    # it when the override closes (README: the default handle_error flushes).
-    check(play_push_then_raise, engine, ([("handle_error",)], b"reply\r\n"), resources, True)
+    # it when the override closes (docs/migrating.rst: the default handle_error flushes).
+    check(play_push_then_raise, compat_impl(engine), ([("handle_error",)], b"reply\r\n"), resources, True)
     notes, received = play_push_then_raise(coalescing, resources, True)
     assert (notes, received) == ([("handle_error",)], b"reply\r\n")
 
@@ -1207,12 +1104,6 @@ def test_install_coalesce_sends_opt_in(arguments, expected):
     if "True" not in arguments:
         # Everything was read inside the handler: nothing is left for the last recv.
         program = program.replace("print(seen, right.recv(100))", "print(seen, '')")
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(program)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=60,
-        text=True,
-    )
+    out = run_python(program)
     assert out.returncode == 0, out.stdout
     assert out.stdout.strip() == expected.strip()

@@ -1,7 +1,8 @@
 """The framing engine without sockets, on both implementations.
 
-A ``Recorder`` stands in for a channel: it logs every callback, and can change
-its terminator (or do something nastier) from inside ``found_terminator``.
+A ``CollectRecorder`` (helpers/recorders.py) stands in for a channel: it logs
+every callback, and can change its terminator (or do something nastier) from
+inside ``found_terminator``.
 """
 
 import array
@@ -9,50 +10,10 @@ import sys
 from collections import deque
 
 import pytest
-from conftest import ENGINES
+from helpers.engines import ENGINES
+from helpers.recorders import CollectRecorder, Gatherer, Sender, chunked, cut_at, drain, feed_collect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-
-class Recorder:
-    """The slice of async_chat the incoming engine talks to."""
-
-    def __init__(self, terminator, script=(), on_found=None):
-        self.terminator = terminator
-        self.events = []
-        self.script = list(script)
-        self.on_found = on_found
-
-    def get_terminator(self):
-        return self.terminator
-
-    def collect_incoming_data(self, data):
-        assert type(data) is bytes and data
-        if self.events and self.events[-1][0] == "data":
-            self.events[-1] = ("data", self.events[-1][1] + data)
-        else:
-            self.events.append(("data", data))
-
-    def found_terminator(self):
-        self.events.append(("found", self.terminator))
-        if self.on_found is not None:
-            self.on_found(self)
-        elif self.script:
-            self.terminator = self.script.pop(0)
-
-    def handle_message_overflow(self):
-        self.events.append(("overflow", self.terminator))
-
-
-def feed_all(engine, recorder, chunks, framer=None, max_size=None):
-    framer = framer or engine.Framer()
-    for chunk in chunks:
-        framer.feed(recorder, chunk, True, max_size)
-    return framer
-
-
-def split_every(data, size):
-    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 @pytest.mark.parametrize("terminator", [b"\n", b"\r\n", b"\r\n.\r\n", b"qqq", b"ab" * 20])
@@ -60,8 +21,8 @@ def split_every(data, size):
 def test_lines_are_split_whatever_the_read_size(engine, terminator, read_size):
     lines = [b"hello", b"", b"world " * 30, b"x"]
     stream = b"".join(line + terminator for line in lines) + b"tail"
-    recorder = Recorder(terminator)
-    framer = feed_all(engine, recorder, split_every(stream, read_size))
+    recorder = CollectRecorder(terminator)
+    framer = feed_collect(engine, recorder, chunked(stream, read_size))
     expected = []
     for line in lines:
         if line:
@@ -73,7 +34,7 @@ def test_lines_are_split_whatever_the_read_size(engine, terminator, read_size):
 
 
 def test_partial_terminator_is_kept_until_the_next_read(engine):
-    recorder = Recorder(b"\r\n.\r\n")
+    recorder = CollectRecorder(b"\r\n.\r\n")
     framer = engine.Framer()
     framer.feed(recorder, b"body\r\n.")
     assert recorder.events == [("data", b"body")]
@@ -86,7 +47,7 @@ def test_partial_terminator_is_kept_until_the_next_read(engine):
 
 
 def test_a_read_that_is_all_prefix_delivers_nothing(engine):
-    recorder = Recorder(b"\r\n")
+    recorder = CollectRecorder(b"\r\n")
     framer = engine.Framer()
     framer.feed(recorder, b"\r")
     assert recorder.events == [] and framer.pending == b"\r"
@@ -95,7 +56,7 @@ def test_a_read_that_is_all_prefix_delivers_nothing(engine):
 
 
 def test_integer_terminator_counts_down_and_is_zero_when_found(engine):
-    recorder = Recorder(10)
+    recorder = CollectRecorder(10)
     framer = engine.Framer()
     framer.feed(recorder, b"abcd")
     assert recorder.terminator == 6
@@ -105,24 +66,24 @@ def test_integer_terminator_counts_down_and_is_zero_when_found(engine):
 
 
 def test_huge_integer_terminator(engine):
-    recorder = Recorder(10**30)
-    feed_all(engine, recorder, [b"abc", b"de"])
+    recorder = CollectRecorder(10**30)
+    feed_collect(engine, recorder, [b"abc", b"de"])
     assert recorder.terminator == 10**30 - 5
     assert recorder.events == [("data", b"abcde")]
 
 
 @pytest.mark.parametrize("terminator", [None, 0, b"", False])
 def test_falsy_terminator_collects_everything(engine, terminator):
-    recorder = Recorder(terminator)
-    framer = feed_all(engine, recorder, [b"a\r\nb", b"\r\n"])
+    recorder = CollectRecorder(terminator)
+    framer = feed_collect(engine, recorder, [b"a\r\nb", b"\r\n"])
     assert recorder.events == [("data", b"a\r\nb\r\n")]
     assert framer.pending == b""
 
 
 def test_terminator_changed_in_found_terminator_applies_to_the_rest(engine):
     # A header line, then a 5-byte body, then None: everything else.
-    recorder = Recorder(b"\r\n", script=[5, b"|", None])
-    feed_all(engine, recorder, [b"LEN 5\r\n12345ab|rest\r\nmore"])
+    recorder = CollectRecorder(b"\r\n", script=[5, b"|", None])
+    feed_collect(engine, recorder, [b"LEN 5\r\n12345ab|rest\r\nmore"])
     assert recorder.events == [
         ("data", b"LEN 5"),
         ("found", b"\r\n"),
@@ -135,7 +96,7 @@ def test_terminator_changed_in_found_terminator_applies_to_the_rest(engine):
 
 
 def test_pending_prefix_is_searched_with_a_changed_terminator(engine):
-    recorder = Recorder(b"\r\n")
+    recorder = CollectRecorder(b"\r\n")
     framer = engine.Framer()
     framer.feed(recorder, b"abc\r")
     recorder.terminator = b"\rX"
@@ -144,7 +105,7 @@ def test_pending_prefix_is_searched_with_a_changed_terminator(engine):
 
 
 def test_empty_feed_reprocesses_pending_bytes(engine):
-    recorder = Recorder(b"\r\n")
+    recorder = CollectRecorder(b"\r\n")
     framer = engine.Framer()
     framer.feed(recorder, b"abc\r")
     recorder.terminator = None
@@ -156,7 +117,7 @@ def test_empty_feed_reprocesses_pending_bytes(engine):
 def test_pending_is_the_unprocessed_rest_inside_a_callback(engine):
     seen = []
     framer = engine.Framer()
-    recorder = Recorder(b"\n", on_found=lambda r: seen.append(framer.pending))
+    recorder = CollectRecorder(b"\n", on_found=lambda r: seen.append(framer.pending))
     framer.feed(recorder, b"a\nb\nc")
     assert seen == [b"b\nc", b"c"]
 
@@ -167,7 +128,7 @@ def test_clearing_pending_inside_a_callback_drops_the_rest(engine):
     def discard(recorder):
         framer.pending = b""
 
-    recorder = Recorder(b"\n", on_found=discard)
+    recorder = CollectRecorder(b"\n", on_found=discard)
     framer.feed(recorder, b"first\nsecond\nthird")
     assert recorder.events == [("data", b"first"), ("found", b"\n")]
     assert framer.pending == b""
@@ -182,7 +143,7 @@ def test_replacing_pending_inside_a_callback_is_processed_next(engine):
             framer.pending = b"injected\nrest"
         calls.append(1)
 
-    recorder = Recorder(b"\n", on_found=replace)
+    recorder = CollectRecorder(b"\n", on_found=replace)
     framer.feed(recorder, b"one\ntwo\n")
     assert recorder.events == [
         ("data", b"one"),
@@ -202,7 +163,7 @@ def test_reentrant_feed_from_a_callback(engine):
             fed.append(1)
             framer.feed(recorder, b"X\n")
 
-    recorder = Recorder(b"\n", on_found=feed_more)
+    recorder = CollectRecorder(b"\n", on_found=feed_more)
     framer.feed(recorder, b"a\nb\n")
     # The nested call sees the outer rest first, as stdlib's ac_in_buffer would.
     assert recorder.events == [
@@ -218,7 +179,7 @@ def test_reentrant_feed_from_a_callback(engine):
 
 
 def test_callback_exception_consumes_the_delivered_bytes(engine):
-    class Exploding(Recorder):
+    class Exploding(CollectRecorder):
         def found_terminator(self):
             super().found_terminator()
             if len(self.events) == 2:
@@ -242,7 +203,7 @@ def test_callback_exception_consumes_the_delivered_bytes(engine):
 
 
 def test_get_terminator_override_is_consulted(engine):
-    class Dynamic(Recorder):
+    class Dynamic(CollectRecorder):
         def get_terminator(self):
             return b";"
 
@@ -257,21 +218,21 @@ def test_get_terminator_override_is_consulted(engine):
 @pytest.mark.parametrize("terminator", ["\n", ["\n"], 1.5, object()])
 def test_unusable_terminator_is_a_type_error(engine, terminator):
     with pytest.raises(TypeError):
-        engine.Framer().feed(Recorder(terminator), b"abc\n")
+        engine.Framer().feed(CollectRecorder(terminator), b"abc\n")
 
 
 def test_negative_terminator_is_a_value_error(engine):
     with pytest.raises(ValueError):
-        engine.Framer().feed(Recorder(-2), b"abc\n")
+        engine.Framer().feed(CollectRecorder(-2), b"abc\n")
 
 
 def test_str_data_is_a_type_error(engine):
     with pytest.raises(TypeError):
-        engine.Framer().feed(Recorder(b"\n"), "abc\n")
+        engine.Framer().feed(CollectRecorder(b"\n"), "abc\n")
 
 
 def test_buffer_types_are_accepted(engine):
-    recorder = Recorder(bytearray(b"\r\n"))
+    recorder = CollectRecorder(bytearray(b"\r\n"))
     framer = engine.Framer()
     framer.feed(recorder, bytearray(b"ab\r"))
     framer.feed(recorder, memoryview(b"x\ncd\r\n")[1:])
@@ -293,7 +254,7 @@ def test_buffer_types_are_accepted(engine):
 
 def test_fed_buffer_is_released_when_feed_returns(engine):
     received = bytearray(b"line\npartial\r")
-    recorder = Recorder(b"\r\n")
+    recorder = CollectRecorder(b"\r\n")
     framer = engine.Framer()
     with memoryview(received) as view:
         framer.feed(recorder, view[: len(received)])
@@ -331,58 +292,16 @@ streams = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"xyz"]),
     max_size=st.one_of(st.none(), st.integers(min_value=0, max_value=40)),
 )
 def test_compiled_engine_matches_its_twin(stream, cuts, first, script, max_size):
-    bounds = sorted({cut for cut in cuts if cut <= len(stream)})
-    chunks = [stream[a:b] for a, b in zip([0] + bounds, bounds + [len(stream)])]
+    chunks = cut_at(stream, cuts)
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
-        recorder = Recorder(first, script)
-        framer = feed_all(engine, recorder, chunks, max_size=max_size)
+        recorder = CollectRecorder(first, script)
+        framer = feed_collect(engine, recorder, chunks, max_size=max_size)
         results.append((recorder.events, recorder.terminator, framer.pending))
     assert results[0] == results[1]
 
 
 # -- outgoing queue ----------------------------------------------------------------
-
-
-class Sender:
-    """The slice of async_chat the outgoing engine talks to."""
-
-    ac_out_buffer_size = 8
-    use_encoding = 0
-    encoding = "latin-1"
-
-    def __init__(self, accept=None):
-        self.producer_fifo = deque()
-        self.connected = True
-        # Its own socket: with zero_copy (send not overridden) the engine
-        # calls channel.socket.send, as dispatcher.send would.
-        self.socket = self
-        self.sent = []
-        self.calls = []
-        self.closed = 0
-        self.errors = 0
-        self.accept = accept  # bytes accepted per send(), or None for all
-
-    def send(self, data):
-        self.calls.append(data)
-        count = len(data) if self.accept is None else min(self.accept, len(data))
-        self.sent.append(bytes(data[:count]))
-        return count
-
-    def handle_close(self):
-        self.closed += 1
-        self.connected = False
-
-    def handle_error(self):
-        self.errors += 1
-
-
-def drain(engine, sender, zero_copy=False, turns=1000):
-    for _ in range(turns):
-        if not sender.producer_fifo or not sender.connected:
-            break
-        engine.initiate_send(sender, zero_copy)
-    return b"".join(sender.sent)
 
 
 @pytest.mark.parametrize(
@@ -407,7 +326,7 @@ def test_partial_sends_keep_order(engine, zero_copy):
     engine.push(sender, b"abcdefghijklmnopqrstuvwxyz")
     engine.push(sender, bytearray(b"0123456789"))
     assert drain(engine, sender, zero_copy) == b"abcdefghijklmnopqrstuvwxyz0123456789"
-    assert all(len(call) <= 8 for call in sender.calls)
+    assert all(len(call) <= 8 for call in sender.offered)
 
 
 def test_zero_copy_slices_immutable_heads_without_copying(engine):
@@ -439,7 +358,7 @@ def test_empty_buffer_ends_the_call_with_an_empty_send(engine):
     engine.push(sender, b"")
     engine.push(sender, b"data")
     engine.initiate_send(sender)
-    assert [bytes(c) for c in sender.calls] == [b""]
+    assert sender.offered == [b""]
     assert list(sender.producer_fifo) == [b"data"]
 
 
@@ -493,7 +412,7 @@ def test_nothing_is_sent_when_not_connected(engine):
     sender.connected = False
     engine.push(sender, b"abc")
     engine.initiate_send(sender)
-    assert sender.calls == []
+    assert sender.offered == []
 
 
 @pytest.mark.skipif(ENGINES["c"] is None, reason="compiled engine not built")
@@ -513,10 +432,10 @@ def test_outgoing_engines_agree(pushes, accepts, size, zero_copy):
             script: "list[int]"
 
             def send(self, data):
-                self.calls.append(bytes(data))
+                self.offered.append(bytes(data))
                 script = self.script
                 count = min(script.pop(0) if len(script) > 1 else script[0], len(data))
-                self.sent.append(bytes(data[:count]))
+                self.data += bytes(data[:count])
                 return count
 
         Scripted.script = list(accepts)
@@ -525,27 +444,11 @@ def test_outgoing_engines_agree(pushes, accepts, size, zero_copy):
             engine.push(sender, data)
         sender.producer_fifo.append(None)
         drain(engine, sender, zero_copy, turns=200)
-        results.append((sender.calls, sender.closed, [bytes(p) for p in sender.producer_fifo if p is not None]))
+        results.append((sender.offered, sender.closed, [bytes(p) for p in sender.producer_fifo if p is not None]))
     assert results[0] == results[1]
 
 
 # -- gathered sends ------------------------------------------------------------------
-
-
-class Gatherer:
-    """A sendmsg stand-in: accepts up to *accept* bytes per call, records calls."""
-
-    def __init__(self, accept=None):
-        self.accept = accept
-        self.calls = []
-        self.data = b""
-
-    def __call__(self, buffers):
-        self.calls.append([bytes(b) for b in buffers])
-        joined = b"".join(bytes(b) for b in buffers)
-        count = len(joined) if self.accept is None else min(self.accept, len(joined))
-        self.data += joined[:count]
-        return count
 
 
 def test_send_gathered_takes_buffers_up_to_a_producer_or_none(engine):

@@ -1,25 +1,13 @@
 """``chatcore.compat.install()``: registration, refusal to split a program, opt-in."""
 
-import subprocess
-import sys
-import textwrap
-
-
-def _run(program):
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(program)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=60,
-        text=True,
-    )
+from helpers.processes import run_python
 
 
 def test_install_after_another_asyncore_was_imported_raises_naming_the_fix():
     # Whatever asyncore the interpreter has (stdlib, PyPI's copy, or none:
     # then a stand-in module), a program already holding it would register
     # channels in a map chatcore's loop never serves.
-    out = _run(
+    out = run_python(
         """
         import sys, types, warnings
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -43,7 +31,7 @@ def test_install_after_another_asyncore_was_imported_raises_naming_the_fix():
 
 
 def test_install_twice_is_harmless_and_coalescing_is_opt_in():
-    out = _run(
+    out = run_python(
         """
         import chatcore.compat
         chatcore.compat.install()

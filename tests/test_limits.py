@@ -8,14 +8,16 @@ and that the compat module keeps stdlib's unbounded input.
 
 import inspect
 import re
-import socket
 import sys
 
 import pytest
-from conftest import ENGINES
+from helpers.channels import line_channel_class
+from helpers.engines import ENGINES
+from helpers.recorders import CollectRecorder, MessageRecorder, chunked, feed_collect
+from helpers.serving import serve_until
+from helpers.sockets import receive_exactly
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_framing import Recorder, feed_all, split_every
 
 import chatcore
 from chatcore.compat import asynchat as compat_asynchat
@@ -48,8 +50,8 @@ def framed(events):
 def test_each_message_is_delivered_or_reported_once(engine, sizes, limit, read_size, tail):
     messages = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
     stream = b"".join(message + TERMINATOR for message in messages) + b"z" * tail
-    recorder = Recorder(TERMINATOR)
-    framer = feed_all(engine, recorder, split_every(stream, read_size), max_size=limit)
+    recorder = CollectRecorder(TERMINATOR)
+    framer = feed_collect(engine, recorder, chunked(stream, read_size), max_size=limit)
     outcome, unfinished = framed(recorder.events)
     if tail > limit:
         # The unterminated tail outgrew the limit: reported once, at the end.
@@ -68,8 +70,8 @@ def test_each_message_is_delivered_or_reported_once(engine, sizes, limit, read_s
 
 
 def test_limit_boundaries(engine):
-    recorder = Recorder(b"\n")
-    feed_all(engine, recorder, [b"12345\n123456\nabc\n"], max_size=5)
+    recorder = CollectRecorder(b"\n")
+    feed_collect(engine, recorder, [b"12345\n123456\nabc\n"], max_size=5)
     assert recorder.events == [
         ("data", b"12345"),
         ("found", b"\n"),
@@ -80,9 +82,9 @@ def test_limit_boundaries(engine):
 
 
 def test_overflow_skips_to_a_terminator_split_across_reads(engine):
-    recorder = Recorder(b"\r\n.\r\n")
+    recorder = CollectRecorder(b"\r\n.\r\n")
     reads = [b"x" * 10, b"y" * 10 + b"\r\n", b".\r", b"\nnext\r\n.\r\n"]
-    feed_all(engine, recorder, reads, max_size=8)
+    feed_collect(engine, recorder, reads, max_size=8)
     assert recorder.events == [
         ("overflow", b"\r\n.\r\n"),
         ("data", b"next"),
@@ -91,26 +93,26 @@ def test_overflow_skips_to_a_terminator_split_across_reads(engine):
 
 
 def test_counted_and_collect_all_terminators_are_not_limited(engine):
-    recorder = Recorder(100, script=[None])
-    feed_all(engine, recorder, split_every(b"a" * 150, 7), max_size=10)
+    recorder = CollectRecorder(100, script=[None])
+    feed_collect(engine, recorder, chunked(b"a" * 150, 7), max_size=10)
     assert recorder.events == [("data", b"a" * 100), ("found", 0), ("data", b"a" * 50)]
 
 
 def test_no_limit_by_default(engine):
-    recorder = Recorder(b"\n")
-    feed_all(engine, recorder, split_every(b"q" * 5000 + b"\n", 100))
+    recorder = CollectRecorder(b"\n")
+    feed_collect(engine, recorder, chunked(b"q" * 5000 + b"\n", 100))
     assert recorder.events == [("data", b"q" * 5000), ("found", b"\n")]
 
 
 @pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("10", TypeError)])
 def test_bad_limits_are_rejected(engine, bad, error):
     with pytest.raises(error):
-        engine.Framer().feed(Recorder(b"\n"), b"abc\n", True, bad)
+        engine.Framer().feed(CollectRecorder(b"\n"), b"abc\n", True, bad)
 
 
 def test_a_huge_limit_means_no_limit(engine):
-    recorder = Recorder(b"\n")
-    feed_all(engine, recorder, [b"abc\n"], max_size=1 << 80)
+    recorder = CollectRecorder(b"\n")
+    feed_collect(engine, recorder, [b"abc\n"], max_size=1 << 80)
     assert recorder.events == [("data", b"abc"), ("found", b"\n")]
 
 
@@ -118,79 +120,44 @@ def test_a_huge_limit_means_no_limit(engine):
 
 
 def line_collector(chat_class, channel_map, limit):
-    class Lines(chat_class):
-        ac_max_message_size = limit
+    """A line channel under *limit* that echoes each line and records the most it held of one."""
 
-        def __init__(self, sock):
-            super().__init__(sock, map=channel_map)
-            self.set_terminator(TERMINATOR)
-            self.lines = []
-            self.largest_held = 0
+    class Lines(line_channel_class(chat_class, channel_map, TERMINATOR)):
+        ac_max_message_size = limit
+        largest_held = 0
 
         def collect_incoming_data(self, data):
-            self._collect_incoming_data(data)
+            super().collect_incoming_data(data)
             self.largest_held = max(self.largest_held, sum(map(len, self.incoming)))
 
-        def found_terminator(self):
-            line = self._get_data()
-            self.lines.append(line)
+        def line(self, line):
             self.push(line + TERMINATOR)
 
     return Lines
 
 
-def serve_until(channel_map, done, turns=2000):
-    for _ in range(turns):
-        if done():
-            return
-        chatcore.loop(timeout=0.01, map=channel_map, count=1)
-    raise AssertionError("condition not reached in %d loop turns" % turns)
-
-
 def send_while_serving(peer, data, channel_map):
-    """Send all of *data* from *peer*, running loop turns while its buffer is full."""
+    """Send all of *data* from *peer*, turning the loop whenever the peer's buffer is full."""
     peer.setblocking(False)
-    payload = memoryview(data)
-    while payload:
+    unsent = memoryview(data)
+
+    def sent_all():
+        nonlocal unsent
         try:
-            payload = payload[peer.send(payload) :]
+            unsent = unsent[peer.send(unsent) :]
         except BlockingIOError:
-            chatcore.loop(timeout=0.01, map=channel_map, count=1)
+            pass
+        return not unsent
+
+    serve_until(channel_map, sent_all, what="the peer sending %d bytes" % len(data))
 
 
-def receive_exactly(sock, size):
-    received = b""
-    while len(received) < size:
-        chunk = sock.recv(size - len(received))
-        if not chunk:
-            break
-        received += chunk
-    return received
-
-
-@pytest.fixture
-def socket_pairs():
-    pairs = []
-
-    def make():
-        pair = socket.socketpair()
-        for end in pair:
-            end.settimeout(10)
-        pairs.append(pair)
-        return pair
-
-    yield make
-    for pair in pairs:
-        for end in pair:
-            end.close()
-
-
-def test_a_hostile_peer_is_closed_alone_and_costs_at_most_the_limit(chat_class, socket_pairs, capsys):
+def test_a_hostile_peer_is_closed_alone_and_costs_at_most_the_limit(chat_class, sockets, capsys):
     channel_map = {}
     limit = 64 * 1024
     Lines = line_collector(chat_class, channel_map, limit)
-    hostile_server, hostile_peer = socket_pairs()
-    honest_server, honest_peer = socket_pairs()
+    hostile_server, hostile_peer = sockets.pair()
+    honest_server, honest_peer = sockets.pair()
     hostile = Lines(hostile_server)
     honest = Lines(honest_server)
     try:
@@ -222,7 +189,7 @@ def test_the_default_limit_is_one_mebibyte(chat_class):
     assert chat_class.ac_max_message_size == 1 << 20
 
 
-def test_an_override_can_keep_the_channel_open(chat_class, socket_pairs):
+def test_an_override_can_keep_the_channel_open(chat_class, sockets):
     channel_map = {}
 
     class Forgiving(line_collector(chat_class, channel_map, 10)):
@@ -232,7 +199,7 @@ def test_an_override_can_keep_the_channel_open(chat_class, socket_pairs):
             self.overflows += 1
             self._get_data()  # drop what was collected of the long line
 
-    server, peer = socket_pairs()
+    server, peer = sockets.pair()
     channel = Forgiving(server)
     try:
         peer.sendall(b"short\r\n" + b"L" * 50 + b"\r\nok\r\n")
@@ -243,7 +210,7 @@ def test_an_override_can_keep_the_channel_open(chat_class, socket_pairs):
         chatcore.close_all(channel_map)
 
 
-def test_compat_asynchat_keeps_stdlib_unbounded_input(socket_pairs):
+def test_compat_asynchat_keeps_stdlib_unbounded_input(sockets):
     assert compat_asynchat.async_chat.ac_max_message_size is None
     channel_map = {}
 
@@ -259,7 +226,7 @@ def test_compat_asynchat_keeps_stdlib_unbounded_input(socket_pairs):
         def found_terminator(self):
             self.lines.append(len(self._get_data()))
 
-    server, peer = socket_pairs()
+    server, peer = sockets.pair()
     channel = Legacy(server)
     try:
         send_while_serving(peer, b"B" * (3 << 20) + TERMINATOR, channel_map)
@@ -296,9 +263,9 @@ BAD_LIMITS = [
 @pytest.mark.parametrize("bad, error, words", BAD_LIMITS)
 def test_framer_arguments_follow_the_one_rule(engine, bad, error, words):
     for call in (
-        lambda f: f.feed(Recorder(b"\n"), b"abc\n", True, bad),
-        lambda f: f.feed(Recorder(b"\n"), b"abc\n", max_size=bad),
-        lambda f: f.feed_messages(Messages(b"\n"), b"abc\n", bad),
+        lambda f: f.feed(CollectRecorder(b"\n"), b"abc\n", True, bad),
+        lambda f: f.feed(CollectRecorder(b"\n"), b"abc\n", max_size=bad),
+        lambda f: f.feed_messages(MessageRecorder(b"\n"), b"abc\n", bad),
     ):
         with pytest.raises(error, match="^max_size .*" + re.escape(words)) as caught:
             call(engine.Framer())
@@ -321,8 +288,8 @@ def test_both_engines_word_the_error_alike(bad, error, words):
     messages = []
     for engine in (ENGINES["c"], ENGINES["py"]):
         for attempt in (
-            lambda engine=engine: engine.Framer().feed(Recorder(b"\n"), b"a\n", True, bad),
-            lambda engine=engine: engine.Framer().feed_messages(Messages(b"\n"), b"a\n", bad),
+            lambda engine=engine: engine.Framer().feed(CollectRecorder(b"\n"), b"a\n", True, bad),
+            lambda engine=engine: engine.Framer().feed_messages(MessageRecorder(b"\n"), b"a\n", bad),
             lambda engine=engine: engine.SizeLimit("some_limit", bad),
         ):
             with pytest.raises(error) as caught:
@@ -332,23 +299,9 @@ def test_both_engines_word_the_error_alike(bad, error, words):
     assert messages[2].startswith("some_limit ")
 
 
-class Messages:
-    """The slice of message_chat the engine's message mode talks to."""
-
-    def __init__(self, terminator):
-        self.terminator = terminator
-        self.events = []
-
-    def handle_message(self, message):
-        self.events.append(("message", message))
-
-    def handle_message_overflow(self):
-        self.events.append(("overflow",))
-
-
 @pytest.mark.parametrize("good", [0, 5, Index(5), 1 << 80])
 def test_framer_accepts_ints_and_index_objects(engine, good):
-    recorder = Recorder(b"\n")
+    recorder = CollectRecorder(b"\n")
     engine.Framer().feed(recorder, b"abcde\nabcdef\n", True, good)
     limit = good.value if isinstance(good, Index) else good
     expected = [("data", b"abcde"), ("found", b"\n")] if limit >= 5 else [("overflow", b"\n")]
@@ -356,7 +309,7 @@ def test_framer_accepts_ints_and_index_objects(engine, good):
 
 
 def test_feed_messages_takes_none_as_no_limit(engine):
-    channel = Messages(b"\n")
+    channel = MessageRecorder(b"\n")
     framer = engine.Framer()
     body = b"m" * (3 << 20)
     for start in range(0, len(body), 1 << 16):
@@ -454,9 +407,9 @@ def test_other_attributes_of_the_same_name_are_left_alone(chat_class):
     channel.close()
 
 
-def test_a_limit_set_on_an_instance_applies_to_its_next_read(chat_class, socket_pairs):
+def test_a_limit_set_on_an_instance_applies_to_its_next_read(chat_class, sockets):
     channel_map = {}
-    server, peer = socket_pairs()
+    server, peer = sockets.pair()
     channel = line_collector(chat_class, channel_map, None)(server)
     overflows = []
     channel.handle_message_overflow = lambda: overflows.append(bytes(channel._get_data()))
@@ -471,7 +424,7 @@ def test_a_limit_set_on_an_instance_applies_to_its_next_read(chat_class, socket_
         chatcore.close_all(channel_map)
 
 
-def test_message_chat_with_no_limit_takes_any_size(chat_class, socket_pairs):
+def test_message_chat_with_no_limit_takes_any_size(chat_class, sockets):
     channel_map = {}
 
     class Unbounded(message_class(chat_class._engine)):
@@ -485,7 +438,7 @@ def test_message_chat_with_no_limit_takes_any_size(chat_class, socket_pairs):
         def handle_message(self, message):
             self.sizes.append(len(message))
 
-    server, peer = socket_pairs()
+    server, peer = sockets.pair()
     channel = Unbounded(server)
     try:
         send_while_serving(peer, b"M" * (2 << 20) + b"\n", channel_map)

@@ -10,6 +10,8 @@ import socket
 import sys
 
 import pytest
+from helpers.serving import serve_until
+from helpers.sockets import Peer
 
 import chatcore
 from chatcore import eventloop
@@ -45,14 +47,6 @@ class Reader(chatcore.dispatcher):
     def handle_close(self):
         self.closed_by_peer = True
         self.close()
-
-
-def serve_until(channel_map, condition, use_poll=False, turns=500):
-    for _ in range(turns):
-        if condition():
-            return
-        chatcore.loop(timeout=0.02, use_poll=use_poll, map=channel_map, count=1)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture
@@ -506,7 +500,6 @@ def test_an_idle_listener_is_not_asked_every_turn(counted_looks, use_poll):
         chatcore.close_all(channel_map)
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
     channel_map = {}
     peers = _idle_chats(50, channel_map)
@@ -526,17 +519,13 @@ def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
     try:
         chatcore.loop(timeout=0.001, map=channel_map, count=2)
         talker_right.sendall(b"hello all\n")
-        deadline = 200
-        received = [b""] * len(peers)
-        while any(r != b"hello all\n" for r in received) and deadline:
-            chatcore.loop(timeout=0.01, map=channel_map, count=1)
-            for index, peer in enumerate(peers):
-                try:
-                    received[index] += peer.recv(100, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    pass
-            deadline -= 1
-        assert received == [b"hello all\n"] * len(peers)
+        listening = [Peer(peer) for peer in peers]
+        serve_until(
+            channel_map,
+            lambda: all(peer.received == b"hello all\n" for peer in listening),
+            what="every listener receiving the broadcast",
+            peers=listening,
+        )
     finally:
         chatcore.close_all(channel_map)
         talker_right.close()
@@ -544,7 +533,6 @@ def test_push_to_an_idle_channel_from_another_channels_handler(counted_looks):
             peer.close()
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 def test_state_changed_behind_the_loops_back_is_found_by_the_periodic_scan(monkeypatch):
     monkeypatch.setattr(eventloop, "FULL_SCAN_INTERVAL", 0.05)
     channel_map = {}
@@ -554,16 +542,9 @@ def test_state_changed_behind_the_loops_back_is_found_by_the_periodic_scan(monke
         fd = sorted(channel_map)[2]
         # A queue put in place by hand: nobody is told.
         channel_map[fd].producer_fifo = collections.deque([b"no push() call\n"])
-        peer = peers[2]
-        data = None
-        for _ in range(100):
-            chatcore.loop(timeout=0.01, map=channel_map, count=1)
-            try:
-                data = peer.recv(100, socket.MSG_DONTWAIT)
-                break
-            except BlockingIOError:
-                continue
-        assert data == b"no push() call\n"
+        peer = Peer(peers[2])
+        serve_until(channel_map, lambda: peer.received, what="the hand-made queue being sent", peers=[peer])
+        assert peer.received == b"no push() call\n"
     finally:
         chatcore.close_all(channel_map)
         for peer in peers:
@@ -592,7 +573,6 @@ def test_channels_with_their_own_predicates_are_still_asked_every_turn(counted_l
             peer.close()
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
 @pytest.mark.parametrize("how", ["append", "appendleft", "extend", "insert", "iadd"])
 def test_a_direct_producer_fifo_addition_is_sent_on_the_next_turn(counted_looks, how):
     # A legacy relay: A's handler queues bytes on B's producer_fifo without push().
@@ -626,7 +606,9 @@ def test_a_direct_producer_fifo_addition_is_sent_on_the_next_turn(counted_looks,
         # Turn 1 reads the line, turn 2 must send it: a miss would wait the
         # whole 5 s timeout for nothing (the full scan is an hour away here).
         chatcore.loop(timeout=5.0, map=channel_map, count=2)
-        assert peers[1].recv(100, socket.MSG_DONTWAIT) == b"relayed\n"
+        target = Peer(peers[1])
+        target.pump()
+        assert target.received == b"relayed\n"
     finally:
         chatcore.close_all(channel_map)
         relay_right.close()
@@ -678,7 +660,7 @@ def test_a_closed_channel_whose_socket_was_duplicated_gets_no_events_later(polle
         chatcore.loop(timeout=0.01, use_poll=use_poll, map=channel_map, count=5)
         assert reads == [] and new.received == b""
         new_right.sendall(b"for the new socket")
-        serve_until(channel_map, lambda: new.received == b"for the new socket", use_poll)
+        serve_until(channel_map, lambda: new.received == b"for the new socket", use_poll=use_poll)
     finally:
         chatcore.close_all(channel_map)
         for sock in (copy, old_right, new_left, new_right):

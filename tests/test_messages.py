@@ -5,45 +5,17 @@ behaviour: the handler runs once, the oversized message is skipped to its end,
 framing goes on with the next message.
 """
 
-import socket
-
 import pytest
-from conftest import ENGINES
+from helpers.engines import ENGINES
+from helpers.recorders import MessageRecorder, chunked, cut_at, feed_messages
+from helpers.serving import serve_and_receive, serve_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chatcore
 
-
-class Messages:
-    def __init__(self, terminator, script=()):
-        self.terminator = terminator
-        self.script = list(script)
-        self.messages = []
-        self.overflows = 0
-        self.events = []
-
-    def handle_message(self, message):
-        assert type(message) is bytes
-        self.messages.append(message)
-        self.events.append(("message", message))
-        if self.script:
-            self.terminator = self.script.pop(0)
-
-    def handle_message_overflow(self):
-        self.overflows += 1
-        self.events.append(("overflow",))
-
-
-def feed(engine, channel, chunks, max_size=1 << 20):
-    framer = engine.Framer()
-    for chunk in chunks:
-        framer.feed_messages(channel, chunk, max_size)
-    return framer
-
-
-def chunked(data, size):
-    return [data[i : i + size] for i in range(0, len(data), size)]
+#: A limit no message here comes near: message mode runs with a limit set, as message_chat's default.
+ROOMY = 1 << 20
 
 
 @pytest.mark.parametrize("read_size", [1, 2, 5, 4096])
@@ -51,16 +23,16 @@ def chunked(data, size):
 def test_messages_match_a_split_of_the_stream(engine, read_size, terminator):
     bodies = [b"alpha", b"", b"beta" * 100, b"\r", b"gamma"]
     stream = b"".join(body + terminator for body in bodies) + b"unfinished"
-    channel = Messages(terminator)
-    framer = feed(engine, channel, chunked(stream, read_size))
+    channel = MessageRecorder(terminator)
+    framer = feed_messages(engine, channel, chunked(stream, read_size), max_size=ROOMY)
     assert channel.messages == bodies
     assert channel.overflows == 0
     assert framer.pending in (b"",)  # no partial terminator at the end
 
 
 def test_integer_terminator_frames_fixed_size_messages(engine):
-    channel = Messages(4)
-    feed(engine, channel, chunked(b"abcdefghij", 3))
+    channel = MessageRecorder(4)
+    feed_messages(engine, channel, chunked(b"abcdefghij", 3), max_size=ROOMY)
     assert channel.messages == [b"abcd", b"efgh"]
     assert channel.terminator == 4  # not counted down in message mode
 
@@ -69,7 +41,7 @@ def test_length_prefixed_records(engine):
     records = [b"x" * n for n in (1, 7, 300, 2)]
     stream = b"".join(len(r).to_bytes(2, "big") + r for r in records)
 
-    class Records(Messages):
+    class Records(MessageRecorder):
         in_header = True
 
         def handle_message(self, message):
@@ -81,22 +53,22 @@ def test_length_prefixed_records(engine):
             self.in_header = not self.in_header
 
     channel = Records(2)
-    feed(engine, channel, chunked(stream, 5))
+    feed_messages(engine, channel, chunked(stream, 5), max_size=ROOMY)
     assert channel.messages == records
 
 
 @pytest.mark.parametrize("terminator", [None, 0, b""])
 def test_no_terminator_makes_each_read_a_message(engine, terminator):
-    channel = Messages(terminator)
-    feed(engine, channel, [b"one", b"two\n", b"three"])
+    channel = MessageRecorder(terminator)
+    feed_messages(engine, channel, [b"one", b"two\n", b"three"], max_size=ROOMY)
     assert channel.messages == [b"one", b"two\n", b"three"]
 
 
 @pytest.mark.parametrize("read_size", [1, 3, 64])
 def test_overflow_skips_to_the_end_of_the_message_and_goes_on(engine, read_size):
     stream = b"ok\n" + b"x" * 50 + b"\nfine\n" + b"y" * 9 + b"\nlast\n"
-    channel = Messages(b"\n")
-    feed(engine, channel, chunked(stream, read_size), max_size=8)
+    channel = MessageRecorder(b"\n")
+    feed_messages(engine, channel, chunked(stream, read_size), max_size=8)
     assert channel.messages == [b"ok", b"fine", b"last"]
     assert channel.events == [
         ("message", b"ok"),
@@ -108,19 +80,19 @@ def test_overflow_skips_to_the_end_of_the_message_and_goes_on(engine, read_size)
 
 
 def test_overflow_with_an_integer_terminator(engine):
-    channel = Messages(20)
-    feed(engine, channel, chunked(b"z" * 20 + b"abc" * 2, 6), max_size=8)
+    channel = MessageRecorder(20)
+    feed_messages(engine, channel, chunked(b"z" * 20 + b"abc" * 2, 6), max_size=8)
     # 20 > 8: the first message is dropped, and the next 20-byte one has begun
     # (and overflowed) with "abcabc"; the terminator stays 20.
     assert channel.overflows == 2 and channel.messages == [] and channel.terminator == 20
-    channel2 = Messages(3)
-    feed(engine, channel2, [b"abcdef"], max_size=8)
+    channel2 = MessageRecorder(3)
+    feed_messages(engine, channel2, [b"abcdef"], max_size=8)
     assert channel2.messages == [b"abc", b"def"]
 
 
 def test_a_message_of_exactly_the_limit_is_delivered(engine):
-    channel = Messages(b"\n")
-    feed(engine, channel, chunked(b"12345678\n123456789\n", 4), max_size=8)
+    channel = MessageRecorder(b"\n")
+    feed_messages(engine, channel, chunked(b"12345678\n123456789\n", 4), max_size=8)
     assert channel.messages == [b"12345678"] and channel.overflows == 1
 
 
@@ -128,7 +100,7 @@ def test_buffered_bytes_never_exceed_the_limit(engine):
     # An endless line: the framer drops it instead of growing.
     import tracemalloc
 
-    channel = Messages(b"\n")
+    channel = MessageRecorder(b"\n")
     framer = engine.Framer()
     read = b"a" * 1024
     tracemalloc.start()
@@ -163,12 +135,11 @@ messages_st = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b""
     max_size=st.integers(min_value=1, max_value=120),
 )
 def test_message_mode_engines_agree(stream, cuts, first, script, max_size):
-    bounds = sorted({cut for cut in cuts if cut <= len(stream)})
-    chunks = [stream[a:b] for a, b in zip([0] + bounds, bounds + [len(stream)])]
+    chunks = cut_at(stream, cuts)
     results = []
     for engine in (ENGINES["c"], ENGINES["py"]):
-        channel = Messages(first, script)
-        framer = feed(engine, channel, chunks, max_size)
+        channel = MessageRecorder(first, script)
+        framer = feed_messages(engine, channel, chunks, max_size)
         results.append((channel.events, channel.terminator, framer.pending))
     assert results[0] == results[1]
 
@@ -178,13 +149,12 @@ def test_message_mode_engines_agree(stream, cuts, first, script, max_size):
 def test_message_mode_matches_split_for_any_chunking(bodies, read_size):
     stream = b"".join(body + b"\n" for body in bodies)
     for engine in [e for e in ENGINES.values() if e is not None]:
-        channel = Messages(b"\n")
-        feed(engine, channel, chunked(stream, read_size), max_size=40)
+        channel = MessageRecorder(b"\n")
+        feed_messages(engine, channel, chunked(stream, read_size), max_size=40)
         assert channel.messages == bodies
 
 
-@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="reads with socket.MSG_DONTWAIT, which Windows lacks")
-def test_message_chat_over_a_socket_and_default_overflow(engine, capsys):
+def test_message_chat_over_a_socket_and_default_overflow(engine, socket_pair, capsys):
     class Lines(chatcore.message_chat):
         _engine = engine
         max_message_size = 16
@@ -198,27 +168,16 @@ def test_message_chat_over_a_socket_and_default_overflow(engine, capsys):
             self.received.append(message)
             self.push(message.upper() + b"\r\n")
 
-    left, right = socket.socketpair()
-    right.settimeout(10)
+    left, right = socket_pair
     channel_map = {}
     channel = Lines(left, channel_map)
     try:
         right.sendall(b"hello\r\nworld\r\n")
-        echoed = b""
-        while echoed != b"HELLO\r\nWORLD\r\n":
-            chatcore.loop(timeout=0.05, map=channel_map, count=1)
-            try:
-                echoed += right.recv(100, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
+        assert serve_and_receive(channel_map, right, 14) == b"HELLO\r\nWORLD\r\n"
         right.sendall(b"x" * 100 + b"\r\n")
-        for _ in range(100):
-            if not channel_map:
-                break
-            chatcore.loop(timeout=0.05, map=channel_map, count=1)
-        assert channel_map == {} and not channel.connected
+        serve_until(channel_map, lambda: not channel_map, what="the channel closing")
+        assert not channel.connected
         assert channel.received == [b"hello", b"world"]
         assert "longer than max_message_size (16 bytes)" in capsys.readouterr().out
     finally:
         chatcore.close_all(channel_map)
-        right.close()

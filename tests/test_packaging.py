@@ -7,11 +7,10 @@ shows up on Linux too.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from helpers.processes import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,15 +72,7 @@ SELECT_ONLY = textwrap.dedent(
 @pytest.mark.parametrize("no_extensions", ["0", "1"], ids=["default-engine", "py"])
 def test_imports_and_serves_where_only_select_exists(no_extensions, tmp_path):
     env = dict(os.environ, CHATCORE_NO_EXTENSIONS=no_extensions)
-    proc = subprocess.run(
-        [sys.executable, "-c", SELECT_ONLY],
-        cwd=str(tmp_path),
-        env=env,
-        timeout=60,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = run_python(SELECT_ONLY, cwd=str(tmp_path), env=env)
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.startswith("ok ")
 

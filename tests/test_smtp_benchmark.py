@@ -16,6 +16,7 @@ import types
 
 import oracle
 import pytest
+from helpers.processes import STOP_ALLOWANCE, assert_process_gone
 
 import chatcore
 import chatcore.compat.asynchat
@@ -25,8 +26,6 @@ from chatcore.benchmark.serverproc import BenchmarkError, BenchmarkTimeoutError,
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATE_CHILD = os.path.join(ROOT, "benchmarks", "gate_child.py")
-#: Generous bound for "fails within its timeout" (stop allowance, loaded machine); not a speed assertion.
-STOP_ALLOWANCE = 20.0
 
 
 def on_engine(modules, engine):
@@ -43,13 +42,6 @@ def compat_modules():
 
 
 API_MODULES = {"compat": compat_modules, "chatcore": inprocess.chatcore_under_legacy_names}
-
-
-def assert_process_gone(process):
-    assert process.returncode is not None, "the server process was not reaped"
-    if os.name != "nt":
-        with pytest.raises(ProcessLookupError):
-            os.kill(process.pid, 0)
 
 
 # --- The legacy server module ----------------------------------------------------------
@@ -242,6 +234,7 @@ def test_the_floor_skips_large_bodies():
     assert framing.FLOOR in framing.chatcore_implementations()
 
 
+@pytest.mark.timeout(180)  # past the child's own 120 s bound, which reports its output
 def test_the_gate_measures_every_kind_of_workload_in_its_child():
     pytest.importorskip("chatcore._framing_c")
     keys = ["lines16@4096"] + ["%s/%s" % (name, api) for name in inprocess.WORKLOADS for api in inprocess.APIS]

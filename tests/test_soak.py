@@ -1,10 +1,13 @@
 """benchmarks/soak.py at a small size: it passes on the example server, and it notices a broken one.
 
-Each test runs the soak script as a subprocess (its own server subprocess
-included) with a short load phase; every run is bounded by the script's own
-deadlines and, should those fail, by the subprocess timeout here.  The broken
-servers are the example with one thing changed, written to a temporary file:
-one corrupts an echo now and then, one ignores the line limit, one dies.
+Each test runs the soak script as a subprocess with a short load phase; the
+soak starts the server under test, by default ``examples/echo_server.py``
+(chatcore.demo's ``EchoHandler`` behind a line limit), in a subprocess of its
+own.  Every run is bounded by the script's own deadlines and, should those
+fail, by the subprocess timeout here.  The broken servers are the example
+with one thing changed, written to a temporary file and passed as
+``--server``: one corrupts an echo now and then, one ignores the line limit,
+one dies.
 """
 
 import json
@@ -21,9 +24,12 @@ EXAMPLE = ROOT / "examples" / "echo_server.py"
 #: Far above a normal run (about 5 s): reached only when the script's own deadlines fail.
 TIMEOUT = 180
 
-pytestmark = pytest.mark.skipif(
-    not SOAK.exists() or not EXAMPLE.exists(), reason="benchmarks/ or examples/ not shipped with these tests"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not SOAK.exists() or not EXAMPLE.exists(), reason="benchmarks/ or examples/ not shipped with these tests"
+    ),
+    pytest.mark.timeout(TIMEOUT + 60),
+]
 
 
 def run_soak(extra: list[str], server: Optional[Path] = None) -> tuple[int, dict[str, Any], str]:
@@ -37,7 +43,12 @@ def run_soak(extra: list[str], server: Optional[Path] = None) -> tuple[int, dict
 
 
 def broken_server(tmp_path: Path, patch: str) -> Path:
-    """The example server with *patch* (Python source) run before its main()."""
+    """The example server with *patch* (Python source) run before its main().
+
+    *patch* sees the example's ``EchoHandler`` (chatcore.demo's, which the
+    example's line-limited handler subclasses) and ``sys``, ``os`` and
+    ``threading``.
+    """
     script = tmp_path / "broken_echo_server.py"
     script.write_text(
         "import os, runpy, sys, threading\n"

@@ -17,8 +17,8 @@
 
 2. ``test_async_chat_matches_oracle``: chatcore's ``async_chat`` (both engines)
    against the real ``asynchat.async_chat`` (stdlib's on <= 3.11, pyasynchat
-   on 3.12+: tests/oracle.py), reads through ``handle_read`` from the fake
-   socket of tests/test_differential.py, with terminator changes,
+   on 3.12+: tests/oracle.py), reads through ``handle_read`` from the
+   scripted fake socket of tests/helpers/fakes.py, with terminator changes,
    ``ac_in_buffer`` edits, ``discard_buffers()``, pushes and exceptions from
    inside the callbacks, and writes against a scripted ``send()``.  Skipped,
    with the reason, only where the oracle is not installed.
@@ -28,11 +28,12 @@ hypothesis profile's ``max_examples`` if lower.  Raise the numbers in
 ``_bounded(...)`` locally for a longer search.
 """
 
-from collections import deque
+import functools
 
 import oracle
 import pytest
-from fuzz.oracle import ALPHABET, WHERES, WRAPS, Boom, TwinDriver, compiled
+from fuzz.oracle import ALPHABET, WHERES, WRAPS, Boom, Scheduled, TwinDriver, compiled
+from helpers.fakes import FakeSocket, send_step
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -195,9 +196,9 @@ found_actions = st.one_of(
     st.just(("close_when_done",)),
 )
 # What collect_incoming_data() may do: no ac_in_buffer edits, no raise (both
-# differ from stdlib on purpose there, see README), and no int terminator:
+# differ from stdlib on purpose there, see docs/migrating.rst), and no int terminator:
 # the count-down that follows (terminator - received) can go negative, which
-# chatcore refuses with ValueError where stdlib slices from the end (README).
+# chatcore refuses with ValueError where stdlib slices from the end (docs/migrating.rst).
 collect_actions = st.one_of(
     st.tuples(st.just("terminator"), st.one_of(_term_bytes, st.none())),
     st.tuples(st.just("push"), st.binary(max_size=40)),
@@ -209,22 +210,17 @@ send_behaviours = st.one_of(
     st.just(("reset",)),
 )
 
-_recording_classes = {}
 
-
+@functools.cache
 def recording_class(base):
     """*base* with callbacks that record what they see and run scheduled actions."""
-    try:
-        return _recording_classes[base]
-    except KeyError:
-        pass
 
     class Recording(base):
         ac_max_message_size = None  # stdlib's unbounded input (chatcore's limit: elsewhere)
 
         def __init__(self, sock, terminator, out_buffer_size):
             self.events = []
-            self.actions = {"found": deque(), "collect": deque()}
+            self.actions = Scheduled(("found", "collect"))
             base.__init__(self, sock, map={})
             self.ac_out_buffer_size = out_buffer_size
             self.set_terminator(terminator)
@@ -242,10 +238,9 @@ def recording_class(base):
             base.handle_close(self)
 
         def _act(self, where):
-            queue = self.actions[where]
-            if not queue:
+            action = self.actions.take(where)
+            if action is None:
                 return
-            action = queue.popleft()
             kind = action[0]
             if kind == "terminator":
                 self.set_terminator(action[1])
@@ -262,7 +257,6 @@ def recording_class(base):
             elif kind == "close_when_done":
                 self.close_when_done()
 
-    _recording_classes[base] = Recording
     return Recording
 
 
@@ -273,11 +267,10 @@ def _snapshot(fifo):
 class ChatVsOracle(RuleBasedStateMachine):
     """The oracle's async_chat (first) and chatcore's (second) driven by the same steps.
 
-    ``bases`` and ``FakeSocket`` are filled in per engine by the test below.
+    ``bases`` is filled in per engine by the test below.
     """
 
     bases = ()
-    FakeSocket = None
 
     def __init__(self):
         super().__init__()
@@ -287,7 +280,7 @@ class ChatVsOracle(RuleBasedStateMachine):
     @initialize(terminator=chat_terminators, out_buffer_size=st.integers(1, 64))
     def start(self, terminator, out_buffer_size):
         for base in self.bases:
-            sock = self.FakeSocket()
+            sock = FakeSocket()
             self.socks.append(sock)
             self.channels.append(recording_class(base)(sock, terminator, out_buffer_size))
 
@@ -311,14 +304,14 @@ class ChatVsOracle(RuleBasedStateMachine):
     @rule(data=chat_chunks)
     def read(self, data):
         for sock in self.socks:
-            sock.chunks.append(data)
+            sock.reads.append(data)
         self._both("handle_read")
 
     @precondition(connected)
     @rule()
     def read_eof(self):
         for sock in self.socks:
-            sock.chunks.append(b"")
+            sock.reads.append(b"")
         self._both("handle_read")
 
     @rule(value=chat_terminators)
@@ -329,12 +322,12 @@ class ChatVsOracle(RuleBasedStateMachine):
     @rule(action=found_actions)
     def schedule_in_found_terminator(self, action):
         for channel in self.channels:
-            channel.actions["found"].append(action)
+            channel.actions.add("found", action)
 
     @rule(action=collect_actions)
     def schedule_in_collect_incoming_data(self, action):
         for channel in self.channels:
-            channel.actions["collect"].append(action)
+            channel.actions.add("collect", action)
 
     @precondition(connected)
     @rule(data=st.binary(max_size=100))
@@ -346,8 +339,8 @@ class ChatVsOracle(RuleBasedStateMachine):
     def write(self, behaviour):
         for sock in self.socks:
             # The next send() behaves so; later ones accept everything.
-            step = len(sock.send_lengths)
-            sock.send_script = [("all",)] * step + [behaviour]
+            sock.sends.clear()
+            sock.sends.append(send_step(behaviour))
         self._both("handle_write")
 
     @invariant()
@@ -362,7 +355,7 @@ class ChatVsOracle(RuleBasedStateMachine):
                 channel.connected,
                 _snapshot(channel.producer_fifo),
                 bytes(sock.sent),
-                sock.send_lengths,
+                sock.send_sizes,
             )
             for channel, sock in zip(self.channels, self.socks)
         )
@@ -377,11 +370,5 @@ class ChatVsOracle(RuleBasedStateMachine):
 
 def test_async_chat_matches_oracle(chat_class):
     oracle.require()  # skips, with its reason, where the oracle is not installed
-    from test_differential import FakeSocket
-
-    machine = type(
-        "ChatVsOracle",
-        (ChatVsOracle,),
-        {"bases": (oracle.asynchat.async_chat, chat_class), "FakeSocket": FakeSocket},
-    )
+    machine = type("ChatVsOracle", (ChatVsOracle,), {"bases": (oracle.asynchat.async_chat, chat_class)})
     run_state_machine_as_test(machine, settings=_bounded(60, 25))

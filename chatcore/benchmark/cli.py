@@ -27,13 +27,16 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import chatcore
 
 from . import echo, framing, smtp
 
-MODES = {
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MODES: dict[str, dict[str, Any]] = {
     # mode: framing scale, framing workloads, read sizes, passes, echo settings
     "quick": {
         "scale": 0.1,
@@ -182,7 +185,7 @@ def _echo_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> lis
             rows.append(row)
             latency = ""
             if result.p50_us is not None:
-                latency = "  p50 %.0f us, p99 %.0f us" % (result.p50_us, result.p99_us)
+                latency = "  p50 %.0f us, p99 %.0f us" % (result.p50_us, result.p99_us)  # type: ignore[str-format]
             if result.rss_per_idle_connection is not None:
                 latency += ", server RSS %.0f B per idle connection" % result.rss_per_idle_connection
             if result.send_timing is not None:
@@ -296,7 +299,7 @@ def format_table(rows: list[Row]) -> str:
     lines = [header]
     for row in rows:
         ratio = speedups[row]
-        latency = "" if row.p50_us is None else "%.0f / %.0f" % (row.p50_us, row.p99_us)
+        latency = "" if row.p50_us is None else "%.0f / %.0f" % (row.p50_us, row.p99_us)  # type: ignore[str-format]
         cell = "-" if ratio is None else "%.2fx" % ratio
         baseline = against[row]
         if ratio is not None and baseline is not None and baseline.implementation not in main_baselines:
@@ -342,7 +345,7 @@ def to_json(rows: list[Row], mode: str, machine: dict[str, Any]) -> dict[str, An
                 messages_per_s=row.messages_per_s,
                 mb_per_s=row.mb_per_s,
                 ratio_to_baseline=speedups[row],
-                baseline_implementation=None if against[row] is None else against[row].implementation,
+                baseline_implementation=None if against[row] is None else against[row].implementation,  # type: ignore[union-attr]
                 time_over_floor=over_floor.get(row),
             )
             for row in rows
@@ -350,40 +353,151 @@ def to_json(rows: list[Row], mode: str, machine: dict[str, Any]) -> dict[str, An
     }
 
 
-def plot(rows: list[Row], path: str, machine: dict[str, Any]) -> bool:
-    """Draw the ratios to *path* (PNG or SVG by extension); False without matplotlib."""
-    try:
-        import matplotlib
+#: A fixed colour per implementation, also the order of the bars in a chart's
+#: group: chatcore's rows saturated, the legacy baseline grey, the others
+#: muted.  The legacy and asyncio rows have a name per suite, one colour.
+CHART_COLOURS = {
+    "chatcore-cython": "#08519c",
+    "chatcore-messages": "#6a3d9a",
+    "chatcore-python": "#6baed6",
+    "chatcore": "#00695c",
+    "chatcore-compat": "#4db6ac",
+    "stdlib-asynchat": "#9e9e9e",
+    "stdlib": "#9e9e9e",
+    "pyasynchat": "#9e9e9e",
+    "asyncio-streams": "#e6b07a",
+    "asyncio": "#e6b07a",
+    "uvloop": "#a5cc98",
+    framing.FLOOR: "white",  # hatched: the handler's own cost, not an implementation
+}
+#: For implementations CHART_COLOURS does not know, in the order they appear.
+_SPARE_COLOURS = ("#d9a6c9", "#c9c27a", "#8dd3c7", "#bc80bd", "#fdb462")
+#: What each chart panel measured, under the suite's name.
+_SUITE_TITLES = {
+    "framing": "framing: handle_read() on prepared reads, no sockets",
+    "echo": "echo: over 127.0.0.1, each server in its own process",
+    "smtp": "smtp: commands over 127.0.0.1, legacy_smtpd.py unchanged",
+}
+_BAR_PITCH = 0.13  # inches per bar: a chart's height follows its row count
+_GROUP_GAP = 0.7  # between two benchmarks' bars, in bars
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def chart_colours(rows: list[Row]) -> dict[str, str]:
+    """Each implementation of *rows* with its chart colour, in the order a group's bars take."""
+    names = list(dict.fromkeys(row.implementation for row in rows))
+    colours = {name: colour for name, colour in CHART_COLOURS.items() if name in names}
+    unknown = [name for name in names if name not in CHART_COLOURS]
+    colours.update((name, _SPARE_COLOURS[index % len(_SPARE_COLOURS)]) for index, name in enumerate(unknown))
+    return colours
+
+
+def chart(rows: list[Row], machine: dict[str, Any]) -> "Figure":
+    """The figure ``plot`` saves: a panel per suite, in it a group of bars per benchmark.
+
+    A bar is a row's ratio to its benchmark's baseline (the line at 1); a
+    group holds only the implementations its benchmark ran, and one measured
+    against another baseline than the title's says so.  Needs matplotlib.
+    """
+    from matplotlib.figure import Figure
+
+    measured = {row: ratio for row, ratio in ratios(rows).items() if ratio is not None}
+    against = baselines(rows)
+    main_baselines = _baseline_pair(rows)
+    colours = chart_colours(rows)
+    order = list(colours)
+    panels = []  # (suite, [(benchmark, its rows in bar order), ...])
+    for suite in dict.fromkeys(row.suite for row in rows):
+        groups = []
+        for benchmark in dict.fromkeys(row.benchmark for row in measured if row.suite == suite):
+            members = [row for row in measured if row.benchmark == benchmark]
+            groups.append((benchmark, sorted(members, key=lambda row: order.index(row.implementation))))
+        if groups:
+            panels.append((suite, groups))
+    # In bars: each panel's bars, the gaps between its groups, half a bar above and below.
+    spans = [sum(len(members) + _GROUP_GAP for _, members in groups) - _GROUP_GAP + 0.5 for _, groups in panels]
+    figure = Figure(figsize=(10, _BAR_PITCH * sum(spans) + 0.75 * len(panels) + 0.8), constrained_layout=True)
+    figure.suptitle(
+        "chatcore %s (%s engine) on %s, %s, %s cores\nspeed relative to %s, in the same run (higher is faster)"
+        % (
+            machine["chatcore"],
+            machine["engine"],
+            machine["python"],
+            machine["cpu"],
+            machine["cores"],
+            baseline_name(rows),
+        ),
+        fontsize=10,
+    )
+    grid = figure.subplots(max(1, len(panels)), 1, squeeze=False, gridspec_kw={"height_ratios": spans or [1]})
+    for axes, (suite, groups) in zip(grid[:, 0], panels):
+        bars: dict[str, list[tuple[float, float]]] = {}  # implementation: (position, ratio) of each bar
+        ticks, tick_labels = [], []
+        top = 0.0
+        for index, (benchmark, members) in enumerate(groups):
+            if index:
+                axes.axhline(top - (_GROUP_GAP + 1) / 2, color="#dddddd", linewidth=0.8)
+            for offset, row in enumerate(members):
+                bars.setdefault(row.implementation, []).append((top + offset, measured[row]))
+            ticks.append(top + (len(members) - 1) / 2)
+            baseline = against[members[0]]
+            if baseline is not None and baseline.implementation not in main_baselines:
+                benchmark += "\n(vs %s)" % baseline.implementation
+            tick_labels.append(benchmark)
+            top += len(members) + _GROUP_GAP
+        widest = max(ratio for placed in bars.values() for _, ratio in placed)
+        for name in bars:
+            positions, values = zip(*bars[name])
+            is_floor = name == framing.FLOOR
+            axes.barh(
+                positions,
+                values,
+                height=0.8,
+                color=colours[name],
+                edgecolor="#555555" if is_floor else colours[name],
+                hatch="////" if is_floor else None,
+                linewidth=0.6,
+                label=name,
+                zorder=2,
+            )
+            for position, value in zip(positions, values):
+                axes.text(
+                    value + widest * 0.01,
+                    position,
+                    "%.2fx" % value,
+                    va="center",
+                    fontsize=7,
+                    zorder=4,  # over the line at 1, on a white patch that keeps it legible
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4, "alpha": 0.85},
+                )
+        axes.axvline(1.0, color="black", linewidth=1.0, zorder=3)
+        axes.set_xlim(0, max(widest * 1.12, 1.2))
+        axes.set_ylim(top - _GROUP_GAP - 0.25, -0.75)  # first group on top
+        axes.set_yticks(ticks)
+        axes.set_yticklabels(tick_labels, fontsize=8.5)
+        axes.tick_params(axis="y", length=0)
+        axes.tick_params(axis="x", labelsize=8)
+        axes.xaxis.set_major_formatter("{x:g}x")
+        axes.grid(axis="x", color="#eeeeee", zorder=0)
+        for side in ("top", "right"):
+            axes.spines[side].set_visible(False)
+        axes.set_title(_SUITE_TITLES.get(suite, suite), fontsize=9.5, loc="left")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    return figure
+
+
+def plot(rows: list[Row], path: str, machine: dict[str, Any]) -> bool:
+    """Save ``chart(rows, machine)`` to *path* (PNG or SVG by extension); False without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401  (optional: the "plot" extra)
     except ImportError:
         return False
-    speedups = ratios(rows)
-    benchmarks = list(dict.fromkeys(row.benchmark for row in rows))
-    implementations = list(dict.fromkeys(row.implementation for row in rows))
-    height = 0.8 / max(1, len(implementations))
-    figure, axes = plt.subplots(figsize=(10, 0.6 * len(benchmarks) * max(2, len(implementations)) / 2 + 1.5))
-    for index, name in enumerate(implementations):
-        values = []
-        for benchmark in benchmarks:
-            match = [row for row in rows if row.benchmark == benchmark and row.implementation == name]
-            values.append((speedups.get(match[0]) or 0.0) if match else 0.0)
-        axes.barh([position + index * height for position in range(len(benchmarks))], values, height=height, label=name)
-    axes.set_yticks([position + height * (len(implementations) - 1) / 2 for position in range(len(benchmarks))])
-    axes.set_yticklabels(benchmarks)
-    axes.invert_yaxis()
-    axes.axvline(1.0, color="black", linewidth=0.8)
-    axes.set_xlabel("speed relative to %s (higher is faster)" % baseline_name(rows))
-    axes.set_title(
-        "chatcore %s, %s, %s, %s cores" % (machine["chatcore"], machine["python"], machine["cpu"], machine["cores"]),
-        fontsize=9,
-    )
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    chart(rows, machine).savefig(path, dpi=100)
     return True
+
+
+def rows_from_json(data: dict[str, Any]) -> list[Row]:
+    """The rows a ``to_json`` document (a ``--json`` file) was made from."""
+    return [Row(**{field: result[field] for field in Row._fields}) for result in data["results"]]
 
 
 def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progress) -> list[Row]:
@@ -423,9 +537,29 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also draw a chart (PNG or SVG; needs matplotlib)")
+    parser.add_argument(
+        "--plot-from",
+        metavar="JSON",
+        help="run nothing: draw the --plot chart from the --json file of an earlier run",
+    )
+
+
+def _write_plot(rows: list[Row], path: str, machine: dict[str, Any]) -> bool:
+    if plot(rows, path, machine):
+        print("chart written to %s" % path)
+        return True
+    print("no chart: matplotlib is not installed (pip install 'chatcore[plot]')")
+    return False
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.plot_from:
+        if not args.plot:
+            print("--plot-from needs --plot PATH, the chart to draw", file=sys.stderr)
+            return 2
+        with open(args.plot_from) as handle:
+            data = json.load(handle)
+        return 0 if _write_plot(rows_from_json(data), args.plot, data["machine"]) else 1
     machine = machine_description()
     print(
         "chatcore bench (%s): %s, %s cores, %s, %s; chatcore %s on its %s engine"
@@ -463,8 +597,5 @@ def main(args: argparse.Namespace) -> int:
             json.dump(to_json(rows, args.mode, machine), handle, indent=2)
         print("results written to %s" % args.json)
     if args.plot:
-        if plot(rows, args.plot, machine):
-            print("chart written to %s" % args.plot)
-        else:
-            print("no chart: matplotlib is not installed (pip install 'chatcore[plot]')")
+        _write_plot(rows, args.plot, machine)
     return 0

@@ -76,8 +76,10 @@ from .serverproc import (
     ServerProcess,
     VerificationError,
     connect,
+    per_second,
     percentile,
     raise_descriptor_limit,
+    resident_bytes,
     send_rest,
     serve_main,
     start_lifeline,
@@ -214,7 +216,7 @@ def available_servers() -> list[str]:
 def _listener_class(dispatcher_base: type[Any]) -> type[Any]:
     """A listening dispatcher on 127.0.0.1 that gives each connection to a handler."""
 
-    class EchoListener(dispatcher_base):  # type: ignore[misc, valid-type]
+    class EchoListener(dispatcher_base):  # type: ignore[misc]
         def __init__(self, handler_class: type[Any], channel_map: dict[int, Any]):
             dispatcher_base.__init__(self, map=channel_map)
             self.handler_class = handler_class
@@ -266,7 +268,7 @@ def probe_send_timing(handler_class: type[Any], loop: Callable[..., None], timeo
     # short wait only covers a platform where the pair is emulated over TCP.
     peer_wait = 0.05
 
-    class Probe(handler_class):  # type: ignore[misc, valid-type]
+    class Probe(handler_class):  # type: ignore[misc]
         def found_terminator(self) -> None:
             handler_class.found_terminator(self)
             seen.append(bool(select.select([peer], [], [], peer_wait)[0]))
@@ -449,14 +451,15 @@ def _serve_asyncio_style(server: str, announce: Callable[[int, str], None]) -> N
     if server == "uvloop":
         import uvloop
 
-        event_loop = uvloop.new_event_loop()
+        event_loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         detail = "uvloop %s, Python %s" % (getattr(uvloop, "__version__", "?"), sys.version.split()[0])
     else:
         event_loop = asyncio.new_event_loop()
         detail = "asyncio %s, Python %s" % (type(event_loop).__name__, sys.version.split()[0])
 
     async def serve() -> None:
-        listening = await event_loop.create_server(LineEchoProtocol, LOOPBACK, 0, backlog=LISTEN_BACKLOG)
+        # LineEchoProtocol is an asyncio protocol by shape, not by base class.
+        listening = await event_loop.create_server(LineEchoProtocol, LOOPBACK, 0, backlog=LISTEN_BACKLOG)  # type: ignore[arg-type]
         announce(listening.sockets[0].getsockname()[1], detail)
         await event_loop.create_future()  # forever: the lifeline ends the process
 
@@ -590,18 +593,6 @@ class ClientMeasurement:
     p99_us: Optional[float] = None
 
 
-def _resident_bytes(pid: int) -> Optional[int]:
-    """A process's resident set size, from /proc (Linux); None elsewhere."""
-    try:
-        with open("/proc/%d/status" % pid) as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def open_idle_connections(port: int, count: int, deadline: float) -> list[socket.socket]:
     """*count* connected, silent sockets to the server, opened in batches."""
     sockets: list[socket.socket] = []
@@ -623,7 +614,7 @@ def open_idle_connections(port: int, count: int, deadline: float) -> list[socket
                     if remaining <= 0:
                         raise EchoTimeoutError("opening %d idle connections took too long" % count)
                     for key, _ in selector.select(remaining):
-                        error = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        error = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
                         if error:
                             raise OSError(error, "idle connection failed: %s" % os.strerror(error))
                         selector.unregister(key.fileobj)
@@ -895,11 +886,11 @@ def run_echo(
         process.start(startup_timeout=timeout)
         assert process.port is not None
         if idle_connections:
-            server_pid = process.process.pid
-            before = _resident_bytes(server_pid)
+            server_pid = process.process.pid  # type: ignore[union-attr]
+            before = resident_bytes(server_pid)
             idle = open_idle_connections(process.port, idle_connections, deadline)
             time.sleep(0.5)  # let the server accept the last of them
-            after = _resident_bytes(server_pid)
+            after = resident_bytes(server_pid)
             if before is not None and after is not None:
                 rss_per_idle = (after - before) / idle_connections
         remaining = deadline - time.monotonic()
@@ -925,8 +916,8 @@ def run_echo(
         messages=measurement.messages,
         bytes=measurement.bytes,
         seconds=seconds,
-        messages_per_s=measurement.messages / seconds if seconds > 0 else float("inf"),
-        mb_per_s=measurement.bytes / seconds / 1e6 if seconds > 0 else float("inf"),
+        messages_per_s=per_second(measurement.messages, seconds),
+        mb_per_s=per_second(measurement.bytes / 1e6, seconds),
         p50_us=measurement.p50_us,
         p99_us=measurement.p99_us,
         **process.report(),
@@ -940,13 +931,7 @@ def run_echo(
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m chatcore.benchmark.echo serve ...``: run one echo server."""
-    return serve_main(
-        argv,
-        "python -m chatcore.benchmark.echo",
-        "Echo-server side of chatcore's loopback echo benchmark.",
-        SERVERS + FAULT_SERVERS,
-        serve,
-    )
+    return serve_main(argv, EchoServerProcess, "Echo-server side of chatcore's loopback echo benchmark.", serve)
 
 
 if __name__ == "__main__":

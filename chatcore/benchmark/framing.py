@@ -184,10 +184,10 @@ class _ReplayedReads:
         return next(self._reads)
 
 
-def _framing_handler(base: type, read_size: int) -> type:
+def _framing_handler(base: type[Any], read_size: int) -> type:
     """The one handler every asynchat-style row runs, on *base*."""
 
-    class FramingHandler(base):  # type: ignore[misc, valid-type]
+    class FramingHandler(base):  # type: ignore[misc]
         ac_in_buffer_size = read_size
 
         def __init__(self, sock: Any, protocol: Protocol):
@@ -450,24 +450,34 @@ def _legacy_asynchat() -> Optional[tuple[str, type]]:
 Runner = Callable[[list[bytes], int, Protocol], float]
 
 
-def chatcore_implementations() -> dict[str, Runner]:
-    """chatcore's ``async_chat`` on each engine it has here, and the handler floor, by row name."""
-    found: dict[str, Runner] = {}
-    engines = {}
+def engines() -> dict[str, ModuleType]:
+    """chatcore's framing engines importable here, compiled first: ``{"cython": ..., "python": ...}``.
+
+    The names are those of ``chatcore.implementation``.  Both are looked up,
+    whichever one the default picks, so a benchmark can run each engine in
+    one process; a build made with CHATCORE_NO_EXTENSIONS=1 has no "cython".
+    """
+    found: dict[str, ModuleType] = {}
     try:
         from chatcore import _framing_c
 
-        engines["chatcore-cython"] = _framing_c
+        found["cython"] = _framing_c
     except ImportError:
         pass
     try:
         from chatcore import _framing_py
 
-        engines["chatcore-python"] = _framing_py
+        found["python"] = _framing_py
     except ImportError:
         pass
-    for name, engine in engines.items():
-        found[name] = _asynchat_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))
+    return found
+
+
+def chatcore_implementations() -> dict[str, Runner]:
+    """chatcore's ``async_chat`` on each engine it has here, and the handler floor, by row name."""
+    found: dict[str, Runner] = {}
+    for name, engine in engines().items():
+        found["chatcore-" + name] = _asynchat_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))
         if len(found) == 1:
             # The handler's own cost, on the engine the first row (the compiled one, if any) uses.
             found[FLOOR] = _floor_runner(type("async_chat", (chatcore.async_chat,), {"_engine": engine}))

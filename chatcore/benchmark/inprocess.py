@@ -48,6 +48,7 @@ __all__ = [
     "line_echo_handler_class",
     "load_server_module",
     "message_body",
+    "on_engine",
     "run_once",
     "smtp_session",
     "smtp_transcript",
@@ -119,7 +120,7 @@ def line_echo_handler_class(chat_base: type[Any], coalesce_sends: Optional[bool]
     instead of inheriting a default that may change.
     """
 
-    class LineEchoHandler(chat_base):  # type: ignore[misc, valid-type]
+    class LineEchoHandler(chat_base):  # type: ignore[misc]
         if coalesce_sends is not None:
             ac_coalesce_sends = coalesce_sends
 
@@ -213,6 +214,21 @@ def api_modules(api: str) -> tuple[Any, Any]:
     if api == "chatcore":
         return chatcore_under_legacy_names()
     raise ValueError("api must be one of %s, not %r" % (", ".join(APIS), api))
+
+
+def on_engine(modules: tuple[Any, Any], engine: types.ModuleType) -> tuple[Any, Any]:
+    """*modules* (``(asynchat, asyncore)``) with their ``async_chat`` running on framing *engine*.
+
+    The asynchat module is a copy whose ``async_chat`` is a subclass naming
+    *engine* (chatcore's per-class engine switch), so the legacy server's
+    channels, built on ``asynchat.async_chat``, use it; the originals are
+    left alone.  For running one workload on each engine in one process.
+    """
+    asynchat, asyncore = modules
+    bound: Any = types.ModuleType(asynchat.__name__, asynchat.__doc__)
+    bound.__dict__.update({name: value for name, value in vars(asynchat).items() if not name.startswith("__")})
+    bound.async_chat = type("async_chat", (asynchat.async_chat,), {"_engine": engine})
+    return bound, asyncore
 
 
 class _Client:

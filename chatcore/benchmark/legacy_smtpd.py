@@ -188,5 +188,5 @@ def serve(port=0, on_listening=None):
     """Listen on 127.0.0.1:*port*, tell *on_listening* the port, serve forever."""
     server = SMTPServer(("127.0.0.1", port))
     if on_listening is not None:
-        on_listening(server.socket.getsockname()[1])
+        on_listening(server.socket.getsockname()[1])  # type: ignore[union-attr]
     asyncore.loop()

@@ -14,7 +14,8 @@ module is the part they share:
   path, waits for the port file within a deadline, checks that the child
   imported the same chatcore, and always stops and reaps the child;
 * small helpers of both clients: ``connect``, ``send_rest``, ``percentile``,
-  ``raise_descriptor_limit``.
+  ``per_second``, ``raise_descriptor_limit``, and ``resident_bytes`` (a
+  server's memory, read from outside).
 """
 
 import argparse
@@ -43,8 +44,10 @@ __all__ = [
     "VerificationError",
     "connect",
     "package_root",
+    "per_second",
     "percentile",
     "raise_descriptor_limit",
+    "resident_bytes",
     "send_rest",
     "serve_main",
     "start_lifeline",
@@ -126,17 +129,19 @@ def write_port_file(port_file: str, port: int, server: str, detail: str, serves_
 
 def serve_main(
     argv: Optional[list[str]],
-    prog: str,
+    process_class: "type[ServerProcess]",
     description: str,
-    servers: Sequence[str],
     serve: Callable[[str, str, float, bool], None],
 ) -> int:
     """The ``serve`` command line of a benchmark module: parse, then ``serve(...)``.
 
-    *serve* is called with the server name, the port file, the maximum
-    lifetime in seconds and whether to watch stdin.
+    *process_class* is the module's ``ServerProcess``, the parent side of
+    this command: its ``module`` names the command, its ``servers`` and
+    ``fault_servers`` are what ``--server`` accepts.  *serve* is called with
+    the server name, the port file, the maximum lifetime in seconds and
+    whether to watch stdin.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog="python -m " + process_class.module, description=description)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve_parser = commands.add_parser(
         "serve", help="run one server on 127.0.0.1 (a free port, written to --port-file)"
@@ -144,7 +149,7 @@ def serve_main(
     serve_parser.add_argument(
         "--server",
         required=True,
-        choices=list(servers),
+        choices=process_class.servers + process_class.fault_servers,
         help="which implementation serves (fault:* misbehave on purpose, for tests)",
     )
     serve_parser.add_argument(
@@ -322,7 +327,7 @@ class ServerProcess:
             return ""
         self._stderr_file.flush()
         self._stderr_file.seek(0)
-        text = self._stderr_file.read().decode("utf-8", "replace").strip()
+        text: str = self._stderr_file.read().decode("utf-8", "replace").strip()
         if not text:
             return ""
         return "; its stderr:\n" + text[-limit:]
@@ -407,6 +412,23 @@ def connect(port: int, deadline: float) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def per_second(count: float, seconds: float) -> float:
+    """*count* over *seconds*; infinite for a run too short for the clock to see."""
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def resident_bytes(pid: int) -> Optional[int]:
+    """The resident set size of process *pid*, from /proc (Linux); None elsewhere or once it is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def percentile(sorted_values: Sequence[int], percent: float) -> int:

@@ -48,6 +48,7 @@ from .serverproc import (
     ServerProcess,
     VerificationError,
     connect,
+    per_second,
     percentile,
     send_rest,
     serve_main,
@@ -93,7 +94,7 @@ def available_servers() -> list[str]:
 def _faulty_channel(channel_class: type[Any], fault: str) -> type[Any]:
     """The legacy server's channel with one deliberate defect."""
 
-    class FaultyChannel(channel_class):  # type: ignore[misc, valid-type]
+    class FaultyChannel(channel_class):  # type: ignore[misc]
         def message(self, data: bytes) -> None:
             if fault == "fault:silent":
                 return
@@ -393,8 +394,8 @@ def _result(process: SMTPServerProcess, measurement: SMTPMeasurement, passes: in
         commands=measurement.commands,
         bytes=measurement.bytes,
         seconds=seconds,
-        transactions_per_s=measurement.transactions / seconds if seconds > 0 else float("inf"),
-        commands_per_s=measurement.commands / seconds if seconds > 0 else float("inf"),
+        transactions_per_s=per_second(measurement.transactions, seconds),
+        commands_per_s=per_second(measurement.commands, seconds),
         p50_us=measurement.p50_us,
         p99_us=measurement.p99_us,
         passes=passes,
@@ -404,13 +405,7 @@ def _result(process: SMTPServerProcess, measurement: SMTPMeasurement, passes: in
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m chatcore.benchmark.smtp serve ...``: run one SMTP server row."""
-    return serve_main(
-        argv,
-        "python -m chatcore.benchmark.smtp",
-        "Server side of chatcore's SMTP request/response benchmark.",
-        SERVERS + FAULT_SERVERS,
-        serve,
-    )
+    return serve_main(argv, SMTPServerProcess, "Server side of chatcore's SMTP request/response benchmark.", serve)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ class async_chat(_core_async_chat, asyncore.dispatcher):
     __module__ = "asynchat"
     __doc__ = _core_async_chat.__doc__
     # Legacy code never asked for a limit: keep stdlib's unbounded input.
-    ac_max_message_size = None
+    # (Quoted, so the module's namespace gains no typing names.)
+    ac_max_message_size: "int | None" = None
     # Legacy handlers push and then block, fork or swap the socket: every
     # push is handed to the socket at once, as stdlib does (install() can
     # opt in to coalescing).

@@ -30,14 +30,10 @@ installed.
 
 import array
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Optional
 
-from chatcore import _framing_py
-
-try:
-    from chatcore import _framing_c
-except ImportError:  # a CHATCORE_NO_EXTENSIONS=1 build
-    _framing_c = None
+from helpers.engines import ENGINES
 
 __all__ = [
     "ALPHABET",
@@ -45,13 +41,15 @@ __all__ = [
     "WRAPS",
     "Boom",
     "Mismatch",
+    "Scheduled",
     "TwinDriver",
     "Unexpected",
     "compiled",
     "run_program",
 ]
 
-compiled = _framing_c
+#: The compiled engine, or None in a build without it.
+compiled = ENGINES["c"]
 
 #: Bytes terminators and fuzzed chunks are mostly made of, so terminators occur.
 ALPHABET = b"\r\n.ab"
@@ -130,6 +128,29 @@ def _seen_pending(framer: Any) -> Any:
     return (len(pending), pending[:24], pending[-24:])
 
 
+class Scheduled:
+    """Actions scheduled for a channel's callbacks: a queue per callback, one action taken per call.
+
+    The twins' channels here use it, and so does the recording async_chat of
+    test_stateful.py.
+    """
+
+    def __init__(self, wheres: Iterable[str]) -> None:
+        self._queues: dict[str, deque] = {where: deque() for where in wheres}
+
+    def add(self, where: str, action: tuple) -> None:
+        self._queues[where].append(action)
+
+    def take(self, where: str) -> Optional[tuple]:
+        """The next action scheduled for the callback *where*, or None."""
+        queue = self._queues[where]
+        return queue.popleft() if queue else None
+
+    def left(self) -> dict[str, int]:
+        """How many actions are still scheduled, per callback."""
+        return {where: len(queue) for where, queue in self._queues.items()}
+
+
 class Channel:
     """The slice of a channel both framing modes talk to, recording every call."""
 
@@ -140,7 +161,7 @@ class Channel:
         self.max_size = max_size
         self.call_get_terminator = call_get_terminator
         self.events: list[tuple] = []
-        self.actions = {where: deque() for where in WHERES}
+        self.actions = Scheduled(WHERES)
 
     # -- what the engine calls ------------------------------------------------
 
@@ -172,10 +193,9 @@ class Channel:
             self.framer.feed(self, data, self.call_get_terminator, self.max_size)
 
     def _act(self, where: str) -> None:
-        queue = self.actions[where]
-        if not queue:
+        action = self.actions.take(where)
+        if action is None:
             return
-        action = queue.popleft()
         kind = action[0]
         if kind == "terminator":
             self.terminator = _copy(action[1])
@@ -193,7 +213,7 @@ class Channel:
             self.framer.pending,
             _seen(self.terminator),
             self.framer.feeding,
-            {where: len(queue) for where, queue in self.actions.items()},
+            self.actions.left(),
         )
 
 
@@ -217,7 +237,7 @@ class TwinDriver:
         if engines is None:
             if compiled is None:
                 raise RuntimeError("the compiled engine is not built")
-            engines = (compiled, _framing_py)
+            engines = (compiled, ENGINES["py"])
         if mode == "messages" and max_size is None:
             max_size = 1 << 20
         self.mode = mode
@@ -271,7 +291,7 @@ class TwinDriver:
         """Queue *action* for the next call of the callback *where* (see ``WHERES``)."""
         self.steps.append("driver.schedule(%r, %r)" % (where, action))
         for channel in self.channels:
-            channel.actions[where].append(action)
+            channel.actions.add(where, action)
 
     # -- checks -----------------------------------------------------------------
 

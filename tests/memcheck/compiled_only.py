@@ -1,7 +1,7 @@
 """pytest plugin for the memory checks: run only the compiled engine's cases.
 
 Loaded with ``-p compiled_only`` (tests/memcheck on PYTHONPATH) by
-run_valgrind.sh and run_asan.sh.  It
+run_valgrind.sh.  It
 
 * fails the run unless the compiled engine is the one imported;
 * drops the cases parametrised with the pure-Python twin (``engine`` id

@@ -10,8 +10,9 @@
 #    copied package;
 # 3. runs pytest from the copy (so the copy is what gets imported) under
 #    valgrind with PYTHONMALLOC=malloc, on the compiled engine only
-#    (tests/memcheck/compiled_only.py), plus the fuzz corpus replay; exits
-#    99 on any memcheck error or definite leak.
+#    (tests/memcheck/compiled_only.py), plus the fuzz corpus replay, with
+#    pytest's per-test timeout off (valgrind runs Python ~30x slower than the
+#    timeout assumes); exits 99 on any memcheck error or definite leak.
 #
 # Use Python >= 3.12.  CPython 3.11 leaves the digit of a zero int made by
 # int.from_bytes()/int(str) uninitialised (every .pyc import does that), and
@@ -21,9 +22,9 @@
 # leaks are still errors.
 #
 # Environment:
-#   PYTHON                      interpreter (default: python3).  If it lacks pytest
-#                               or hypothesis, a temporary venv gets them from the
-#                               package index.
+#   PYTHON                      interpreter (default: python3).  If it lacks pytest,
+#                               hypothesis or pytest-timeout, a temporary venv gets
+#                               them from the package index.
 #   CHATCORE_MEMCHECK_EXAMPLES  cap on hypothesis examples per test (default 50;
 #                               0 = each test's own number)
 #   MEMCHECK_LOG_DIR            where valgrind's logs go, one per process
@@ -42,10 +43,11 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/chatcore-memcheck.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
 mkdir "$work/src" "$work/wheel"
 
-if ! "$python" -c 'import pytest, hypothesis' 2>/dev/null; then
-    echo "memcheck: $python lacks pytest/hypothesis: installing them into a venv"
+# pytest-timeout too: the pytest configuration (pyproject.toml) names its options.
+if ! "$python" -c 'import pytest, hypothesis, pytest_timeout' 2>/dev/null; then
+    echo "memcheck: $python lacks pytest/hypothesis/pytest-timeout: installing them into a venv"
     "$python" -m venv "$work/venv"
-    "$work/venv/bin/python" -m pip install -q pytest hypothesis
+    "$work/venv/bin/python" -m pip install -q pytest hypothesis pytest-timeout
     python="$work/venv/bin/python"
 fi
 
@@ -94,7 +96,7 @@ PYTHONMALLOC=malloc PYTHONPATH="$here" PYTHONDONTWRITEBYTECODE=1 \
 valgrind --tool=memcheck --error-exitcode=99 $undef \
     --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
     --suppressions="$here/python.supp" --num-callers=40 --log-file="$logs/valgrind.%p.log" \
-    "$python" -m pytest -p compiled_only -p no:cacheprovider -q \
+    "$python" -m pytest -p compiled_only -p no:cacheprovider -q --timeout=0 \
     tests/test_framing.py tests/test_messages.py tests/test_chat.py tests/test_stateful.py \
     tests/fuzz/test_fuzz_corpus.py \
     "$@" || status=$?

@@ -15,7 +15,7 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
-from conftest import ENGINES, extensions_disabled
+from .engines import ENGINES, extensions_disabled
 
 THIS_VERSION = "%d.%d" % sys.version_info[:2]
 
