@@ -676,21 +676,9 @@ def send_gathered(fifo: "deque[Any]", sendmsg: Callable[[list[Any]], int], max_b
     return total - sent
 
 
-# The per-event steps of async_chat (they use push and initiate_send above).
-from ._framing_io_py import (  # noqa: E402
-    deliver_messages,
-    deliver_received,
-    get_terminator,
-    handle_read,
-    initiate_send_once,
-    push_and_send,
-)
+# The per-event steps of async_chat (they use push and initiate_send above),
+# kept in their own module and re-exported under the names it lists.
+from . import _framing_io_py  # noqa: E402
+from ._framing_io_py import *  # noqa: E402, F403
 
-__all__ += [
-    "deliver_messages",
-    "deliver_received",
-    "get_terminator",
-    "handle_read",
-    "initiate_send_once",
-    "push_and_send",
-]
+__all__ += _framing_io_py.__all__
