@@ -13,7 +13,8 @@ process on 127.0.0.1, on a kernel-chosen port.  ``--server`` soaks another
 script instead (tests/test_soak.py passes broken copies of the example) that
 behaves the same way: it takes ``--port 0``, ``--max-line`` and
 ``--max-seconds``, prints ``listening on HOST:PORT (engine: NAME)`` once it
-listens, logs with ``log_info`` to stdout, and exits 0 on SIGINT.
+listens, sends its log records (the "chatcore" logger's included) to stdout,
+and exits 0 on SIGINT.
 
 One client process, one selectors loop, keeps ``--connections`` connections
 open for ``--seconds`` seconds, replacing every client that finishes with a
@@ -153,7 +154,7 @@ class ExampleServer:
     """``examples/echo_server.py`` (or *script*, see ``--server``) in a child process.
 
     Its stdout is read by a thread: the first line gives the port, the rest
-    are the server's log lines (``log_info`` prints them), counted here so a
+    are the server's log lines (``logging`` writes them there), counted here so a
     chatty server can never block on a full pipe.
     """
 

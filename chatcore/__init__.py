@@ -20,13 +20,17 @@ from .dispatch import (
     socket_map,
     write,
 )
-from .eventloop import loop, poll, poll2, poll3
+from .eventloop import call_later, call_soon_threadsafe, loop, poll, poll2, poll3
+from .timers import TimerHandle
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExitNow",
+    "TimerHandle",
     "async_chat",
+    "call_later",
+    "call_soon_threadsafe",
     "close_all",
     "compact_traceback",
     "dispatcher",

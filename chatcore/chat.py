@@ -22,6 +22,7 @@ from .dispatch import dispatcher, inherits
 from .eventloop import note_interest_change, track_predicates
 from .events import _RERAISED, DISCONNECTED
 from .limits import declare_limits
+from .log import MessageKind
 from .outqueue import OutputQueue
 
 if TYPE_CHECKING:
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
 
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
+
+# A message stdlib never wrote, so the compat classes log it too: a peer can
+# send an over-long line per connection it opens.
+_OVERFLOW = MessageKind("message overflow", "warning")
 
 #: What ``push()`` takes (anything else is a TypeError, as in stdlib).
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -247,7 +252,8 @@ class async_chat(dispatcher):
         dispatcher.handle_error(self)
 
     def handle_message_overflow(self) -> None:
-        """A message outgrew the size limit; the default logs the peer and closes.
+        """A message outgrew the size limit; the default logs the peer (a warning,
+        rate-limited: ``chatcore.log``) and closes.
 
         Runs once per such message, before the byte that would cross the
         limit is handed over.  The rest of the message, up to and including
@@ -255,10 +261,11 @@ class async_chat(dispatcher):
         override that keeps the channel open should drop what it has collected
         of the message so far.
         """
-        self.log_info(
-            "message from %r longer than %s (%s bytes): closing"
-            % (self.addr, self._size_limit_name, getattr(self, self._size_limit_name)),
-            "error",
+        _OVERFLOW.log(
+            "message from %r longer than %s (%s bytes): closing",
+            self.addr,
+            self._size_limit_name,
+            getattr(self, self._size_limit_name),
         )
         # Nothing more of this read reaches the handlers.
         self._framer.pending = b""

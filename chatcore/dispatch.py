@@ -3,6 +3,9 @@
 Everything here behaves like CPython 3.11's ``asyncore`` (the event loop itself
 lives in ``chatcore.eventloop``): the same methods, attributes, defaults, log lines
 and error handling, because legacy servers override and call them directly.
+Except where the lines go: ``log_info()`` and ``log()`` write to the ``chatcore``
+logger (``chatcore.log``), and the messages a peer can provoke are rate-limited
+there; ``chatcore.compat.asyncore`` prints them as stdlib did.
 """
 
 import os
@@ -39,6 +42,7 @@ from .events import (
     readwrite,
     write,
 )
+from .log import MessageKind, log_message, logger
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -63,6 +67,16 @@ def inherits(obj: Any, name: str, original: Any) -> bool:
     # whose __dict__ has been asked for is slower at every attribute access.
     method = getattr(obj, name, None)
     return getattr(method, "__func__", None) is original and getattr(method, "__self__", None) is obj
+
+
+# The stdlib messages a peer can provoke, each rate-limited on its own (see
+# dispatcher._may_report): an exception per request, events a class does not
+# handle (a close, out-of-band data, a connection to a listener).
+_UNCAPTURED = MessageKind("uncaptured python exception", "error")
+_UNHANDLED = {
+    event: MessageKind("unhandled %s event" % event, "warning")
+    for event in ("incoming priority", "read", "write", "connect", "accepted", "close")
+}
 
 
 def _strerror(err: int) -> str:
@@ -116,7 +130,9 @@ class dispatcher:
     connecting: bool = False
     closing: bool = False
     addr: Any = None
-    ignore_log_types: frozenset[str] = frozenset({"warning"})
+    #: ``log_info()`` types not logged.  None by default: the logger's level
+    #: decides (``chatcore.compat.asyncore`` keeps stdlib's ``{"warning"}``).
+    ignore_log_types: frozenset[str] = frozenset()
 
     #: The module whose ``socket``, ``os`` and ``sys`` globals the methods
     #: read when they run, as asyncore's read its own: ``chatcore.compat.asyncore``
@@ -288,13 +304,31 @@ class dispatcher:
                     raise
 
     # Logging: log() is for hits, log_info() for information and errors.
+    # Both go to the "chatcore" logger, never to a stream that could block.
 
     def log(self, message: Any) -> None:
-        self._namespace.sys.stderr.write("log: %s\n" % str(message))
+        logger.info("%s", message, stacklevel=2)
 
     def log_info(self, message: Any, type: str = "info") -> None:
+        """Log *message* at the level *type* names (info, warning, error …) unless *type* is ignored."""
         if type not in self.ignore_log_types:
-            print("%s: %s" % (type, message))
+            log_message(type, message)
+
+    def _may_report(self, kind: MessageKind) -> bool:
+        """Whether one of stdlib's own messages, of *kind*, is to be passed to ``log_info()`` now.
+
+        Rate-limited when it would go to the logger: a peer decides how often
+        there is something to report.  An overridden ``log_info()`` (the
+        compat classes' print, an application's own) gets every one, as in stdlib.
+        """
+        if not inherits(self, "log_info", dispatcher.log_info):
+            return True
+        return kind.message_type not in self.ignore_log_types and kind.admit()
+
+    def _report_unhandled(self, event: str) -> None:
+        kind = _UNHANDLED[event]
+        if self._may_report(kind):
+            self.log_info(kind.name, kind.message_type)
 
     # Events as the loop delivers them.
 
@@ -336,28 +370,29 @@ class dispatcher:
             self.handle_expt()
 
     def handle_error(self) -> None:
-        _, exc_type, exc_value, info = compact_traceback()
-        try:
-            self_repr = repr(self)
-        except BaseException:
-            self_repr = "<__repr__(self) failed for object at %0x>" % id(self)
-        self.log_info(
-            "uncaptured python exception, closing channel %s (%s:%s %s)" % (self_repr, exc_type, exc_value, info),
-            "error",
-        )
+        if self._may_report(_UNCAPTURED):
+            _, exc_type, exc_value, info = compact_traceback()
+            try:
+                self_repr = repr(self)
+            except BaseException:
+                self_repr = "<__repr__(self) failed for object at %0x>" % id(self)
+            self.log_info(
+                "uncaptured python exception, closing channel %s (%s:%s %s)" % (self_repr, exc_type, exc_value, info),
+                "error",
+            )
         self.handle_close()
 
     def handle_expt(self) -> None:
-        self.log_info("unhandled incoming priority event", "warning")
+        self._report_unhandled("incoming priority")
 
     def handle_read(self) -> None:
-        self.log_info("unhandled read event", "warning")
+        self._report_unhandled("read")
 
     def handle_write(self) -> None:
-        self.log_info("unhandled write event", "warning")
+        self._report_unhandled("write")
 
     def handle_connect(self) -> None:
-        self.log_info("unhandled connect event", "warning")
+        self._report_unhandled("connect")
 
     def handle_accept(self) -> None:
         pair = self.accept()
@@ -366,10 +401,10 @@ class dispatcher:
 
     def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
         sock.close()
-        self.log_info("unhandled accepted event", "warning")
+        self._report_unhandled("accepted")
 
     def handle_close(self) -> None:
-        self.log_info("unhandled close event", "warning")
+        self._report_unhandled("close")
         self.close()
 
 

@@ -45,8 +45,10 @@ from .events import (
     readwrite,
     write,
 )
+from .timers import Schedule, TimerHandle
+from .wakeup import Waker
 
-__all__ = ["loop", "poll", "poll2", "poll3", "socket_map"]
+__all__ = ["call_later", "call_soon_threadsafe", "loop", "poll", "poll2", "poll3", "socket_map"]
 
 ChannelMap = dict[int, Any]
 Events = list[tuple[int, int]]
@@ -104,6 +106,12 @@ class _Poller:
         # held by the loop()/poll() call using it.
         self.generation: int = 0
         self.claim: threading.Lock = threading.Lock()
+        # The timers and handoffs of the map this poller serves, once it has
+        # any (attached under the cache's lock, replaced but never removed),
+        # and the descriptor other threads wake the wait with, watched by the
+        # kernel poller but never part of the map or of ``registrations``.
+        self.schedule: Optional[Schedule] = None
+        self.waker: Optional[Waker] = None
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -118,8 +126,19 @@ class _Poller:
     def _wait(self, timeout: Optional[float]) -> Events:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def _close(self) -> None:
         raise NotImplementedError
+
+    def watch_waker(self, waker: Waker) -> None:
+        """Have the waits end when *waker* is woken (``close()`` closes it)."""
+        self._add(waker.fileno(), POLLIN)
+        self.waker = waker
+
+    def close(self) -> None:
+        """Give the kernel poller and the waker back."""
+        if self.waker is not None:
+            self.waker.close()
+        self._close()
 
     def update(self, fd: int, obj: Any, mask: int) -> None:
         """Register *obj* on *fd* for *mask*, or change what is registered there."""
@@ -146,6 +165,11 @@ class _Poller:
         self._forget(fd)
 
     def _register(self, fd: int, mask: int) -> None:
+        if self.waker is not None and fd == self.waker.fileno():
+            # A channel's descriptor closed behind the map's back, its number
+            # now the waker's: answered as closed, the waker left alone.
+            self._invalid[fd] = mask
+            return
         try:
             self._add(fd, mask)
         except OSError as err:
@@ -226,7 +250,7 @@ class _EpollPoller(_Poller):
         # Every turn waits here: the generic path's two frames, skipped.
         return self._epoll.poll(-1 if timeout is None else timeout)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._epoll.close()
 
 
@@ -296,7 +320,7 @@ class _SelectorsPoller(_Poller):
             self._invalid[fd] = self.registrations[fd][2]
         return bool(closed)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._selector.close()
 
 
@@ -343,7 +367,7 @@ class _ModulePoller(_Poller):
         r, w, e = self._select.select(r, w, e, timeout)
         return [(fd, POLLIN) for fd in r] + [(fd, POLLOUT) for fd in w] + [(fd, POLLPRI) for fd in e]
 
-    def close(self) -> None:
+    def _close(self) -> None:
         pass
 
 
@@ -428,6 +452,12 @@ class _PollerCache:
                 pollers[key] = (map, poller)
                 evicted = self._evict_beyond_max()
             poller.generation = self._generation
+            # Its own waker, from the start: a first handoff from another
+            # thread must wake a wait that began before any schedule existed.
+            poller.watch_waker(Waker())
+            scheduled = _schedules.get(key)
+            if scheduled is not None:
+                poller.schedule = scheduled[1]
         for stale in evicted:
             stale.close()
         return poller
@@ -449,6 +479,7 @@ class _PollerCache:
                 # The map ran empty (or this is a forked child's copy).
                 del self._pollers[key]
                 self._stop_tracking(map, [poller])
+                self._forget_idle_schedule(map)
             else:
                 extra = self._extra.get(key)
                 if extra is not None and poller in extra:
@@ -474,6 +505,7 @@ class _PollerCache:
     def release(self, map: ChannelMap) -> None:
         """Close the poller kept for *map* (``close_all()`` emptied it)."""
         with self._lock:
+            self._forget_idle_schedule(map)
             entry = self._pollers.get(id(map))
             if entry is None or not entry[1].claim.acquire(False):
                 # In use: closed when given back, the map being empty.
@@ -490,6 +522,47 @@ class _PollerCache:
             if entry is not None:
                 pollers.append(entry[1])
         return pollers
+
+    def schedule_for(self, map: ChannelMap) -> Schedule:
+        """The timers and handoffs of *map*, made (and shown to its pollers) if it has none."""
+        with self._lock:
+            return self._schedule_locked(map)
+
+    def hand_off(self, map: ChannelMap, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        """Queue ``callback(*args)`` for *map*'s loop and wake the pollers serving it."""
+        with self._lock:
+            # Under the lock: a schedule is forgotten only while idle, and
+            # the pollers woken are the ones that will look at this one.
+            self._schedule_locked(map).handoffs.append((callback, args))
+            entry = self._pollers.get(id(map))
+            if entry is not None and entry[1].waker is not None:
+                entry[1].waker.wake()
+            for poller in self._extra.get(id(map), ()):
+                if poller.waker is not None:
+                    poller.waker.wake()
+
+    def _schedule_locked(self, map: ChannelMap) -> Schedule:
+        key = id(map)
+        scheduled = _schedules.get(key)
+        if scheduled is not None:
+            return scheduled[1]
+        schedule = Schedule()
+        # The entry holds the map, so its id cannot be reused meanwhile.
+        _schedules[key] = (map, schedule)
+        entry = self._pollers.get(key)
+        if entry is not None:
+            entry[1].schedule = schedule
+        for poller in self._extra.get(key, ()):
+            poller.schedule = schedule
+        return schedule
+
+    @staticmethod
+    def _forget_idle_schedule(map: ChannelMap) -> None:
+        # An emptied map with nothing scheduled lets go of its schedule, so a
+        # finished map is not kept alive by it (lock held).
+        scheduled = _schedules.get(id(map))
+        if scheduled is not None and scheduled[1].idle():
+            del _schedules[id(map)]
 
     @staticmethod
     def _stop_tracking(map: ChannelMap, evicted: list[_Poller]) -> None:
@@ -513,7 +586,49 @@ class _PollerCache:
             self._pid = os.getpid()
 
 
+#: id(map) -> (map, its timers and handoffs), for maps that have any.
+_schedules: dict[int, tuple[ChannelMap, Schedule]] = {}
+
 _pollers = _PollerCache()
+
+
+def call_later(
+    delay: float, callback: Callable[..., object], *args: Any, map: Optional[ChannelMap] = None
+) -> TimerHandle:
+    """Call ``callback(*args)`` from the loop serving *map*, *delay* seconds from now.
+
+    *map* defaults to the default channel map, as for ``loop()``.  The call
+    runs in a loop turn (``loop()``, ``poll()``) once it is due; a turn never
+    waits past the next deadline.  Timers do not keep ``loop()`` running: it
+    still returns when the map is empty, and the timers left wait for the
+    next turn.  The handle's ``cancel()`` stops a call that has not run.  An
+    exception from the callback is logged to the "chatcore" logger and the
+    loop carries on (``ExitNow``, ``KeyboardInterrupt`` and ``SystemExit``
+    leave the loop, as from a handler).  Not thread-safe: from another
+    thread, hand it over with ``call_soon_threadsafe()`` (a
+    ``functools.partial(call_later, ..., map=...)`` for a map of its own).
+    """
+    if map is None:
+        map = socket_map
+    scheduled = _schedules.get(id(map))
+    schedule = scheduled[1] if scheduled is not None else _pollers.schedule_for(map)
+    return schedule.call_later(delay, callback, args)
+
+
+def call_soon_threadsafe(callback: Callable[..., object], *args: Any, map: Optional[ChannelMap] = None) -> None:
+    """Have the loop serving *map* call ``callback(*args)`` in its own thread, soon.
+
+    The one chatcore call that is safe from any thread: it wakes a loop
+    sleeping in its poller, and the loop runs the callbacks in the order they
+    were handed over, when its current wait ends.  *map* defaults
+    to the default channel map.  Like timers, pending handoffs do not keep
+    ``loop()`` running once the map is empty.
+    """
+    if not callable(callback):
+        raise TypeError("callback must be callable, not %r" % (callback,))
+    if map is None:
+        map = socket_map
+    _pollers.hand_off(map, callback, args)
 
 
 def forget_channel(channel_map: ChannelMap, fd: Any, obj: Any) -> None:
@@ -658,7 +773,7 @@ def _look_again(poller: _Poller, map: ChannelMap, fd: int, poll_mode: bool) -> N
 
 
 def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool) -> None:
-    """One loop turn: find out what the channels want, wait, dispatch.
+    """One loop turn: find out what the channels want, wait, run what is due, dispatch.
 
     A poller that follows changes asks only the channels that had events,
     reported a change (push, close, ...) or have readable()/writable() of
@@ -672,12 +787,22 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
         _scan_all(poller, map, poll_mode)
     elif poller.touched or poller.changes or poller.custom:
         _scan_changes(poller, map, poll_mode)
-    if not poller.registrations and not poll_mode:
-        # asyncore's select() path sleeps when nothing is watched.
+    schedule = poller.schedule
+    if schedule is not None:
+        timeout = schedule.wait_limit(timeout)
+    if not poller.registrations and not poll_mode and (schedule is None or poller.waker is None):
+        # asyncore's select() path sleeps when nothing is watched (and no
+        # other thread can wake the wait).
         if timeout:
             poller.sleep(timeout)
+        if schedule is not None:
+            schedule.run_due()
         return
     events = poller.wait(timeout)
+    # Not the schedule read above: another thread may have attached one, and
+    # woken the wait, meanwhile.
+    if poller.schedule is not None:
+        events = _run_scheduled(poller, poller.schedule, events)
     if not events:
         return
     # Their channels are looked at again next turn.
@@ -695,6 +820,23 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
             _dispatch_selected(events, poller.wanted, map)
     finally:
         coalesce.end_turn(outer)
+
+
+def _run_scheduled(poller: _Poller, schedule: Schedule, events: Events) -> Events:
+    """Run what is due after a turn's wait; the turn's events, without the waker's own."""
+    waker = poller.waker
+    if waker is not None:
+        wake_fd = waker.fileno()
+        # POLLNVAL under the waker's number is for a stale channel (see _register).
+        for fd, flags in events:
+            if fd == wake_fd and not flags & POLLNVAL:
+                # Emptied before the handoffs run: one handed over meanwhile
+                # wakes the next turn.
+                waker.drain()
+                events = [event for event in events if event[0] != wake_fd or event[1] & POLLNVAL]
+                break
+    schedule.run_due()
+    return events
 
 
 def _dispatch_selected(events: Events, wanted: dict[int, int], map: ChannelMap) -> None:
@@ -749,7 +891,13 @@ def poll_once(timeout: Optional[float], map: Optional[ChannelMap], poll_mode: bo
             return
         timeout = _poll_timeout(timeout)
     if _patched_modules(system):
-        _turn(_ModulePoller(system.select, system.time, poll_mode), timeout, map, poll_mode)
+        module_poller = _ModulePoller(system.select, system.time, poll_mode)
+        # It runs the map's timers and handoffs, but has no waker: another
+        # thread's handoff waits for the end of the turn's wait.
+        scheduled = _schedules.get(id(map))
+        if scheduled is not None:
+            module_poller.schedule = scheduled[1]
+        _turn(module_poller, timeout, map, poll_mode)
         return
     poller = _pollers.take(map)
     try:

@@ -19,6 +19,7 @@ builds a server on any channel map, so tests can serve from their own loop.
 """
 
 import argparse
+import logging
 import sys
 import time
 from typing import Optional
@@ -74,6 +75,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.max_line < 1:
         parser.error("--max-line must be at least 1")
 
+    # chatcore itself prints nothing: its messages (an over-long line, an
+    # exception in a handler) go to the "chatcore" logger, shown here with the
+    # server's own lines.
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     channel_map: dict = {}
     try:
         try:

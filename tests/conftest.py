@@ -23,6 +23,7 @@ from helpers.engines import ENGINES  # noqa: E402
 from helpers.sockets import Sockets  # noqa: E402
 
 import chatcore  # noqa: E402
+from chatcore import eventloop  # noqa: E402
 
 
 @pytest.fixture(params=sorted(ENGINES), scope="session")
@@ -37,6 +38,22 @@ def engine(request) -> ModuleType:
 def chat_class(engine) -> type[chatcore.async_chat]:
     """``chatcore.async_chat`` running on the engine under test."""
     return type("async_chat", (chatcore.async_chat,), {"_engine": engine})
+
+
+#: The loop's kernel pollers: the portable selectors one, and epoll where there is one.
+POLLERS = ["selectors"] + (
+    ["epoll"] if hasattr(eventloop, "_EpollPoller") and hasattr(__import__("select"), "epoll") else []
+)
+
+
+@pytest.fixture(params=POLLERS)
+def poller_kind(request, monkeypatch):
+    """Each test using it runs once per poller kind (the loop makes that kind of poller)."""
+    if request.param == "selectors":
+        monkeypatch.setattr(eventloop, "new_poller", eventloop._SelectorsPoller)
+    else:
+        monkeypatch.setattr(eventloop, "new_poller", eventloop._EpollPoller)
+    return request.param
 
 
 @pytest.fixture

@@ -10,43 +10,12 @@ import socket
 import sys
 
 import pytest
+from helpers.channels import Reader
 from helpers.serving import serve_until
 from helpers.sockets import Peer
 
 import chatcore
 from chatcore import eventloop
-
-POLLERS = ["selectors"] + (
-    ["epoll"] if hasattr(eventloop, "_EpollPoller") and hasattr(__import__("select"), "epoll") else []
-)
-
-
-@pytest.fixture(params=POLLERS)
-def poller_kind(request, monkeypatch):
-    if request.param == "selectors":
-        monkeypatch.setattr(eventloop, "new_poller", eventloop._SelectorsPoller)
-    else:
-        monkeypatch.setattr(eventloop, "new_poller", eventloop._EpollPoller)
-    return request.param
-
-
-class Reader(chatcore.dispatcher):
-    """Counts bytes; readable only."""
-
-    def __init__(self, sock, channel_map):
-        super().__init__(sock, map=channel_map)
-        self.received = b""
-        self.closed_by_peer = False
-
-    def writable(self):
-        return False
-
-    def handle_read(self):
-        self.received += self.recv(4096)
-
-    def handle_close(self):
-        self.closed_by_peer = True
-        self.close()
 
 
 @pytest.fixture

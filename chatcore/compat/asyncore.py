@@ -124,10 +124,21 @@ class dispatcher(_core.dispatcher):
     __module__ = "asyncore"
     __doc__ = _core.dispatcher.__doc__
     _namespace = _this
+    ignore_log_types: frozenset[str] = frozenset({"warning"})
 
     @staticmethod
     def _default_map() -> dict[int, Any]:
         return socket_map
+
+    # stdlib's output, where stdlib wrote it (chatcore's own classes log
+    # instead).  Overriding log_info also hands it every one of stdlib's
+    # messages, none rate-limited: see _core.dispatcher._may_report.
+    def log(self, message: Any) -> None:
+        self._namespace.sys.stderr.write("log: %s\n" % str(message))
+
+    def log_info(self, message: Any, type: str = "info") -> None:
+        if type not in self.ignore_log_types:
+            print("%s: %s" % (type, message))
 
 
 class dispatcher_with_send(_core.dispatcher_with_send, dispatcher):

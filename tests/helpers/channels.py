@@ -1,6 +1,27 @@
-"""A line-framing channel class that the socket tests build their servers on."""
+"""Channel classes the socket tests build their servers on: a byte reader, line framing."""
 
 from typing import Any
+
+import chatcore
+
+
+class Reader(chatcore.dispatcher):
+    """Counts bytes; readable only."""
+
+    def __init__(self, sock, channel_map):
+        super().__init__(sock, map=channel_map)
+        self.received = b""
+        self.closed_by_peer = False
+
+    def writable(self):
+        return False
+
+    def handle_read(self):
+        self.received += self.recv(4096)
+
+    def handle_close(self):
+        self.closed_by_peer = True
+        self.close()
 
 
 def line_channel_class(chat_class: type, channel_map: dict[int, Any], terminator: bytes = b"\n") -> type:

@@ -151,10 +151,15 @@ def run_session() -> list[bytes]:
     channel_map: ChannelMap = {}
     server = LineServer(CommandHandler, channel_map)
     client = CommandClient(server.port, channel_map)
+    # A deadline on the loop, and a call handed over as a worker thread would.
+    give_up: chatcore.TimerHandle = chatcore.call_later(10.0, chatcore.close_all, channel_map, map=channel_map)
+    handed: list[str] = []
+    chatcore.call_soon_threadsafe(handed.append, "started", map=channel_map)
     try:
         # Done when the server has closed the client's connection after "bye".
         run_for_a_while(chatcore.loop, channel_map, lambda: not client.connected and bool(client.replies))
     finally:
+        give_up.cancel()
         chatcore.close_all(channel_map)
     return client.replies
 
