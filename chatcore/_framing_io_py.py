@@ -69,8 +69,8 @@ def handle_read(channel: Any) -> None:
                 return
         else:
             if not count:
-                # The peer closed; pending bytes are still processed.
-                channel.handle_close()
+                # The peer closed its side; pending bytes are still processed.
+                channel._finish_after_peer_close()
         # Released afterwards, so no handler can keep a window on the
         # reused buffer.
         with view[:count] as received:
@@ -102,6 +102,16 @@ def _deliver(channel: Any, data: Any) -> None:
         deliver_messages(channel, data)
     else:
         method(data)
+    if channel._io_watched:
+        _note_read(channel)
+
+
+def _note_read(channel: Any) -> None:
+    """A read, to a channel with an idle timeout or an output limit (see async_chat._io_watched)."""
+    channel._activity += 1
+    # A coalescing channel's pushes are looked at when the turn sends them.
+    if channel.producer_fifo and not channel._send_deferred:
+        channel._update_output_pause()
 
 
 def get_terminator(channel: Any) -> Any:
@@ -148,6 +158,8 @@ def push_and_send(channel: Any, data: Union[bytes, bytearray, memoryview]) -> No
         # The engine appended with deque's own append, which reports nothing.
         note_interest_change(channel._map, channel._fileno)
         return
+    if channel._io_watched:
+        channel._activity += 1  # sent now, not by a write event
     if inherits(channel, "initiate_send", initiate_send_once):
         initiate_send_once(channel)
         return

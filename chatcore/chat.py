@@ -13,15 +13,18 @@ before every step.  The fast paths (a reused receive buffer, memoryview
 slices) are taken only where nothing observable changes.
 """
 
+import math
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, AnyStr, Callable, Optional, Union
 
 from . import _framing, coalesce
-from .dispatch import dispatcher, inherits
-from .eventloop import note_interest_change, track_predicates
+from .dispatch import PAUSED_BY_OUTPUT, PAUSED_BY_PEER_CLOSE, PAUSED_BY_USER, dispatcher, inherits
+from .dispatch import pause_reading as _pause_reading
+from .dispatch import resume_reading as _resume_reading
+from .eventloop import call_later, note_interest_change, track_predicates
 from .events import _RERAISED, DISCONNECTED
-from .limits import declare_limits
+from .limits import check_limit, declare_limits
 from .log import MessageKind
 from .outqueue import OutputQueue
 
@@ -37,6 +40,70 @@ _BUFFER_TYPES = (bytes, bytearray, memoryview)
 # A message stdlib never wrote, so the compat classes log it too: a peer can
 # send an over-long line per connection it opens.
 _OVERFLOW = MessageKind("message overflow", "warning")
+
+_IDLE = MessageKind("idle timeout", "info")
+
+#: What each queued entry counts toward ``ac_max_output_buffer`` besides its
+#: bytes: about what a small bytes object and its queue slot take, so that a
+#: flood of tiny pushes is bounded in memory, not only in payload.
+OUTPUT_ENTRY_OVERHEAD = 64
+
+# How many checks an idle timeout is cut into: a channel is closed between
+# 1 and 1 + 1/_IDLE_CHECKS timeouts after its last activity, and a busy one
+# costs _IDLE_CHECKS timer entries per timeout, not one per event.
+_IDLE_CHECKS = 4
+
+
+def _check_timeout(value: Any, name: str) -> Optional[float]:
+    """*value* as a timeout: None, or a finite number of seconds > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be None or a number of seconds, not %s" % (name, type(value).__name__))
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("%s must be a finite number of seconds > 0, got %r" % (name, value))
+    return float(value)
+
+
+class _WatchedSetting:
+    """An async_chat attribute checked when assigned, which the channel acts on at once.
+
+    Like ``chatcore.limits``' size limits: the instance's own value, else
+    the class's; a bad value fails when it is assigned (or, in a class body,
+    when the class is made).  Assigning on a channel that is being served
+    starts or stops what the setting asks for (an idle watch, backpressure)
+    there and then.
+    """
+
+    __slots__ = ("_check", "_default", "_key", "_name")
+
+    def __init__(self, name: str, default: Any, check: Callable[[Any, str], Any]) -> None:
+        self._name = name
+        self._check = check
+        self._default = check(default, name)
+        self._key = "_setting_" + name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        setattr(owner, self._key, self._default)
+
+    def __get__(self, instance: object, owner: Optional[type] = None) -> Any:
+        if instance is None:
+            return self._default
+        return getattr(instance, self._key)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        object.__setattr__(instance, self._key, self._check(value, self._name))
+        instance._watch_io()
+
+    def __delete__(self, instance: Any) -> None:
+        try:
+            object.__delattr__(instance, self._key)
+        except AttributeError:
+            raise AttributeError(self._name) from None
+        instance._watch_io()
+
+
+_WATCHED_SETTINGS = {"ac_idle_timeout": _check_timeout, "ac_max_output_buffer": check_limit}
 
 #: What ``push()`` takes (anything else is a TypeError, as in stdlib).
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -116,6 +183,39 @@ class async_chat(dispatcher):
     # Which attribute holds the limit, for handle_message_overflow's log line.
     _size_limit_name = "ac_max_message_size"
 
+    if TYPE_CHECKING:
+        ac_idle_timeout: Optional[float]
+        ac_max_output_buffer: Optional[int]
+    else:
+        #: Seconds with no byte received or sent after which
+        #: ``handle_idle_timeout()`` runs (between 1 and 1.25 times this
+        #: after the last activity); None (the default, here and in compat)
+        #: for never.  Activity is a read by ``handle_read``, a push sent at
+        #: once, a send of queued data.
+        ac_idle_timeout = _WatchedSetting("ac_idle_timeout", None, _check_timeout)
+        #: While more than this is queued to send (``output_buffer_size``,
+        #: plus ``OUTPUT_ENTRY_OVERHEAD`` per queued entry), the channel stops
+        #: reading; it reads again once the queue is below half of it.  A peer
+        #: that sends without reading what comes back then fills its own
+        #: socket, not the server's memory.  None for no limit (stdlib's
+        #: behaviour, and the default in ``chatcore.compat.asynchat``).
+        ac_max_output_buffer = _WatchedSetting("ac_max_output_buffer", 1 << 20, check_limit)
+
+    #: Whether a peer's end of data waits for the queued output to be sent
+    #: before ``handle_close()`` (``_finish_after_peer_close``); stdlib's
+    #: channels, and compat's, close at once.
+    _drain_on_peer_close = True
+
+    # Whether either setting above is on, so that reads and sends count
+    # activity and look at the output queue (the engines read it).
+    _io_watched = True
+    # Reads, pushes sent at once and sends of queued data so far (while watched).
+    _activity = 0
+    # The timer of the next idle check, and what it compares.
+    _idle_timer: Any = None
+    _idle_seen = 0
+    _idle_quiet = 0
+
     #: Whether pushes made while ``loop()`` dispatches a turn's events wait for
     #: the end of that turn and leave together, in gathered sends (see
     #: ``push()``).  False (the default in ``chatcore.compat.asynchat``) keeps
@@ -149,6 +249,14 @@ class async_chat(dispatcher):
         super().__init_subclass__(**kwargs)
         # A limit set in the class body is checked now (on instances, when set).
         declare_limits(cls, ("ac_max_message_size", cls._size_limit_name), cls._engine)
+        for name, check in _WATCHED_SETTINGS.items():
+            value = cls.__dict__.get(name)
+            if name in cls.__dict__ and not hasattr(type(value), "__get__"):
+                # A value in the class body: checked now, and still acted on
+                # when an instance assigns its own.
+                setattr(cls, name, _WatchedSetting(name, value, check))
+                cls.__dict__[name].__set_name__(cls, name)
+        cls._io_watched = cls.ac_idle_timeout is not None or cls.ac_max_output_buffer is not None
         # A subclass naming another engine gets that engine's methods too,
         # unless it (or a class between) defines its own.
         engine = cls.__dict__.get("_engine")
@@ -217,15 +325,143 @@ class async_chat(dispatcher):
             self._send_gathered()
         else:
             self.initiate_send()
+            if self._io_watched:
+                self._note_sent()
+
+    def _note_sent(self) -> None:
+        """A send, to a watched channel: activity, and maybe the end of a pause."""
+        self._activity += 1
+        if (self.producer_fifo or self._read_pauses) and self._fileno is not None:
+            self._update_output_pause()
 
     def handle_close(self) -> None:
         self.close()
+
+    def _finish_after_peer_close(self) -> None:
+        """The peer has shut down its sending side (a read found the end of its data).
+
+        Its replies may still be queued: with output queued, reading stops
+        and ``handle_close()`` runs once the queue has been sent (bounded
+        by ``ac_idle_timeout`` when set), through the same close-when-done
+        marker ``close_when_done()`` queues; with nothing queued it runs
+        now.  ``chatcore.compat.asynchat`` calls it at once, as stdlib.
+        """
+        if self._drain_on_peer_close and self.producer_fifo and self.connected:
+            _pause_reading(self, PAUSED_BY_PEER_CLOSE)
+            self.producer_fifo.append(None)
+        else:
+            self.handle_close()
 
     def close(self) -> None:
         # Stdlib would have sent coalesced pushes already: a reply pushed
         # just before close() (or before an error closes us) must still go.
         coalesce.flush(self)
         dispatcher.close(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def handle_idle_timeout(self) -> None:
+        """Nothing was received or sent for ``ac_idle_timeout`` seconds.
+
+        The default logs the peer (info, rate-limited: ``chatcore.log``) and
+        closes, dropping what is still queued.  An override that keeps the
+        channel open gets another call after the next idle period.
+        """
+        _IDLE.log("nothing from or to %r for %s s: closing", self.addr, self.ac_idle_timeout)
+        self.close()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer until ``resume_reading()``.
+
+        For a relay whose destination backs up (its ``output_buffer_size``
+        grows): pause the source.  Independent of the pauses the channel
+        makes itself (backpressure, a peer's half-close).
+        """
+        _pause_reading(self, PAUSED_BY_USER)
+
+    def resume_reading(self) -> None:
+        """Undo ``pause_reading()``; reading goes on unless the channel pauses it itself."""
+        _resume_reading(self, PAUSED_BY_USER)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether the loop has stopped reading from this channel (for whatever reason)."""
+        return bool(self._read_pauses)
+
+    @property
+    def output_buffer_size(self) -> int:
+        """Bytes queued to send (producers count only what they have produced so far)."""
+        total = 0
+        for item in self.producer_fifo:
+            kind = type(item)
+            if kind is bytes or kind is bytearray:
+                total += len(item)
+            elif kind is memoryview:
+                total += item.nbytes
+        return total
+
+    def _update_output_pause(self) -> None:
+        """Pause reading above ``ac_max_output_buffer``, resume below half of it."""
+        limit = self.ac_max_output_buffer
+        fifo = self.producer_fifo
+        if self._read_pauses & PAUSED_BY_OUTPUT:
+            if limit is None or not fifo or self._output_cost() < limit / 2:
+                _resume_reading(self, PAUSED_BY_OUTPUT)
+        elif limit is not None and fifo and self._fileno is not None and self._output_cost() > limit:
+            _pause_reading(self, PAUSED_BY_OUTPUT)
+
+    def _output_cost(self) -> int:
+        return self.output_buffer_size + OUTPUT_ENTRY_OVERHEAD * len(self.producer_fifo)
+
+    def _watch_io(self) -> None:
+        """Act on the settings now: start or stop the idle watch, apply the output limit."""
+        watched = self.ac_idle_timeout is not None or self.ac_max_output_buffer is not None
+        if watched != self._io_watched:
+            self._io_watched = watched
+        if self.ac_idle_timeout is None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+        elif self._idle_timer is None and self._fileno is not None:
+            self._arm_idle_check(self.ac_idle_timeout)
+        if self._fileno is not None and (self.producer_fifo or self._read_pauses):
+            self._update_output_pause()
+
+    def _arm_idle_check(self, timeout: float) -> None:
+        """Start counting quiet periods from now."""
+        self._idle_seen = self._activity
+        self._idle_quiet = 0
+        self._idle_timer = call_later(timeout / _IDLE_CHECKS, self._check_idle, map=self._map)
+
+    def _check_idle(self) -> None:
+        """The idle timer: count a quiet period, or time out after enough of them."""
+        self._idle_timer = None
+        timeout = self.ac_idle_timeout
+        if timeout is None or self._fileno is None or self.accepting:
+            return  # switched off, closed (or between sockets), or a listener
+        if self._activity != self._idle_seen:
+            self._idle_seen = self._activity
+            self._idle_quiet = 0
+        elif self._idle_quiet + 1 < _IDLE_CHECKS:
+            self._idle_quiet += 1
+        else:
+            self._time_out()
+            return
+        self._idle_timer = call_later(timeout / _IDLE_CHECKS, self._check_idle, map=self._map)
+
+    def _time_out(self) -> None:
+        try:
+            self.handle_idle_timeout()
+        except _RERAISED:
+            raise
+        except BaseException:
+            self.handle_error()
+        # Still open (the handler decided so): watch the next idle period,
+        # unless the handler has already set a watch going.
+        timeout = self.ac_idle_timeout
+        if timeout is not None and self._fileno is not None and self._idle_timer is None:
+            self._arm_idle_check(timeout)
 
     def del_channel(self, map: Optional[dict[int, Any]] = None) -> None:
         # Coalesced pushes belong to the socket they were pushed on, which a
@@ -238,6 +474,8 @@ class async_chat(dispatcher):
         dispatcher.set_socket(self, sock, map)
         if self.ac_tcp_nodelay:
             _disable_nagle(sock)
+        if self._io_watched:
+            self._watch_io()
 
     def handle_error(self) -> None:
         if self._send_deferred:
@@ -299,20 +537,24 @@ class async_chat(dispatcher):
         if not (fifo and self.connected):
             return
         send = _gathering_send(self.socket)
+        full = False
         try:
             while fifo and isinstance(fifo[0], _BUFFER_TYPES):
                 if self._engine.send_gathered(fifo, send, 4 * self.ac_out_buffer_size):
-                    return  # the socket is full: wait for the next write event
+                    full = True  # the rest waits for the next write event
+                    break
         except BlockingIOError:
-            return
+            full = True
         except OSError as err:
             if err.errno in DISCONNECTED:
                 self.handle_close()
                 return
             raise
-        if fifo and not isinstance(fifo[0], _BUFFER_TYPES):
+        if not full and fifo and not isinstance(fifo[0], _BUFFER_TYPES):
             # None (close when done) or a producer: stdlib's own steps.
             self.initiate_send()
+        if self._io_watched:
+            self._note_sent()
 
     def push_with_producer(self, producer: "Producer") -> None:
         """Queue an object with a ``more()`` method; it is drained in order."""
@@ -344,6 +586,8 @@ class async_chat(dispatcher):
         del self.incoming[:]
         self.producer_fifo.clear()
         note_interest_change(self._map, self._fileno)
+        if self._read_pauses & PAUSED_BY_OUTPUT:
+            _resume_reading(self, PAUSED_BY_OUTPUT)
 
 
 # async_chat's readable()/writable() answers change only through calls that

@@ -6,26 +6,40 @@ numbered lines and checks that each echoed line comes back exact and in
 order.  The server pieces are public because ``examples/echo_server.py``
 serves with them:
 
-* ``Listener`` accepts connections and hands each socket to a handler factory;
+* ``Listener`` accepts connections, several per readiness event, and hands
+  each socket to a handler factory;
 * ``EchoHandler`` sends every ``\\n``-terminated line straight back;
 * ``start_echo_server`` puts the two together on a given channel map.
+
+Both example servers take the same per-connection limits on their command
+line, ``--idle-timeout`` and ``--max-output`` (``add_serving_options``), and
+apply them the same way: a subclass of their handler class with the matching
+``async_chat`` attributes in its body (``serving_limits``, ``handler_with``).
 """
 
+import argparse
+import math
 import socket
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import chatcore
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_OUTPUT",
     "DemoError",
     "DemoResult",
     "EchoClient",
     "EchoHandler",
     "Listener",
+    "add_serving_options",
     "demo_line",
+    "handler_with",
     "run_demo",
+    "seconds_argument",
+    "serving_limits",
     "start_echo_server",
 ]
 
@@ -40,6 +54,12 @@ class Listener(chatcore.dispatcher):
     so a handler class works as the factory, and ``functools.partial`` adds
     arguments of its own.
     """
+
+    #: Connections taken per readiness event, at most.  One accept() per event
+    #: lets connections arriving faster than the loop turns fill the backlog,
+    #: and the kernel then drops new ones (their clients retry a second or more
+    #: later); a bound keeps a busy listener from starving the channels it serves.
+    accept_batch = 64
 
     def __init__(
         self,
@@ -66,6 +86,18 @@ class Listener(chatcore.dispatcher):
         """The bound (host, port): the port the kernel chose when 0 was asked for."""
         host, port = self.socket.getsockname()[:2]
         return host, port
+
+    def handle_accept(self) -> None:
+        for _ in range(self.accept_batch):
+            # None: nobody is left waiting, or the process is out of descriptors
+            # or memory (accept() then pauses the listener for a while); either
+            # way, trying again before the next event would only spin.
+            pair = self.accept()
+            if pair is None:
+                return
+            self.handle_accepted(*pair)
+            if not self.accepting:
+                return  # handle_accepted closed the listener
 
     def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
         self.handler_factory(sock, map=self.channel_map)
@@ -110,6 +142,71 @@ def start_echo_server(
 ) -> Listener:
     """An echo server listening on (host, port), its channels living in *channel_map*."""
     return Listener(handler_class, host, port, map=channel_map)
+
+
+#: Seconds a connection may go without a byte received or sent before the
+#: example servers close it (``--idle-timeout``).
+DEFAULT_IDLE_TIMEOUT = 60.0
+#: Bytes queued to send to one connection above which the example servers stop
+#: reading from it until it has taken half (``--max-output``): a client that
+#: sends but never reads cannot grow the server's memory without bound.
+DEFAULT_MAX_OUTPUT = 1024 * 1024
+
+
+def _non_negative(kind: Callable[[str], Union[int, float]], text: str) -> Union[int, float]:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % text) from None
+    if not (value >= 0 and math.isfinite(value)):  # NaN fails both
+        raise argparse.ArgumentTypeError("must be a finite number, 0 or more, got %s" % text)
+    return value
+
+
+def seconds_argument(text: str) -> float:
+    """An argparse ``type``: a number of seconds, 0 or more (0 is how a timeout is turned off)."""
+    return float(_non_negative(float, text))
+
+
+def _bytes_argument(text: str) -> int:
+    return int(_non_negative(int, text))
+
+
+def add_serving_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--idle-timeout SECONDS`` and ``--max-output BYTES`` to *parser*; 0 turns either off."""
+    parser.add_argument(
+        "--idle-timeout",
+        type=seconds_argument,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection after this long without a byte received or sent; 0: never (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-output",
+        type=_bytes_argument,
+        default=DEFAULT_MAX_OUTPUT,
+        metavar="BYTES",
+        help="stop reading from a connection while more than this is queued to send to it; 0: no limit "
+        "(default %(default)s)",
+    )
+
+
+def serving_limits(options: argparse.Namespace) -> dict[str, Any]:
+    """The ``async_chat`` class attributes for the ``add_serving_options`` values in *options*."""
+    return {
+        "ac_idle_timeout": options.idle_timeout or None,
+        "ac_max_output_buffer": options.max_output or None,
+    }
+
+
+def handler_with(base: type, **class_attributes: Any) -> type:
+    """A subclass of the handler class *base*, under the same name, with *class_attributes* in its body.
+
+    How the example servers apply their command-line settings: a class body
+    is where ``async_chat`` reads (and checks) its limits, and every
+    connection the listener accepts then has the same ones.
+    """
+    return type(base.__name__, (base,), class_attributes)
 
 
 def demo_line(connection: int, index: int) -> bytes:

@@ -5,9 +5,13 @@ lives in ``chatcore.eventloop``): the same methods, attributes, defaults, log li
 and error handling, because legacy servers override and call them directly.
 Except where the lines go: ``log_info()`` and ``log()`` write to the ``chatcore``
 logger (``chatcore.log``), and the messages a peer can provoke are rate-limited
-there; ``chatcore.compat.asyncore`` prints them as stdlib did.
+there; ``chatcore.compat.asyncore`` prints them as stdlib did.  And except
+where asyncore gave up: ``accept()`` answers running out of descriptors or
+memory by returning None and pausing the listener for a while, where asyncore
+raised (and so closed it).  The loop's read pauses (``pause_reading``) start here.
 """
 
+import errno
 import os
 import socket
 import sys
@@ -20,14 +24,19 @@ from errno import (
     EINPROGRESS,
     EINVAL,
     EISCONN,
+    EMFILE,
+    ENFILE,
+    ENOBUFS,
+    ENOMEM,
     ENOTCONN,
     EWOULDBLOCK,
     errorcode,
 )
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from .eventloop import (
     ChannelMap,
+    call_later,
     forget_channel,
     note_interest_change,
     release_pollers,
@@ -60,6 +69,33 @@ __all__ = [
 ]
 
 
+#: ``pause_reading()`` reasons (bits): the application's own, and the library's.
+PAUSED_BY_USER = 1
+PAUSED_BY_OUTPUT = 2  # more queued to send than ac_max_output_buffer
+PAUSED_BY_PEER_CLOSE = 4  # the peer has sent everything; what is queued still goes
+PAUSED_BY_ACCEPT_BACKOFF = 8  # accept() ran out of descriptors or memory
+
+
+def pause_reading(channel: Any, reason: int) -> None:
+    """Stop the loop watching *channel* for reading, for *reason* (a PAUSED_BY_* bit).
+
+    The library's own pauses go through here, never through a method a
+    legacy subclass might define under the same name.  ``readable()`` is
+    still asked (and obeyed when it says False); pauses for different
+    reasons are independent, and reading resumes when none is left.
+    """
+    if not channel._read_pauses & reason:
+        channel._read_pauses |= reason
+        note_interest_change(channel._map, channel._fileno)
+
+
+def resume_reading(channel: Any, reason: int) -> None:
+    """Lift *channel*'s pause for *reason*."""
+    if channel._read_pauses & reason:
+        channel._read_pauses &= ~reason
+        note_interest_change(channel._map, channel._fileno)
+
+
 def inherits(obj: Any, name: str, original: Any) -> bool:
     """Whether *obj*'s method *name* is *original*: overridden neither by its
     class nor on the instance, so a fast path may stand in for calling it."""
@@ -77,6 +113,17 @@ _UNHANDLED = {
     event: MessageKind("unhandled %s event" % event, "warning")
     for event in ("incoming priority", "read", "write", "connect", "accepted", "close")
 }
+
+
+# accept() failing for want of descriptors or memory (Windows' socket errors
+# too, where it has them): reasons to pause the listener, not to close it.
+_EXHAUSTED = frozenset(
+    {EMFILE, ENFILE, ENOBUFS, ENOMEM, getattr(errno, "WSAEMFILE", EMFILE), getattr(errno, "WSAENOBUFS", ENOBUFS)}
+)
+#: The first pause of an episode, and the longest, in seconds.
+_ACCEPT_BACKOFF_FIRST = 0.05
+_ACCEPT_BACKOFF_MAX = 1.0
+_ACCEPT_BACKOFF = MessageKind("accept backoff", "warning")
 
 
 def _strerror(err: int) -> str:
@@ -216,6 +263,13 @@ class dispatcher:
         except OSError:
             pass
 
+    # The socket's number while in a map (set_socket()); None before and after.
+    _fileno: Optional[int] = None
+
+    # Why the loop is not to watch this channel for reading, as PAUSED_BY_*
+    # bits (pause_reading() below); 0 when nothing pauses it.
+    _read_pauses: int = 0
+
     # Predicates the loop asks every turn.
 
     def readable(self) -> bool:
@@ -252,8 +306,25 @@ class dispatcher:
         else:
             raise OSError(err, errorcode[err])
 
+    # Accepting when the process has run out of descriptors or memory: the
+    # connection stays in the kernel's backlog, so the listener stays readable
+    # and asking again at once would spin.  accept() pauses reading on the
+    # listener instead and a timer ends the pause, for twice as long after
+    # each consecutive failure; a connection accepted ends the episode.
+
+    #: The pause after the next failed accept(), in seconds; 0.0 while accepting works.
+    _accept_backoff: float = 0.0
+    #: The timer that ends the current pause; None when there is none.
+    _accept_resume: Any = None  # a chatcore.timers.TimerHandle
+
     def accept(self) -> Optional[tuple[socket.socket, Any]]:
-        """A (socket, address) pair, or None when nobody is waiting."""
+        """A (socket, address) pair, or None when nobody is waiting.
+
+        None too when the process is out of descriptors or memory (EMFILE,
+        ENFILE, ENOBUFS, ENOMEM): the listener then stops being watched for a
+        while (50 ms, doubling per consecutive failure up to 1 s) and the
+        episode is logged once, as a warning of the "chatcore" logger.
+        """
         try:
             conn, addr = self.socket.accept()
         except TypeError:
@@ -261,8 +332,52 @@ class dispatcher:
         except OSError as err:
             if err.errno in (EWOULDBLOCK, ECONNABORTED, EAGAIN):
                 return None
+            if err.errno in _EXHAUSTED:
+                self._back_off_accepting(err)
+                return None
             raise
+        if self._accept_backoff:
+            self._end_accept_backoff()
         return conn, addr
+
+    def _back_off_accepting(self, err: OSError) -> None:
+        """Pause accepting after *err*, for longer than last time in this episode."""
+        if self._accept_resume is not None:
+            return  # accept() called again during the pause: it goes on as planned
+        delay = self._accept_backoff
+        if not delay:
+            delay = _ACCEPT_BACKOFF_FIRST
+            try:
+                # Where it listens: addr may say port 0.
+                address = self.socket.getsockname()
+            except (AttributeError, OSError):
+                address = self.addr
+            _ACCEPT_BACKOFF.log(
+                "accept() failed on %r: %s (%s); pausing accepts for %.2f s, then for up to %g s between tries",
+                address,
+                errorcode.get(cast(int, err.errno), err.errno),  # one of _EXHAUSTED, so a number
+                err.strerror,
+                delay,
+                _ACCEPT_BACKOFF_MAX,
+            )
+        self._accept_backoff = min(delay * 2, _ACCEPT_BACKOFF_MAX)
+        pause_reading(self, PAUSED_BY_ACCEPT_BACKOFF)
+        self._accept_resume = call_later(delay, self._resume_accepting, map=self._map)
+
+    def _resume_accepting(self) -> None:
+        # The pause's timer: watch the listener again (it has not been closed,
+        # or close() would have cancelled this).
+        self._accept_resume = None
+        resume_reading(self, PAUSED_BY_ACCEPT_BACKOFF)
+
+    def _end_accept_backoff(self) -> None:
+        """Forget the episode: a connection was accepted, or the listener is closing."""
+        self._accept_backoff = 0.0
+        timer = self._accept_resume
+        if timer is not None:
+            self._accept_resume = None
+            timer.cancel()
+        resume_reading(self, PAUSED_BY_ACCEPT_BACKOFF)
 
     def send(self, data: "ReadableBuffer") -> int:
         try:
@@ -292,6 +407,9 @@ class dispatcher:
         return data
 
     def close(self) -> None:
+        if self._accept_backoff:
+            # No timer may resume watching a listener that is gone.
+            self._end_accept_backoff()
         self.connected = False
         self.accepting = False
         self.connecting = False

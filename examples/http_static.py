@@ -6,6 +6,16 @@ connection (every response says ``Connection: close``)::
     python examples/http_static.py --root ./site --port 8000
     curl http://127.0.0.1:8000/index.html
 
+Lines of a request head may end in a bare ``\\n`` as well as in ``\\r\\n``.  A
+client has ``--head-timeout`` seconds (10 by default) from connecting to send
+its whole request head, or it is answered 408 and closed: one that sends a
+byte now and then would otherwise hold its connection for ever, as no idle
+timeout would notice.  ``--idle-timeout`` (60 s by default) closes a
+connection with no byte received or sent for that long, a slow download
+included, and ``--max-output`` (1 MiB by default) bounds what is queued for
+one connection before the server stops reading from it; 0 turns any of the
+three off.
+
 Nothing outside the root is ever served: a request path is percent-decoded,
 ``..`` segments are refused, and the file finally chosen must resolve
 (``os.path.realpath``, so symlinks are followed) to a place inside the real
@@ -14,8 +24,11 @@ not tell whether something exists outside the root.
 
 File bodies go out through a producer that reads the file in chunks, so a
 large file is never held in memory.  A client that half-closes after its
-request still gets the whole response.  ``start_http_server`` builds a server on
-any channel map, so tests can serve from their own loop.
+request (``nc -N``, some HTTP/1.0 tools) still gets the whole response:
+chatcore's ``async_chat`` sends what is queued before it closes at the end of
+a peer's input.  ``start_http_server`` builds a server on any channel map, so
+tests can serve from their own loop; ``parse_arguments`` reads the command
+line and ``handler_for`` makes the handler class it asks for.
 """
 
 import argparse
@@ -27,12 +40,13 @@ import re
 import socket
 import stat
 import sys
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import IO, NamedTuple, Optional
+from typing import IO, Any, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
 import chatcore
-from chatcore.demo import Listener
+from chatcore.demo import Listener, add_serving_options, handler_with, seconds_argument, serving_limits
 
 __all__ = [
     "FileProducer",
@@ -40,7 +54,9 @@ __all__ = [
     "Request",
     "RequestError",
     "content_type",
+    "handler_for",
     "main",
+    "parse_arguments",
     "parse_request_head",
     "resolve_path",
     "start_http_server",
@@ -90,16 +106,14 @@ def _request_path(target: str) -> str:
     return path
 
 
-def parse_request_head(head: bytes) -> Request:
-    """Parse a request head (request line and header lines, without the blank line).
+def parse_request_head(head_lines: Sequence[bytes]) -> Request:
+    """Parse a request head given as its lines: the request line, then the header lines.
 
-    Raises RequestError with 400 for anything malformed and 505 for an HTTP
-    major version other than 1.
+    The lines come without their line endings, and without the empty line
+    that ends the head.  Raises RequestError with 400 for anything malformed
+    and 505 for an HTTP major version other than 1.
     """
-    lines = head.decode("latin-1").split("\r\n")
-    # RFC 9112 section 2.2: empty lines before the request line are to be ignored.
-    while lines and not lines[0]:
-        del lines[0]
+    lines = [line.decode("latin-1") for line in head_lines]
     if not lines:
         raise RequestError(400, "empty request")
     parts = lines[0].split(" ")
@@ -196,57 +210,75 @@ class FileProducer:
 class HTTPRequestHandler(chatcore.async_chat):
     """One connection: read one request head, answer it, close when sent."""
 
-    #: A head longer than this (without its blank line) is refused with 431.
+    #: A head of more than this many bytes (line endings included) is refused with 431.
     max_head_size = 64 * 1024
+    #: Seconds from connecting to a complete request head, or None for no
+    #: limit; a client that takes longer is answered 408 and closed.
+    head_timeout: Optional[float] = 10.0
     producer_class = FileProducer
 
-    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict] = None, root: str = "."):
+    def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None, root: str = "."):
         chatcore.async_chat.__init__(self, sock, map)
         self.root = os.path.realpath(root)
-        self._head_parts: list[bytes] = []
+        self._line_parts: list[bytes] = []
+        self._head_lines: list[bytes] = []
         self._head_size = 0
+        self._skipped_empty_line = False
         self._responded = False
         self._producers: list[FileProducer] = []
-        self._reading = False
-        self._input_ended = False
-        self.set_terminator(b"\r\n\r\n")
-
-    def readable(self) -> bool:
-        # After the client's end of input a socket stays readable for ever.
-        return not self._input_ended
-
-    def handle_read(self) -> None:
-        self._reading = True
-        try:
-            chatcore.async_chat.handle_read(self)
-        finally:
-            self._reading = False
-
-    def handle_close(self) -> None:
-        # async_chat closes at the end of input, but a client may half-close
-        # right after its request (nc -N, HTTP/1.0 tools): finish the answer.
-        # A close from the sending side (peer gone) or close_when_done() is final.
-        if self._reading and self._responded and self.producer_fifo and self.connected:
-            self._input_ended = True
-            return
-        self.close()
+        # Framed line by line rather than on the blank line's b"\r\n\r\n":
+        # a head whose lines end in a bare "\n" (RFC 9112 section 2.2 lets a
+        # server accept them) would never show that terminator.
+        self.set_terminator(b"\n")
+        self._head_deadline: Optional[chatcore.TimerHandle] = None
+        if sock is not None and self.head_timeout is not None:
+            self._head_deadline = chatcore.call_later(self.head_timeout, self._head_timed_out, map=map)
 
     def collect_incoming_data(self, data: bytes) -> None:
         if self._responded:
             return  # one request per connection: whatever follows is dropped
-        self._head_size += len(data)
-        if self._head_size > self.max_head_size:
-            self._send_error(431, head_only=False)
+        if self._head_grew_too_large(len(data)):
             return
-        self._head_parts.append(data)
+        self._line_parts.append(data)
 
     def found_terminator(self) -> None:
-        if self._responded:
+        if self._responded or self._head_grew_too_large(1):  # the b"\n"
             return
-        head = b"".join(self._head_parts)
-        self._head_parts.clear()
+        line = b"".join(self._line_parts)
+        self._line_parts.clear()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            self._head_lines.append(line)
+        elif not self._head_lines and not self._skipped_empty_line:
+            # RFC 9112 section 2.2: ignore at least one empty line before the
+            # request line.  Only one: a client sending nothing but empty
+            # lines is told 400 at the second.
+            self._skipped_empty_line = True
+        else:
+            self._answer(self._head_lines)
+
+    def _head_grew_too_large(self, size: int) -> bool:
+        """Count *size* more bytes of the head; answers 431 (and True) past ``max_head_size``."""
+        self._head_size += size
+        if self._head_size > self.max_head_size:
+            self._send_error(431, head_only=False)
+            return True
+        return False
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.connected and not self._responded:
+            self._send_error(408, head_only=False)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _answer(self, head_lines: list[bytes]) -> None:
         try:
-            request = parse_request_head(head)
+            request = parse_request_head(head_lines)
         except RequestError as error:
             self._send_error(error.status, head_only=False)
             return
@@ -298,6 +330,8 @@ class HTTPRequestHandler(chatcore.async_chat):
 
     def _send_head(self, status: int, headers: list[tuple[str, str]]) -> None:
         self._responded = True
+        self._cancel_head_deadline()
+        self._head_lines.clear()
         # Everything after the head is now ignored, so stop looking for terminators.
         self.set_terminator(None)
         lines = ["HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase)]
@@ -316,6 +350,7 @@ class HTTPRequestHandler(chatcore.async_chat):
         self.close_when_done()
 
     def close(self) -> None:
+        self._cancel_head_deadline()
         try:
             chatcore.async_chat.close(self)
         finally:
@@ -327,7 +362,7 @@ class HTTPRequestHandler(chatcore.async_chat):
 
 def start_http_server(
     root: str,
-    channel_map: Optional[dict],
+    channel_map: Optional[dict[int, Any]],
     host: str = "127.0.0.1",
     port: int = 0,
     handler_class: type = HTTPRequestHandler,
@@ -336,19 +371,38 @@ def start_http_server(
     return Listener(functools.partial(handler_class, root=root), host, port, map=channel_map)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line *argv* (default: ``sys.argv[1:]``), checked; exits on a bad one."""
     parser = argparse.ArgumentParser(description="Static-file HTTP server on chatcore.")
     parser.add_argument("--root", default=".", help="directory to serve (default: the current one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default)")
+    parser.add_argument(
+        "--head-timeout",
+        type=seconds_argument,
+        default=HTTPRequestHandler.head_timeout,
+        metavar="SECONDS",
+        help="answer 408 and close a connection whose request head is not complete this long after it opened; "
+        "0: no limit (default %(default)s)",
+    )
+    add_serving_options(parser)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):
         parser.error("--root %r is not a directory" % args.root)
+    return args
 
-    channel_map: dict = {}
+
+def handler_for(args: argparse.Namespace, base: type = HTTPRequestHandler) -> type:
+    """The handler class to serve with: *base* with the limits the parsed command line *args* set."""
+    return handler_with(base, head_timeout=args.head_timeout or None, **serving_limits(args))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_arguments(argv)
+    channel_map: dict[int, Any] = {}
     try:
         try:
-            server = start_http_server(args.root, channel_map, args.host, args.port)
+            server = start_http_server(args.root, channel_map, args.host, args.port, handler_for(args))
         except OSError as error:
             print("cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
             return 1

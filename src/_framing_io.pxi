@@ -78,8 +78,8 @@ def handle_read(channel):
                 return
         else:
             if not count:
-                # The peer closed; pending bytes are still processed.
-                channel.handle_close()
+                # The peer closed its side; pending bytes are still processed.
+                channel._finish_after_peer_close()
         # Released afterwards, so no handler can keep a window on the
         # reused buffer.
         received = view[:count]
@@ -113,6 +113,15 @@ cdef _deliver(channel, data):
         channel._framer.feed_messages(channel, data, channel.max_message_size)
     else:
         method(data)
+    if channel._io_watched:
+        _note_read(channel)
+
+
+cdef _note_read(channel):
+    # The twin's _note_read: activity for the idle timeout, and backpressure.
+    channel._activity += 1
+    if channel.producer_fifo and not channel._send_deferred:
+        channel._update_output_pause()
 
 
 cdef _feed_pieces(channel, data):
@@ -173,6 +182,8 @@ def push_and_send(channel, data):
     if channel.ac_coalesce_sends and channel._may_coalesce() and _coalesce.defer(channel):
         _note_interest_change(channel._map, channel._fileno)
         return
+    if channel._io_watched:
+        channel._activity += 1  # sent now, not by a write event
     if _inherits(channel, "initiate_send", initiate_send_once):
         _send_once(channel)
         return

@@ -11,16 +11,19 @@ framing engines (the ``engine`` fixture of conftest.py).
 import importlib.util
 import os
 import random
+import re
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
 import pytest
-from helpers.serving import serve_until
+from helpers.serving import serve_and_receive, serve_until
 from helpers.sockets import receive_exactly, receive_until_closed
 
 import chatcore
@@ -535,6 +538,403 @@ def test_resolve_path_refuses_outside_root(site):
     if site.symlinks:
         assert http_static.resolve_path(root, "/leak.txt") is None
         assert http_static.resolve_path(root, "/linked") is None
+
+
+def test_http_keeps_reading_lines_until_the_empty_one(http_server):
+    # A head split anywhere, the CR of a CRLF included, is put together line by line.
+    response = http_server.exchange(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+    assert response.status == 200 and response.body == HELLO
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /hello.txt HTTP/1.0\n\n",
+        b"GET /hello.txt HTTP/1.1\nHost: x\n\n",
+        b"GET /hello.txt HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET /hello.txt HTTP/1.1\nHost: x\r\nAccept: */*\n\n",
+        b"\nGET /hello.txt HTTP/1.0\n\n",
+        b"\r\nGET /hello.txt HTTP/1.0\r\n\r\n",
+    ],
+    ids=["lf", "lf-host", "crlf-then-lf", "mixed", "leading-lf", "leading-crlf"],
+)
+def test_http_bare_lf_and_mixed_line_endings_are_answered(http_server, request_bytes):
+    response = http_server.exchange(request_bytes)
+    assert response.status == 200
+    assert response.body == HELLO
+
+
+@pytest.mark.parametrize("request_bytes", [b"\n\n", b"\r\n\n", b"\n\r\n"])
+def test_http_nothing_but_empty_lines_is_a_bad_request(http_server, request_bytes):
+    assert http_server.exchange(request_bytes).status == 400
+
+
+def test_http_parse_request_head_takes_lines():
+    request = http_static.parse_request_head([b"GET /a%20b?q=1 HTTP/1.1", b"Host: x", b"X-Thing:  spaced\t"])
+    assert request == http_static.Request("GET", "/a b", (1, 1), {"host": "x", "x-thing": "spaced"})
+    with pytest.raises(http_static.RequestError) as error:
+        http_static.parse_request_head([])
+    assert error.value.status == 400
+
+
+def serve_http(channel_map: dict[int, Any], site: Site, handler: type, *argv: str) -> demo.Listener:
+    """http_static's server for *site* on *channel_map*, with *handler* set up as command line *argv* says."""
+    options = http_static.parse_arguments(["--root", str(site.root), *argv])
+    return http_static.start_http_server(
+        str(site.root), channel_map, handler_class=http_static.handler_for(options, handler)
+    )
+
+
+def slowloris(address: Any, head: bytes, interval: float = 0.1) -> tuple[int, bytes]:
+    """Send *head* one byte per *interval* until the server answers; (bytes sent, what came back).
+
+    Stops at the first sign of an answer, so the server never reads a byte
+    after it closed (that would reset the connection).  Fails if *head* is
+    sent entirely before the server answers.
+    """
+    with connect(address) as sock:
+        for sent in range(len(head)):
+            readable, _, _ = select.select([sock], [], [], interval)
+            if readable:
+                return sent, receive_until_closed(sock)
+            sock.sendall(head[sent : sent + 1])
+    raise AssertionError("the server let %d bytes trickle in without answering" % len(head))
+
+
+def test_http_slowloris_is_answered_408_at_the_head_deadline(channel_map, site, http_handler):
+    # The idle timeout (60 s) never fires here: a byte arrives every 0.1 s.
+    server = serve_http(channel_map, site, http_handler, "--head-timeout", "0.5")
+    trickle = b"GET /hello.txt HTTP/1.1\r\nX-Slow: " + b"a" * 200
+
+    (outcome,) = serve_while(channel_map, lambda: slowloris(server.address, trickle))
+    sent, received = outcome
+    response = parse_response(received)
+    assert response.status == 408
+    assert response.headers["connection"] == "close"
+    assert 0 < sent < len(trickle)
+    serve_until(channel_map, lambda: len(channel_map) == 1, what="the server to drop the channel")
+
+
+def test_http_silent_client_is_answered_408(channel_map, site, http_handler):
+    server = serve_http(channel_map, site, http_handler, "--head-timeout", "0.3")
+
+    def client() -> bytes:
+        with connect(server.address) as sock:
+            return receive_until_closed(sock)
+
+    (received,) = serve_while(channel_map, client)
+    assert parse_response(received).status == 408
+
+
+def test_http_head_deadline_ends_with_the_head(channel_map, site, http_handler):
+    """A download the client is slow to read is not cut by the deadline of its (complete) head."""
+    server = serve_http(channel_map, site, http_handler, "--head-timeout", "0.2")
+
+    def client() -> bytes:
+        with connect(server.address) as sock:
+            sock.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
+            time.sleep(0.5)  # past the deadline, with most of the file still queued
+            return receive_until_closed(sock)
+
+    (raw,) = serve_while(channel_map, client)
+    response = parse_response(raw)
+    assert response.status == 200
+    assert response.body == site.big
+
+
+# Idle timeout and output limit, as both examples take them ----------------------
+
+
+class ServedExample(NamedTuple):
+    """An example server whose command line a test chooses, served on the test's channel map."""
+
+    module: ModuleType
+    #: Its handler class, on the engine under test.
+    base: type
+    #: What its command line needs besides the options a test gives.
+    argv: list[str]
+    start: Callable[[dict[int, Any], type], demo.Listener]
+
+    def options(self, *argv: str) -> Any:
+        return self.module.parse_arguments(self.argv + list(argv))
+
+    def handler_class(self, *argv: str) -> type:
+        return self.module.handler_for(self.options(*argv), self.base)  # type: ignore[no-any-return]
+
+    def serve(self, channel_map: dict[int, Any], *argv: str) -> demo.Listener:
+        return self.start(channel_map, self.handler_class(*argv))
+
+
+@pytest.fixture(params=["echo_server", "http_static"])
+def example(request, site, echo_handler, http_handler) -> ServedExample:
+    if request.param == "echo_server":
+        return ServedExample(
+            echo_server,
+            echo_handler,
+            [],
+            lambda channel_map, handler: echo_server.start_echo_server(channel_map, handler_class=handler),
+        )
+    root = str(site.root)
+    return ServedExample(
+        http_static,
+        http_handler,
+        ["--root", root],
+        lambda channel_map, handler: http_static.start_http_server(root, channel_map, handler_class=handler),
+    )
+
+
+def test_limits_default_to_a_minute_idle_and_a_mebibyte_queued(example):
+    options = example.options()
+    assert (options.idle_timeout, options.max_output) == (60, 1048576)
+    assert (demo.DEFAULT_IDLE_TIMEOUT, demo.DEFAULT_MAX_OUTPUT) == (60, 1048576)
+    handler = example.handler_class()
+    assert issubclass(handler, example.base) and handler.__name__ == example.base.__name__
+    assert handler.ac_idle_timeout == 60
+    assert handler.ac_max_output_buffer == 1048576
+
+
+def test_http_head_deadline_defaults_to_ten_seconds(site):
+    options = http_static.parse_arguments(["--root", str(site.root)])
+    assert options.head_timeout == 10
+    assert http_static.handler_for(options).head_timeout == 10
+
+
+def test_limit_options_reach_every_accepted_connection(example, channel_map):
+    server = example.serve(channel_map, "--idle-timeout", "2.5", "--max-output", "4096")
+    with connect(server.address), connect(server.address):
+        serve_until(channel_map, lambda: len(channel_map) == 3, what="both connections to be accepted")
+    handlers = [channel for channel in channel_map.values() if channel is not server]
+    assert [type(handler).__mro__[1] for handler in handlers] == [example.base] * 2
+    assert [(handler.ac_idle_timeout, handler.ac_max_output_buffer) for handler in handlers] == [(2.5, 4096)] * 2
+
+
+def test_limit_options_zero_turns_them_off(example):
+    handler = example.handler_class("--idle-timeout", "0", "--max-output", "0")
+    assert handler.ac_idle_timeout is None
+    assert handler.ac_max_output_buffer is None
+    if example.module is http_static:
+        assert example.handler_class("--head-timeout", "0").head_timeout is None
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "ten", ""])
+def test_limit_options_refuse_what_is_not_a_size_or_a_duration(example, value, capsys):
+    flags = ["--idle-timeout", "--max-output"] + (["--head-timeout"] if example.module is http_static else [])
+    for flag in flags:
+        with pytest.raises(SystemExit) as exit_info:
+            example.options(flag, value)
+        assert exit_info.value.code == 2
+        assert flag in capsys.readouterr().err
+
+
+def test_idle_connection_is_closed_after_the_idle_timeout(example, channel_map):
+    head_deadline_off = ["--head-timeout", "0"] if example.module is http_static else []
+    server = example.serve(channel_map, "--idle-timeout", "0.3", *head_deadline_off)
+
+    def client() -> bytes:
+        with connect(server.address) as sock:
+            return receive_until_closed(sock)  # the socket timeout (20 s) fails the test
+
+    (received,) = serve_while(channel_map, client)
+    assert received == b""
+    serve_until(channel_map, lambda: len(channel_map) == 1, what="the server to drop the channel")
+
+
+def test_echo_connection_goes_idle_after_talking(channel_map, echo_handler):
+    options = echo_server.parse_arguments(["--idle-timeout", "0.3"])
+    server = echo_server.start_echo_server(channel_map, handler_class=echo_server.handler_for(options, echo_handler))
+
+    def client() -> bytes:
+        with connect(server.address) as sock:
+            for number in range(3):
+                sock.sendall(b"line %d\n" % number)
+                assert receive_exactly(sock, 7) == b"line %d\n" % number
+            return receive_until_closed(sock)
+
+    (rest,) = serve_while(channel_map, client)
+    assert rest == b""
+
+
+def test_echo_stops_reading_from_a_client_that_does_not_read(channel_map, echo_handler):
+    limit = 64 * 1024
+    handlers: list[Any] = []
+
+    class SmallSendBuffer(echo_handler):
+        def __init__(self, *args: Any, **kwargs: Any):
+            echo_handler.__init__(self, *args, **kwargs)
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            handlers.append(self)
+
+    options = echo_server.parse_arguments(["--max-output", str(limit)])
+    server = echo_server.start_echo_server(channel_map, handler_class=echo_server.handler_for(options, SmallSendBuffer))
+    # Inherited by the accepted socket: the kernel cannot hold megabytes on the server's side.
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    payload = (b"x" * 1023 + b"\n") * 4096  # 4 MiB, far more than every buffer on the way
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        client.settimeout(WAIT)
+        client.connect(server.address)
+        client.setblocking(False)
+        sent = 0
+        refused_in_a_row = 0
+
+        def client_is_stuck() -> bool:
+            nonlocal sent, refused_in_a_row
+            if sent == len(payload):
+                return True  # the server read everything: the assertions below say so
+            try:
+                sent += client.send(payload[sent : sent + 65536])
+                refused_in_a_row = 0
+            except BlockingIOError:
+                refused_in_a_row += 1
+            return refused_in_a_row >= 20
+
+        serve_until(channel_map, client_is_stuck, what="the client's sends to be refused")
+        (handler,) = handlers
+        # One read's worth of echo may join the queue after it passed the limit.
+        assert handler.output_buffer_size <= limit + 2 * handler.ac_in_buffer_size
+        assert sent < len(payload) // 4, "the server went on reading a client that reads nothing"
+        # Nothing is lost: once the client reads, the server reads again and echoes all.
+        whole_lines = payload[: payload.rindex(b"\n", 0, sent) + 1]
+        assert serve_and_receive(channel_map, client, len(whole_lines)) == whole_lines
+
+
+# Accepting in batches ----------------------------------------------------------
+
+
+class ScriptedAccepts:
+    """Stands in for ``dispatcher.accept``: *ready* connections, then None; counts its calls."""
+
+    def __init__(self, ready: int):
+        self.ready = ready
+        self.calls = 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if self.ready == 0:
+            return None
+        self.ready -= 1
+        return object(), ("127.0.0.1", self.ready)
+
+
+@pytest.fixture
+def scripted_listener(channel_map):
+    accepted: list[Any] = []
+    listener = demo.Listener(lambda sock, map: accepted.append(sock), map=channel_map)
+    return listener, accepted
+
+
+def test_listener_accepts_until_nobody_waits(scripted_listener):
+    listener, accepted = scripted_listener
+    listener.accept = ScriptedAccepts(5)
+    listener.handle_accept()
+    assert len(accepted) == 5
+    assert listener.accept.calls == 6  # the sixth said None: no retry before the next event
+
+
+def test_listener_stops_at_the_first_none(scripted_listener):
+    # What accept() answers when the process runs out of descriptors, too.
+    listener, accepted = scripted_listener
+    listener.accept = ScriptedAccepts(0)
+    listener.handle_accept()
+    assert accepted == [] and listener.accept.calls == 1
+
+
+def test_listener_takes_at_most_a_batch_per_event(scripted_listener):
+    listener, accepted = scripted_listener
+    listener.accept = ScriptedAccepts(1000)
+    listener.handle_accept()
+    assert len(accepted) == listener.accept.calls == demo.Listener.accept_batch == 64
+
+
+def test_listener_stops_when_a_handler_closes_it(channel_map):
+    listener = demo.Listener(lambda sock, map: listener.close(), map=channel_map)
+    accepts = ScriptedAccepts(10)
+    listener.accept = accepts
+    listener.handle_accept()
+    assert accepts.calls == 1
+
+
+def test_echo_serves_200_connections_opened_at_once(channel_map, echo_handler):
+    server = echo_server.start_echo_server(channel_map, handler_class=echo_handler)
+    batches: list[int] = []
+    accept_one_batch = server.handle_accept
+
+    def counted_accept() -> None:
+        before = len(channel_map)
+        accept_one_batch()
+        batches.append(len(channel_map) - before)
+
+    server.handle_accept = counted_accept
+    clients: list[socket.socket] = []
+    try:
+        # All connecting before the loop turns: more than the 128 backlog wait together.
+        for _ in range(200):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            clients.append(sock)
+            sock.setblocking(False)
+            sock.connect_ex(server.address)
+        serve_until(channel_map, lambda: len(channel_map) == 201, what="200 connections to be accepted")
+        assert max(batches) > 1
+
+        def talk() -> list[bytes]:
+            for number, sock in enumerate(clients):
+                sock.settimeout(WAIT)
+                sock.sendall(b"client %d\n" % number)
+            return [receive_exactly(sock, len(b"client %d\n" % number)) for number, sock in enumerate(clients)]
+
+        (echoes,) = serve_while(channel_map, talk)
+        assert echoes == [b"client %d\n" % number for number in range(200)]
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+# The scripts, run as a user runs them --------------------------------------------
+
+
+class ScriptServer:
+    """An example script in a child process; ``address`` is where it listens."""
+
+    def __init__(self, script: str, *argv: str):
+        self.process = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / script), "--port", "0", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        # The first line names the port; a script that fails to start ends the pipe instead.
+        first = self.process.stdout.readline().decode()
+        port = re.search(r":([0-9]+)\b", first)
+        if port is None:
+            self.stop()
+            raise AssertionError("%s did not start: %r %r" % (script, first, self.output))
+        self.address = ("127.0.0.1", int(port.group(1)))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.output = self.process.communicate(timeout=WAIT)[0].decode()
+
+
+def test_echo_script_takes_the_idle_timeout_from_its_command_line():
+    server = ScriptServer("echo_server.py", "--idle-timeout", "0.3", "--max-seconds", str(WAIT))
+    try:
+        with connect(server.address) as sock:
+            sock.sendall(b"ping\n")
+            assert receive_exactly(sock, 5) == b"ping\n"
+            assert receive_until_closed(sock) == b""
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output
+
+
+def test_http_script_takes_the_head_deadline_from_its_command_line(site):
+    server = ScriptServer("http_static.py", "--root", str(site.root), "--head-timeout", "0.3")
+    try:
+        with connect(server.address) as sock:
+            assert parse_response(receive_until_closed(sock)).status == 408
+    finally:
+        server.stop()
 
 
 # python -m chatcore demo -------------------------------------------------------

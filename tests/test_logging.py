@@ -94,6 +94,8 @@ def test_the_library_kinds_are_a_fixed_set_named_in_code():
         "unhandled accepted event",
         "unhandled close event",
         "exception in callback",
+        "idle timeout",
+        "accept backoff",
     }
 
 

@@ -21,3 +21,8 @@ class async_chat(_core_async_chat, asyncore.dispatcher):
     ac_coalesce_sends = False
     # Nor did stdlib touch socket options.
     ac_tcp_nodelay = False
+    # Stdlib buffered whatever was pushed, and never timed a channel out.
+    ac_max_output_buffer: "int | None" = None
+    ac_idle_timeout: "float | None" = None
+    # A peer's end of data closes at once, dropping what is still queued.
+    _drain_on_peer_close = False
