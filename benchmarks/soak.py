@@ -6,20 +6,33 @@ The server under test is ``examples/echo_server.py``, started as its
 docstring tells a user to.  Why the example: it is the server a chatcore user
 starts from (``chatcore.demo``'s ``EchoHandler`` and ``Listener``, the
 classes ``python -m chatcore demo`` runs, behind a line limit), and it has
-the two settings a soak needs: a line limit (``--max-line``, 64 KiB by
-default), which the oversized clients must run into, and a lifetime of its
-own (``--max-seconds``), so it cannot outlive this run.  It runs in its own
+the settings a soak needs: a line limit (``--max-line``, 64 KiB by default),
+which the oversized clients must run into; an idle timeout
+(``--idle-timeout``, given this run's own, 20 s by default), which must close
+the slowloris clients; an output limit (``--max-output``, 1 MiB by default),
+which must stop it reading from the never-readers; and a lifetime of its own
+(``--max-seconds``), so it cannot outlive this run.  It runs in its own
 process on 127.0.0.1, on a kernel-chosen port.  ``--server`` soaks another
 script instead (tests/test_soak.py passes broken copies of the example) that
-behaves the same way: it takes ``--port 0``, ``--max-line`` and
-``--max-seconds``, prints ``listening on HOST:PORT (engine: NAME)`` once it
-listens, sends its log records (the "chatcore" logger's included) to stdout,
-and exits 0 on SIGINT.
+behaves the same way: it takes ``--port 0``, ``--max-line``,
+``--max-seconds``, ``--idle-timeout`` and ``--max-output``, prints
+``listening on HOST:PORT (engine: NAME)`` once it listens, sends its log
+records (the "chatcore" logger's included) to stdout, and exits 0 on SIGINT.
+
+Descriptor pressure: once the server has served a first connection, its
+descriptor limit is lowered (``prlimit``, Linux) to the descriptors it has
+open plus room for all but ``--descriptor-shortfall`` (10%) of the
+connections.  The last connections made then wait in its listen backlog, and
+its ``accept()`` runs out of descriptors again and again as connections come
+and go: it must back off, go on serving, and take them as room frees up.
 
 One client process, one selectors loop, keeps ``--connections`` connections
 open for ``--seconds`` seconds, replacing every client that finishes with a
 new one.  A seeded RNG draws each one's behaviour, so that the open
-connections keep a fixed mix (``WEIGHTS``), and everything it then does:
+connections keep a fixed mix (``WEIGHTS``), and everything it then does.
+No well-behaved client goes quiet for more than half the server's idle
+timeout (the pauses below are capped at that), so only the hostile ones
+meet it:
 
 * echo: rounds of pipelined lines (random lengths, random depth, written
   whole, in random pieces or a few bytes at a time with pauses), each round's
@@ -33,12 +46,25 @@ connections keep a fixed mix (``WEIGHTS``), and everything it then does:
   SO_LINGER 0 and close (sometimes just after a partial line): an RST in the
   middle of the stream;
 * half-close: lines (sometimes a partial one last), ``shutdown(SHUT_WR)``
-  (sometimes after all the echoes came), then read until the server closes;
+  (sometimes after all the echoes came), then read until the server closes,
+  which it must do only once it has sent the whole echo;
 * oversized: a few lines, then 0.5-8 s in a line two to four times the
   server's limit; the server must close the connection;
 * garbage: up to half the limit of random binary bytes, of bytes without any
   newline, or of control characters with stray CR/LF, in a few bursts; the
-  lines it did end must come back exact.
+  lines it did end must come back exact;
+* slowloris: one byte of a line that never ends, up to three more well
+  within the idle timeout, then silence: the server must close it, no sooner
+  than the timeout after its last byte and within ``--close-timeout``
+  seconds after that;
+* never-reader: a small receive buffer, and 1-8 MiB of long lines or
+  16-256 KiB of 2-byte lines sent as fast as the server takes them, never
+  reading; it leaves 0.5 s to twice the idle timeout later (the server may
+  have closed it by then, not sooner than the timeout after it connected).
+  The server's output limit must stop it reading from them instead of
+  holding their echo: their share of its memory is bounded, and steady;
+* idle: connects, says nothing, and leaves 0.05-2 s later, half of the time
+  with a reset: descriptor churn, and connections waiting in the backlog.
 
 Every client checks that what it receives is exactly the echo of the lines it
 sent, in order (the header of each line carries the connection and line
@@ -48,15 +74,21 @@ byte).  The server's resident set size is read every second
 
 The run fails (exit status 1) when a client sees a wrong or extra byte, when
 the server closes a client that stayed within the rules, when it does not
-close an oversized one, when an echo stalls for ``--close-timeout`` seconds,
+close an oversized one or a slowloris (or closes a slowloris too soon), when
+a half-closed connection is closed before its whole echo came, when an echo
+stalls for ``--close-timeout`` seconds,
 when the server dies or logs an uncaptured exception, or when its memory
 grows: the median RSS of the last third of the load phase more than
 ``RSS_GROWTH_FRACTION`` *and* more than ``RSS_GROWTH_BYTES`` above that of
 the first third.  Why those numbers: the mix stays the same from start to
 end, so after the first seconds the server's working set is a plateau (the
 channels plus the output held back for slow readers, a sum of about a
-hundred random windows): +0.6 MiB between the thirds of a two-minute run at
-1,000 connections on a ~98 MiB plateau.  What the allocator got for the
+hundred random windows, and for never-readers, each at most the output
+limit and the echo of one read): +0.6 MiB between the thirds of a two-minute
+run at 1,000 connections on a ~98 MiB plateau, before the slowloris,
+never-reader and idle clients and the descriptor limit joined the mix;
++2.6 MiB on a ~80 MiB plateau in a one-minute run with them (17,500
+connections).  What the allocator got for the
 highest backlog so far it keeps, so RSS still creeps up as the backlog sets
 new peaks, most while the plateau forms (+7 MiB in a one-minute run, whose
 first third holds the ramp): 20% leaves room for that, and the 8 MiB floor
@@ -94,6 +126,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+try:
+    import resource
+except ImportError:  # Windows: no descriptor limit to lower
+    resource = None  # type: ignore[assignment]
+
 ROOT = Path(__file__).resolve().parent.parent
 try:
     import chatcore  # noqa: F401  (the installed one, editable or not, when there is one)
@@ -108,10 +145,15 @@ from chatcore.benchmark.serverproc import (  # noqa: E402
 )
 
 EXAMPLE_SERVER = ROOT / "examples" / "echo_server.py"
-KINDS = ("echo", "slow", "reset", "half-close", "oversized", "garbage")
+KINDS = ("echo", "slow", "reset", "half-close", "oversized", "garbage", "slowloris", "never-reader", "idle")
 #: Share of the open connections that have each behaviour (see Soak.draw_behaviour).
-WEIGHTS = (0.40, 0.15, 0.12, 0.11, 0.11, 0.11)
+WEIGHTS = (0.34, 0.13, 0.10, 0.10, 0.09, 0.09, 0.05, 0.04, 0.06)
 DEFAULT_MAX_LINE = 64 * 1024
+#: The server's idle timeout and output limit (its --idle-timeout, --max-output).
+DEFAULT_IDLE_TIMEOUT = 20.0
+DEFAULT_MAX_OUTPUT = 1 << 20
+#: Share of the connections the server has no descriptor for (see ExampleServer.limit_descriptors).
+DEFAULT_DESCRIPTOR_SHORTFALL = 0.1
 #: Memory growth that fails the run: more than both (see the module docstring).
 RSS_GROWTH_FRACTION = 0.20
 RSS_GROWTH_BYTES = 8 << 20
@@ -128,6 +170,11 @@ STARTUP_SECONDS = 30.0
 LINGER = (0.5, 8.0)
 #: A resetter stops sending new lines after this many bytes.
 RESETTER_MAX_SEND = 512 << 10
+#: What a never-reader sends at the most, by variant: long lines are cheap for
+#: the server to echo, 2-byte lines cost it a callback and a push each.
+NEVER_READER_SEND = {"long lines": (1 << 20, 8 << 20), "2-byte lines": (16 << 10, 256 << 10)}
+#: How long an idle connection stays (seconds, drawn uniformly, at most half the idle timeout).
+IDLE_STAY = (0.05, 2.0)
 #: Failures listed in the summary (all are counted), and after how many the run gives up.
 KEPT_FAILURES = 20
 MAX_FAILURES = 1000
@@ -158,16 +205,29 @@ class ExampleServer:
     chatty server can never block on a full pipe.
     """
 
-    def __init__(self, max_line: int, max_seconds: float, script: Path = EXAMPLE_SERVER):
+    def __init__(
+        self,
+        max_line: int,
+        max_seconds: float,
+        script: Path = EXAMPLE_SERVER,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ):
         self.max_line = max_line
         self.max_seconds = max_seconds
         self.script = script
+        self.idle_timeout = idle_timeout
+        self.max_output = max_output
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.port: Optional[int] = None
         self.engine = "unknown"
         self.log_lines = 0
         self.uncaptured = 0
         self.overflows = 0
+        self.idle_timeouts = 0
+        self.accept_backoffs = 0
+        self.descriptor_limit: Optional[int] = None
+        self.descriptors_at_start: Optional[int] = None
         self.last_log: collections.deque[str] = collections.deque(maxlen=5)
         self.exit_status: Optional[int] = None
         self.stopped_by_us = False
@@ -196,6 +256,10 @@ class ExampleServer:
             str(self.max_line),
             "--max-seconds",
             repr(self.max_seconds),
+            "--idle-timeout",
+            repr(self.idle_timeout),
+            "--max-output",
+            str(self.max_output),
         ]
         self.process = subprocess.Popen(
             command,
@@ -229,6 +293,10 @@ class ExampleServer:
                 self.uncaptured += 1
             elif "longer than" in line:  # handle_message_overflow's log line
                 self.overflows += 1
+            elif "nothing from or to" in line:  # handle_idle_timeout's
+                self.idle_timeouts += 1
+            elif "accept() failed" in line:  # the start of an accept backoff
+                self.accept_backoffs += 1
             self.last_log.append(line[:300])
 
     def alive(self) -> bool:
@@ -236,6 +304,35 @@ class ExampleServer:
 
     def rss(self) -> Optional[int]:
         return resident_bytes(self.pid) if self.alive() else None
+
+    def limit_descriptors(self, connections: int) -> Optional[int]:
+        """Lower the server's descriptor limit so it can hold only *connections* connections.
+
+        Counted from the descriptors it has open once it has served a first
+        connection (its poller and wake-up descriptor exist by then).  None,
+        and no limit, where there is no /proc or ``resource.prlimit``.
+        """
+        prlimit = getattr(resource, "prlimit", None) if resource is not None else None
+        if prlimit is None or not os.path.isdir("/proc/%d/fd" % self.pid):
+            return None
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=STARTUP_SECONDS) as probe:
+                probe.sendall(b"probe\n")
+                echo = b""
+                while not echo.endswith(b"\n"):
+                    piece = probe.recv(64)
+                    if not piece:
+                        raise SoakError("the server closed its first connection unanswered")
+                    echo += piece
+        except OSError as error:
+            raise SoakError("the server did not answer a first connection: %s" % error) from error
+        time.sleep(0.2)  # the server sees the probe close
+        self.descriptors_at_start = len(os.listdir("/proc/%d/fd" % self.pid))
+        limit = self.descriptors_at_start + connections
+        _, hard = prlimit(self.pid, resource.RLIMIT_NOFILE)
+        prlimit(self.pid, resource.RLIMIT_NOFILE, (limit, hard))
+        self.descriptor_limit = limit
+        return limit
 
     def stderr_tail(self, limit: int = 1500) -> str:
         if self._stderr is None:
@@ -588,7 +685,7 @@ class SlowReader(Client):
             self.window = rng.randint(64 << 10, 512 << 10)
         self.read_size = rng.choice((256, 1024, 4096))
         self.tick = rng.uniform(0.05, 0.25)
-        self.slow_until = time.monotonic() + rng.uniform(2.0, 8.0)
+        self.slow_until = time.monotonic() + self.soak.quiet_draw(rng, 2.0, 8.0)
         self.slow = True
         self.fill()
         self.soak.after(self.tick, self, self.slow_tick)
@@ -644,7 +741,7 @@ class Resetter(Client):
         rng = self.rng
         self.variant = rng.choice(("reading", "not-reading", "mid-line"))
         self.want_read = self.variant != "not-reading"
-        self.soak.after(rng.uniform(*LINGER), self, self.reset)
+        self.soak.after(self.soak.quiet_draw(rng, *LINGER), self, self.reset)
         self.send_batch()
 
     def send_batch(self) -> None:
@@ -700,7 +797,8 @@ class HalfCloser(Client):
     def plan_shut_down(self) -> None:
         if not self.shut_planned:
             self.shut_planned = True
-            self.soak.after(0.0 if self.soak.draining else self.rng.uniform(0.0, 3.0), self, self.shut_down)
+            delay = 0.0 if self.soak.draining else self.soak.quiet_draw(self.rng, 0.0, 3.0)
+            self.soak.after(delay, self, self.shut_down)
 
     def shut_down(self) -> None:
         if self.shut:
@@ -716,9 +814,12 @@ class HalfCloser(Client):
     def server_closed(self, how: str) -> None:
         if not self.shut or how != "EOF":
             Client.server_closed(self, how)
+        elif not self.all_echoed():
+            # The server closes at the end of input, but only once it has
+            # sent the echo it still owed.
+            self.fail("closed after the half-close with %d bytes of echo owed" % (len(self.expect) - self.pos))
         else:
-            # The server closes at end of input; echoes it had not sent yet may go with it.
-            self.finish("closed, all echoed" if self.all_echoed() else "closed, echo cut short")
+            self.finish("closed, all echoed")
 
     def on_deadline(self) -> None:
         if self.shut:
@@ -744,7 +845,7 @@ class OversizedSender(Client):
         self.queue(normal)
         self.want_read = True
         self.expect_progress()
-        self.soak.after(rng.uniform(*LINGER), self, self.send_long_line)
+        self.soak.after(self.soak.quiet_draw(rng, *LINGER), self, self.send_long_line)
 
     def send_long_line(self) -> None:
         if self.long_sent:
@@ -817,7 +918,7 @@ class GarbageSender(Client):
         if self.bursts:
             self.soak.after(rng.uniform(0.1, 1.0), self, self.send_burst)
         else:
-            self.soak.after(rng.uniform(*LINGER), self, self.leave)
+            self.soak.after(self.soak.quiet_draw(rng, *LINGER), self, self.leave)
 
     def leave(self) -> None:
         self.finish("ok", reset=self.rng.random() < 0.5)
@@ -826,7 +927,150 @@ class GarbageSender(Client):
         self.leave()
 
 
-BEHAVIOURS = dict(zip(KINDS, (EchoClient, SlowReader, Resetter, HalfCloser, OversizedSender, GarbageSender)))
+class Slowloris(Client):
+    """One byte of a line that never ends, a few more within the idle timeout, then silence: the server must close it.
+
+    No sooner than the idle timeout after its last byte (the server heard
+    that byte later still), and within ``--close-timeout`` seconds after that.
+    """
+
+    kind = "slowloris"
+
+    def on_connected(self) -> None:
+        if self.soak.draining:
+            self.finish("ok, not started")
+            return
+        self.want_read = True  # nothing is owed: any byte is a wrong echo, the end of stream the close
+        self.dripping = True
+        self.quick_bytes = self.rng.randint(0, 3)
+        self.last_byte = time.monotonic()
+        self.drip()
+
+    def drip(self) -> None:
+        self.queue(self.soak.filler(self.rng, 1), echoed=False)
+        self.flush()
+        if self.closed:
+            return
+        self.last_byte = time.monotonic()
+        timeout = self.soak.idle_timeout
+        if self.quick_bytes and not self.soak.draining:
+            self.quick_bytes -= 1
+            self.soak.after(self.rng.uniform(0.1, 0.5) * timeout, self, self.drip)
+        else:
+            self.dripping = False
+            self.deadline = self.last_byte + timeout + self.soak.close_timeout
+
+    def server_closed(self, how: str) -> None:
+        quiet_for = time.monotonic() - self.last_byte
+        timeout = self.soak.idle_timeout
+        if self.dripping:
+            self.fail(
+                "closed (%s) while it sent a byte every %.1f s at most (idle timeout %g s)"
+                % (how, timeout / 2, timeout)
+            )
+        elif quiet_for < timeout:
+            self.fail(
+                "closed (%s) %.2f s after its last byte, before the idle timeout of %g s" % (how, quiet_for, timeout)
+            )
+        else:
+            self.finish("closed by the idle timeout")
+
+    def on_deadline(self) -> None:
+        if self.connected:
+            self.fail(
+                "the server did not close it within %g s of its last byte (idle timeout %g s)"
+                % (self.soak.idle_timeout + self.soak.close_timeout, self.soak.idle_timeout)
+            )
+        else:
+            Client.on_deadline(self)
+
+
+class NeverReader(Client):
+    """Sends long lines or a flood of 2-byte ones as fast as the server takes them, never reads, leaves later.
+
+    The server must stop reading from it (its output limit) rather than hold
+    the echo; after its idle timeout it may close the connection, which this
+    client notices only if it still has something to send.
+    """
+
+    kind = "never-reader"
+
+    def configure(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rng.choice((4096, 16384, 65536)))
+
+    def on_connected(self) -> None:
+        if self.soak.draining:
+            self.finish("ok, not started")
+            return
+        rng = self.rng
+        self.connected_at = time.monotonic()
+        self.variant = rng.choice(sorted(NEVER_READER_SEND))
+        block = self.soak.long_lines if self.variant == "long lines" else self.soak.tiny_lines
+        left = rng.randint(*NEVER_READER_SEND[self.variant])
+        while left > 0:
+            piece = memoryview(block)[:left]
+            self.queue(piece, "bulk", echoed=False)
+            left -= len(piece)
+        self.flush()
+        self.soak.after(rng.uniform(LINGER[0], 2 * self.soak.idle_timeout), self, self.leave)
+
+    def leave(self) -> None:
+        self.finish("left, %s" % self.variant)  # unread echo in its buffer: the close is a reset
+
+    def server_closed(self, how: str) -> None:
+        # The server may close it once it has been idle for the timeout: not
+        # before the timeout has passed since the connection was made.
+        open_for = time.monotonic() - self.connected_at
+        if open_for < self.soak.idle_timeout:
+            self.fail("closed by the server (%s) after only %.2f s" % (how, open_for))
+        else:
+            self.finish("closed by the server, %s" % self.variant)
+
+    def begin_drain(self) -> None:
+        self.leave()
+
+
+class IdleClient(Client):
+    """Connects, says nothing and leaves (half of the time with a reset) a moment later: descriptor churn.
+
+    With the server's descriptor limit below the number of connections
+    (``--descriptor-shortfall``), some of them always wait in the listen
+    backlog for a descriptor, so the server runs into EMFILE again and again.
+    """
+
+    kind = "idle"
+
+    def on_connected(self) -> None:
+        if self.soak.draining:
+            self.finish("ok, not started")
+            return
+        self.want_read = True  # the server must neither send anything nor close it
+        self.update_mask()
+        self.soak.after(self.soak.quiet_draw(self.rng, *IDLE_STAY), self, self.leave)
+
+    def leave(self) -> None:
+        self.finish("ok", reset=self.rng.random() < 0.5)
+
+    def begin_drain(self) -> None:
+        self.leave()
+
+
+BEHAVIOURS = dict(
+    zip(
+        KINDS,
+        (
+            EchoClient,
+            SlowReader,
+            Resetter,
+            HalfCloser,
+            OversizedSender,
+            GarbageSender,
+            Slowloris,
+            NeverReader,
+            IdleClient,
+        ),
+    )
+)
 
 
 # --- The run ----------------------------------------------------------------------
@@ -844,8 +1088,13 @@ class Soak:
         max_line: int,
         close_timeout: float,
         behaviours: tuple[str, ...] = KINDS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ):
         self.port = port
+        self.idle_timeout = idle_timeout
+        #: The longest a well-behaved client goes without a byte to or from the
+        #: server: half its idle timeout, so that only the hostile ones meet it.
+        self.quiet = idle_timeout / 2
         self.target = connections
         self.seconds = seconds
         self.seed = seed
@@ -860,6 +1109,10 @@ class Soak:
         self.pool_raw = pool
         self.pool_no_newline = pool.replace(b"\n", b"N")
         self.max_body = max(1, min(max_line // 2, 32 << 10) - 24)
+        # What the never-readers send: 1 MiB of lines within the server's limit, or of 2-byte lines.
+        body = self.pool_no_newline[: self.max_body]
+        self.long_lines = (body + b"\n") * max(1, (1 << 20) // (len(body) + 1))
+        self.tiny_lines = b"x\n" * (1 << 19)
         self.selector = selectors.DefaultSelector()
         self.timers: list[tuple[float, int, Client, Callable[[], None]]] = []
         self._timer_seq = 0
@@ -881,6 +1134,10 @@ class Soak:
     def after(self, delay: float, client: Client, action: Callable[[], None]) -> None:
         self._timer_seq += 1
         heapq.heappush(self.timers, (time.monotonic() + delay, self._timer_seq, client, action))
+
+    def quiet_draw(self, rng: random.Random, low: float, high: float) -> float:
+        """A pause drawn uniformly from (low, high), both capped at ``quiet``."""
+        return rng.uniform(min(low, self.quiet), min(high, self.quiet))
 
     def verified(self, kind: str, lines: int, size: int) -> None:
         self.messages_verified += lines
@@ -995,7 +1252,20 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> dict[str, An
     began = time.monotonic()
     budget = STARTUP_SECONDS + RAMP_SECONDS + options.seconds + options.close_timeout + 30.0
     raise_descriptor_limit(2 * options.connections + 256)  # the server inherits it
-    server = ExampleServer(options.max_line, budget + 30.0, Path(options.server).resolve()).start()
+    budget += options.idle_timeout  # the drain waits for the last slowloris to be closed
+    server = ExampleServer(
+        options.max_line,
+        budget + 30.0,
+        Path(options.server).resolve(),
+        options.idle_timeout,
+        options.max_output,
+    ).start()
+    if options.descriptor_shortfall:
+        try:
+            server.limit_descriptors(max(1, round(options.connections * (1 - options.descriptor_shortfall))))
+        except BaseException:
+            server.stop()
+            raise
     finished = threading.Event()
 
     def watchdog() -> None:
@@ -1014,6 +1284,7 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> dict[str, An
         options.max_line,  # type: ignore[arg-type]
         options.close_timeout,
         options.behaviours,
+        options.idle_timeout,
     )
     samples: list[tuple[float, Optional[int], int]] = []
     phase = "ramp"
@@ -1047,7 +1318,7 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> dict[str, An
                     for client in list(soak.active.values()):
                         if client.connected:  # the others learn of it when they connect
                             client.begin_drain()
-                    drain_deadline = now + options.close_timeout + 5.0
+                    drain_deadline = now + options.close_timeout + options.idle_timeout + 5.0
             elif not soak.active:
                 break
             elif now > drain_deadline:  # type: ignore[operator]
@@ -1125,6 +1396,8 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> dict[str, An
         "seed": options.seed,
         "engine": server.engine,
         "max_line": options.max_line,
+        "idle_timeout": options.idle_timeout,
+        "max_output": options.max_output,
         "runtime_seconds": round(runtime, 1),
         "load_seconds": round((load_end or time.monotonic()) - load_start, 1) if load_start else 0.0,
         "connections": {
@@ -1156,6 +1429,10 @@ def run(options: argparse.Namespace, log: Callable[[str], None]) -> dict[str, An
             "log_lines": server.log_lines,
             "uncaptured_exceptions": server.uncaptured,
             "overflows_logged": server.overflows,
+            "idle_timeouts_logged": server.idle_timeouts,
+            "accept_backoffs_logged": server.accept_backoffs,
+            "descriptor_limit": server.descriptor_limit,
+            "descriptors_at_start": server.descriptors_at_start,
             "exit_status": server.exit_status,
             "last_log": list(server.last_log),
         },
@@ -1198,7 +1475,7 @@ def format_report(summary: dict[str, Any]) -> str:
             if name.startswith("outcome: ")
         )
         lines.append(
-            "  %-10s %6d opened; %s; %d messages, %.1f MiB verified"
+            "  %-12s %6d opened; %s; %d messages, %.1f MiB verified"
             % (
                 kind,
                 counts.get("opened", 0),
@@ -1225,8 +1502,26 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append("server RSS: unavailable (no /proc here)")
     server = summary["server"]
     lines.append(
-        "server: %d log lines (%d overflows), %d uncaptured exceptions, exit status %s"
-        % (server["log_lines"], server["overflows_logged"], server["uncaptured_exceptions"], server["exit_status"])
+        "server: idle timeout %g s, output limit %d bytes, descriptor limit %s"
+        % (
+            summary["idle_timeout"],
+            summary["max_output"],
+            "none set"
+            if server["descriptor_limit"] is None
+            else "%d (%d open at the start)" % (server["descriptor_limit"], server["descriptors_at_start"]),
+        )
+    )
+    lines.append(
+        "server: %d log lines (%d overflows, %d idle timeouts, %d accept backoffs; each kind rate-limited), "
+        "%d uncaptured exceptions, exit status %s"
+        % (
+            server["log_lines"],
+            server["overflows_logged"],
+            server["idle_timeouts_logged"],
+            server["accept_backoffs_logged"],
+            server["uncaptured_exceptions"],
+            server["exit_status"],
+        )
     )
     for failure in summary["failures"]:
         lines.append("FAILURE: " + failure)
@@ -1254,6 +1549,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="seconds a client waits for an echo or a close before failing (default 30)",
     )
     parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="the server's idle timeout, seconds (at least 2; default %(default)s): slowloris clients "
+        "must be closed by it, the well-behaved ones never go quiet for half of it",
+    )
+    parser.add_argument(
+        "--max-output",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT,
+        help="the server's output limit per connection, bytes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--descriptor-shortfall",
+        type=float,
+        default=DEFAULT_DESCRIPTOR_SHORTFALL,
+        help="share of the connections the server gets no descriptor for: its descriptor limit is lowered "
+        "(Linux) so that it runs out now and then; 0 leaves it alone (default %(default)s)",
+    )
+    parser.add_argument(
         "--progress", type=float, default=10.0, help="seconds between progress lines on stderr; 0 for none (default 10)"
     )
     parser.add_argument(
@@ -1272,6 +1587,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--behaviours takes a comma-separated subset of %s" % ",".join(KINDS))
     if options.connections < 1 or options.seconds <= 0 or options.max_line < 64 or options.close_timeout <= 0:
         parser.error("--connections and --seconds must be positive, --max-line at least 64")
+    if not options.idle_timeout >= 2 or options.max_output < 1 or not 0 <= options.descriptor_shortfall < 1:
+        parser.error("--idle-timeout must be at least 2, --max-output positive, --descriptor-shortfall in [0, 1)")
 
     def log(message: str) -> None:
         sys.stderr.write(message + "\n")

@@ -102,15 +102,17 @@ def _deliver(channel: Any, data: Any) -> None:
         deliver_messages(channel, data)
     else:
         method(data)
-    if channel._io_watched:
-        _note_read(channel)
+    watched = channel._io_watched
+    if watched:
+        _note_read(channel, watched)
 
 
-def _note_read(channel: Any) -> None:
-    """A read, to a channel with an idle timeout or an output limit (see async_chat._io_watched)."""
-    channel._activity += 1
+def _note_read(channel: Any, watched: int) -> None:
+    """A read, to a channel with an idle timeout or an output limit (async_chat._io_watched bits)."""
+    if watched & 1:  # counting activity
+        channel._activity += 1
     # A coalescing channel's pushes are looked at when the turn sends them.
-    if channel.producer_fifo and not channel._send_deferred:
+    if watched & 2 and channel.producer_fifo and not channel._send_deferred:
         channel._update_output_pause()
 
 
@@ -158,7 +160,7 @@ def push_and_send(channel: Any, data: Union[bytes, bytearray, memoryview]) -> No
         # The engine appended with deque's own append, which reports nothing.
         note_interest_change(channel._map, channel._fileno)
         return
-    if channel._io_watched:
+    if channel._io_watched & 1:
         channel._activity += 1  # sent now, not by a write event
     if inherits(channel, "initiate_send", initiate_send_once):
         initiate_send_once(channel)

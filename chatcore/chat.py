@@ -65,6 +65,11 @@ def _check_timeout(value: Any, name: str) -> Optional[float]:
     return float(value)
 
 
+def _watch_bits(idle_timeout: Optional[float], max_output: Optional[int]) -> int:
+    """The ``_io_watched`` bits for these settings."""
+    return (0 if idle_timeout is None else _WATCH_ACTIVITY) | (0 if max_output is None else _WATCH_OUTPUT)
+
+
 class _WatchedSetting:
     """An async_chat attribute checked when assigned, which the channel acts on at once.
 
@@ -77,11 +82,10 @@ class _WatchedSetting:
 
     __slots__ = ("_check", "_default", "_key", "_name")
 
-    def __init__(self, name: str, default: Any, check: Callable[[Any, str], Any]) -> None:
+    def __init__(self, name: str, default: Any) -> None:
         self._name = name
-        self._check = check
-        self._default = check(default, name)
-        self._key = "_setting_" + name
+        self._check, self._key = _WATCHED_SETTINGS[name]
+        self._default = self._check(default, name)
 
     def __set_name__(self, owner: type, name: str) -> None:
         setattr(owner, self._key, self._default)
@@ -103,7 +107,16 @@ class _WatchedSetting:
         instance._watch_io()
 
 
-_WATCHED_SETTINGS = {"ac_idle_timeout": _check_timeout, "ac_max_output_buffer": check_limit}
+# Each watched setting's check, and the plain attribute that holds an
+# instance's (or the class's default) value.
+_WATCHED_SETTINGS: dict[str, tuple[Callable[[Any, str], Any], str]] = {
+    "ac_idle_timeout": (_check_timeout, "_idle_timeout"),
+    "ac_max_output_buffer": (check_limit, "_max_output"),
+}
+
+# async_chat._io_watched bits: what reads and sends must do besides their job.
+_WATCH_ACTIVITY = 1  # count activity (an idle timeout is set)
+_WATCH_OUTPUT = 2  # look at the output queue (an output limit is set)
 
 #: What ``push()`` takes (anything else is a TypeError, as in stdlib).
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -192,23 +205,23 @@ class async_chat(dispatcher):
         #: after the last activity); None (the default, here and in compat)
         #: for never.  Activity is a read by ``handle_read``, a push sent at
         #: once, a send of queued data.
-        ac_idle_timeout = _WatchedSetting("ac_idle_timeout", None, _check_timeout)
+        ac_idle_timeout = _WatchedSetting("ac_idle_timeout", None)
         #: While more than this is queued to send (``output_buffer_size``,
         #: plus ``OUTPUT_ENTRY_OVERHEAD`` per queued entry), the channel stops
         #: reading; it reads again once the queue is below half of it.  A peer
         #: that sends without reading what comes back then fills its own
         #: socket, not the server's memory.  None for no limit (stdlib's
         #: behaviour, and the default in ``chatcore.compat.asynchat``).
-        ac_max_output_buffer = _WatchedSetting("ac_max_output_buffer", 1 << 20, check_limit)
+        ac_max_output_buffer = _WatchedSetting("ac_max_output_buffer", 1 << 20)
 
     #: Whether a peer's end of data waits for the queued output to be sent
     #: before ``handle_close()`` (``_finish_after_peer_close``); stdlib's
     #: channels, and compat's, close at once.
     _drain_on_peer_close = True
 
-    # Whether either setting above is on, so that reads and sends count
-    # activity and look at the output queue (the engines read it).
-    _io_watched = True
+    # _WATCH_* bits for the settings above that are on: what reads and sends
+    # (the engines' included) do besides their job.
+    _io_watched = _WATCH_OUTPUT
     # Reads, pushes sent at once and sends of queued data so far (while watched).
     _activity = 0
     # The timer of the next idle check, and what it compares.
@@ -249,14 +262,14 @@ class async_chat(dispatcher):
         super().__init_subclass__(**kwargs)
         # A limit set in the class body is checked now (on instances, when set).
         declare_limits(cls, ("ac_max_message_size", cls._size_limit_name), cls._engine)
-        for name, check in _WATCHED_SETTINGS.items():
+        for name in _WATCHED_SETTINGS:
             value = cls.__dict__.get(name)
             if name in cls.__dict__ and not hasattr(type(value), "__get__"):
                 # A value in the class body: checked now, and still acted on
                 # when an instance assigns its own.
-                setattr(cls, name, _WatchedSetting(name, value, check))
+                setattr(cls, name, _WatchedSetting(name, value))
                 cls.__dict__[name].__set_name__(cls, name)
-        cls._io_watched = cls.ac_idle_timeout is not None or cls.ac_max_output_buffer is not None
+        cls._io_watched = _watch_bits(cls.ac_idle_timeout, cls.ac_max_output_buffer)
         # A subclass naming another engine gets that engine's methods too,
         # unless it (or a class between) defines its own.
         engine = cls.__dict__.get("_engine")
@@ -329,9 +342,11 @@ class async_chat(dispatcher):
                 self._note_sent()
 
     def _note_sent(self) -> None:
-        """A send, to a watched channel: activity, and maybe the end of a pause."""
-        self._activity += 1
-        if (self.producer_fifo or self._read_pauses) and self._fileno is not None:
+        """A send, to a watched channel: activity, and maybe a pause's start or end."""
+        watched = self._io_watched
+        if watched & _WATCH_ACTIVITY:
+            self._activity += 1
+        if watched & _WATCH_OUTPUT and (self.producer_fifo or self._read_pauses) and self._fileno is not None:
             self._update_output_pause()
 
     def handle_close(self) -> None:
@@ -416,15 +431,18 @@ class async_chat(dispatcher):
 
     def _watch_io(self) -> None:
         """Act on the settings now: start or stop the idle watch, apply the output limit."""
-        watched = self.ac_idle_timeout is not None or self.ac_max_output_buffer is not None
+        # Read (and checked) through the attributes: a class may have had
+        # plain values assigned since it was made.
+        timeout = _check_timeout(self.ac_idle_timeout, "ac_idle_timeout")
+        watched = _watch_bits(timeout, check_limit(self.ac_max_output_buffer, "ac_max_output_buffer"))
         if watched != self._io_watched:
             self._io_watched = watched
-        if self.ac_idle_timeout is None:
+        if timeout is None:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None
         elif self._idle_timer is None and self._fileno is not None:
-            self._arm_idle_check(self.ac_idle_timeout)
+            self._arm_idle_check(timeout)
         if self._fileno is not None and (self.producer_fifo or self._read_pauses):
             self._update_output_pause()
 
@@ -474,8 +492,7 @@ class async_chat(dispatcher):
         dispatcher.set_socket(self, sock, map)
         if self.ac_tcp_nodelay:
             _disable_nagle(sock)
-        if self._io_watched:
-            self._watch_io()
+        self._watch_io()
 
     def handle_error(self) -> None:
         if self._send_deferred:
@@ -553,7 +570,9 @@ class async_chat(dispatcher):
         if not full and fifo and not isinstance(fifo[0], _BUFFER_TYPES):
             # None (close when done) or a producer: stdlib's own steps.
             self.initiate_send()
-        if self._io_watched:
+        watched = self._io_watched
+        # In line: most turns leave nothing queued and nothing to count.
+        if watched and (watched & _WATCH_ACTIVITY or fifo or self._read_pauses):
             self._note_sent()
 
     def push_with_producer(self, producer: "Producer") -> None:

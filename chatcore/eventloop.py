@@ -689,10 +689,14 @@ def _tracked(obj: Any, method: Any, tracked: set[Any]) -> bool:
 def _look_at(poller: _Poller, fd: int, obj: Any, poll_mode: bool) -> None:
     """Ask one channel what it wants and bring its registration up to date."""
     is_r = obj.readable()
-    # Still asked, as asyncore asks every turn; a paused channel (see
-    # dispatcher.pause_reading) is not watched for reading whatever it says.
-    if is_r and getattr(obj, "_read_pauses", 0):
-        is_r = False
+    if is_r:
+        # Still asked, as asyncore asks every turn; a paused channel (see
+        # dispatch.pause_reading) is not watched for reading whatever it says.
+        try:
+            if obj._read_pauses:
+                is_r = False
+        except AttributeError:
+            pass  # not a dispatcher: never paused
     is_w = obj.writable()
     # Listening sockets are never asked to write.
     mask = POLLOUT if is_w and not obj.accepting else 0

@@ -105,6 +105,7 @@ cdef _read_with_recv(channel):
 
 
 cdef _deliver(channel, data):
+    cdef long watched
     method = channel._deliver_received
     function = _bound_function(channel, method)
     if function is deliver_received:
@@ -113,14 +114,16 @@ cdef _deliver(channel, data):
         channel._framer.feed_messages(channel, data, channel.max_message_size)
     else:
         method(data)
-    if channel._io_watched:
-        _note_read(channel)
+    watched = channel._io_watched
+    if watched:
+        _note_read(channel, watched)
 
 
-cdef _note_read(channel):
+cdef _note_read(channel, long watched):
     # The twin's _note_read: activity for the idle timeout, and backpressure.
-    channel._activity += 1
-    if channel.producer_fifo and not channel._send_deferred:
+    if watched & 1:
+        channel._activity += 1
+    if watched & 2 and channel.producer_fifo and not channel._send_deferred:
         channel._update_output_pause()
 
 
@@ -182,7 +185,7 @@ def push_and_send(channel, data):
     if channel.ac_coalesce_sends and channel._may_coalesce() and _coalesce.defer(channel):
         _note_interest_change(channel._map, channel._fileno)
         return
-    if channel._io_watched:
+    if channel._io_watched & 1:
         channel._activity += 1  # sent now, not by a write event
     if _inherits(channel, "initiate_send", initiate_send_once):
         _send_once(channel)

@@ -399,3 +399,18 @@ def test_a_timeout_set_before_the_socket_starts_with_it(chat_class, socket_pair,
     channel = Early(socket_pair[0])
     assert channel._idle_timer is not None
     serve_until(channel_map, lambda: channel._fileno is None, turns=500)
+
+
+def test_a_class_attribute_assigned_after_the_class_was_made_is_honoured(chat_class, sockets, channel_map):
+    # As a command line sets a handler class's limits before serving.
+    class Handler(chat_class):
+        pass
+
+    Handler.ac_idle_timeout = IDLE
+    Handler.ac_max_output_buffer = 1024
+    channel = Handler(sockets.pair()[0], map=channel_map)
+    assert channel._io_watched == chat._WATCH_ACTIVITY | chat._WATCH_OUTPUT
+    serve_until(channel_map, lambda: channel._fileno is None, turns=500)
+    Handler.ac_idle_timeout = "soon"
+    with pytest.raises(TypeError, match="ac_idle_timeout"):
+        Handler(sockets.pair()[0], map=channel_map)

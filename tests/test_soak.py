@@ -4,10 +4,12 @@ Each test runs the soak script as a subprocess with a short load phase; the
 soak starts the server under test, by default ``examples/echo_server.py``
 (chatcore.demo's ``EchoHandler`` behind a line limit), in a subprocess of its
 own.  Every run is bounded by the script's own deadlines and, should those
-fail, by the subprocess timeout here.  The broken servers are the example
-with one thing changed, written to a temporary file and passed as
-``--server``: one corrupts an echo now and then, one ignores the line limit,
-one dies.
+fail, by the subprocess timeout here.  The server's idle timeout is 3 s
+(the shortest that leaves the well-behaved clients, which never go quiet for
+half of it, their usual pauses), so the slowloris clients are closed within
+the run.  The broken servers are the example with one thing changed, written
+to a temporary file and passed as ``--server``: one corrupts an echo now and
+then, one ignores the line limit, one has no idle timeout, one dies.
 """
 
 import json
@@ -23,8 +25,9 @@ import chatcore
 ROOT = Path(__file__).resolve().parent.parent
 SOAK = ROOT / "benchmarks" / "soak.py"
 EXAMPLE = ROOT / "examples" / "echo_server.py"
-#: Far above a normal run (about 5 s): reached only when the script's own deadlines fail.
+#: Far above a normal run (about 8 s): reached only when the script's own deadlines fail.
 TIMEOUT = 180
+IDLE_TIMEOUT = "3"
 
 pytestmark = [
     pytest.mark.skipif(
@@ -35,7 +38,7 @@ pytestmark = [
 
 
 def run_soak(extra: list[str], server: Optional[Path] = None) -> tuple[int, dict[str, Any], str]:
-    command = [sys.executable, str(SOAK), "--json", "--progress", "0"] + extra
+    command = [sys.executable, str(SOAK), "--json", "--progress", "0", "--idle-timeout", IDLE_TIMEOUT] + extra
     if server is not None:
         command += ["--server", str(server)]
     completed = subprocess.run(command, capture_output=True, timeout=TIMEOUT, cwd=str(ROOT))
@@ -76,8 +79,19 @@ def test_small_soak_passes_with_every_behaviour():
     assert behaviours["slow"].get("outcome: ok", 0) + behaviours["slow"].get("outcome: ok, deep", 0) > 0
     assert behaviours["slow"]["messages"] > 0
     assert behaviours["reset"]["outcome: ok"] > 0
-    assert sum(count for name, count in behaviours["half-close"].items() if name.startswith("outcome: closed")) > 0
+    # Every half-closed connection got its whole echo before the server closed it.
+    assert behaviours["half-close"]["outcome: closed, all echoed"] > 0
     assert behaviours["garbage"]["outcome: ok"] > 0
+    assert behaviours["idle"]["outcome: ok"] > 0
+    # The hostile ones: the idle timeout closed the slowloris clients; the
+    # never-readers could not make the server hold their echo (the RSS check).
+    assert behaviours["slowloris"]["outcome: closed by the idle timeout"] > 0
+    assert summary["server"]["idle_timeouts_logged"] > 0
+    never_readers = [name for name in behaviours["never-reader"] if name.startswith("outcome: ")]
+    assert never_readers and all(
+        name.startswith(("outcome: left", "outcome: closed by the server", "outcome: ok, not started"))
+        for name in never_readers
+    )
     closed = behaviours["oversized"]["outcome: closed by the server"]
     assert closed > 0
     # And it was the line limit that closed them: one overflow logged each,
@@ -88,6 +102,10 @@ def test_small_soak_passes_with_every_behaviour():
     if sys.platform.startswith("linux"):
         rss = summary["rss"]
         assert rss["available"] and rss["start"] > 0 and rss["max"] >= rss["start"]
+        # With descriptors for only 90% of the connections, the server ran out
+        # of them, backed off and went on serving (the run passed).
+        assert summary["server"]["descriptor_limit"] < summary["server"]["descriptors_at_start"] + 40
+        assert summary["server"]["accept_backoffs_logged"] > 0
 
 
 def test_soak_fails_on_a_wrong_echo(tmp_path):
@@ -118,6 +136,27 @@ def test_soak_fails_when_oversized_lines_are_not_closed(tmp_path):
     )
     assert returncode == 1 and summary["verdict"] == "fail"
     assert any("did not close" in failure for failure in summary["failures"])
+
+
+def test_soak_fails_when_idle_connections_are_not_closed(tmp_path):
+    server = broken_server(tmp_path, "index = sys.argv.index('--idle-timeout')\nsys.argv[index + 1] = '0'\n")
+    returncode, summary, _ = run_soak(
+        [
+            "--connections",
+            "20",
+            "--seconds",
+            "1",
+            "--close-timeout",
+            "2",
+            "--idle-timeout",
+            "2",
+            "--behaviours",
+            "echo,slowloris",
+        ],
+        server,
+    )
+    assert returncode == 1 and summary["verdict"] == "fail"
+    assert any("did not close it within" in failure for failure in summary["failures"])
 
 
 def test_soak_fails_when_the_server_dies(tmp_path):
