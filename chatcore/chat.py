@@ -48,6 +48,10 @@ _IDLE = MessageKind("idle timeout", "info")
 #: flood of tiny pushes is bounded in memory, not only in payload.
 OUTPUT_ENTRY_OVERHEAD = 64
 
+# Queues up to this many entries are measured whenever backpressure is
+# looked at (_update_output_pause); longer ones less often.
+_ALWAYS_MEASURED = 64
+
 # How many checks an idle timeout is cut into: a channel is closed between
 # 1 and 1 + 1/_IDLE_CHECKS timeouts after its last activity, and a busy one
 # costs _IDLE_CHECKS timer entries per timeout, not one per event.
@@ -224,6 +228,8 @@ class async_chat(dispatcher):
     _io_watched = _WATCH_OUTPUT
     # Reads, pushes sent at once and sends of queued data so far (while watched).
     _activity = 0
+    # The queue's length when _update_output_pause last measured it.
+    _measured_length = 0
     # The timer of the next idle check, and what it compares.
     _idle_timer: Any = None
     _idle_seen = 0
@@ -420,10 +426,25 @@ class async_chat(dispatcher):
         """Pause reading above ``ac_max_output_buffer``, resume below half of it."""
         limit = self.ac_max_output_buffer
         fifo = self.producer_fifo
-        if self._read_pauses & PAUSED_BY_OUTPUT:
-            if limit is None or not fifo or self._output_cost() < limit / 2:
+        paused = self._read_pauses & PAUSED_BY_OUTPUT
+        if limit is None or not fifo:
+            self._measured_length = 0
+            if paused:
                 _resume_reading(self, PAUSED_BY_OUTPUT)
-        elif limit is not None and fifo and self._fileno is not None and self._output_cost() > limit:
+            return
+        # Measuring is O(entries): a long queue is measured again only once
+        # its length has changed by a quarter, so that sending it costs O(1)
+        # per entry, not O(queue) per write event (the answer may come up to
+        # a quarter of the queue late).
+        length = len(fifo)
+        measured = self._measured_length
+        if length > _ALWAYS_MEASURED and 4 * abs(length - measured) < measured:
+            return
+        self._measured_length = length
+        if paused:
+            if self._output_cost() < limit / 2:
+                _resume_reading(self, PAUSED_BY_OUTPUT)
+        elif self._fileno is not None and self._output_cost() > limit:
             _pause_reading(self, PAUSED_BY_OUTPUT)
 
     def _output_cost(self) -> int:
