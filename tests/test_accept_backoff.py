@@ -28,7 +28,7 @@ from helpers.channels import line_channel_class
 from helpers.cpython import engine_env
 from helpers.engines import engine_id
 from helpers.fakes import err
-from helpers.processes import CHILD_TIMEOUT, assert_process_gone
+from helpers.processes import CHILD_TIMEOUT, assert_process_gone, stop_server
 from helpers.serving import release, serve_and_receive
 from helpers.sockets import TIMEOUT
 
@@ -396,12 +396,7 @@ def test_a_server_out_of_descriptors_serves_again_once_the_clients_leave(engine,
         finally:
             for client in clients:
                 client.close()
-            server.terminate()
-            try:
-                out, errors = server.communicate(timeout=CHILD_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                out, errors = server.communicate()
+            out, errors = stop_server(server)
     assert_process_gone(server)
     cpu_share = (cpu_after - cpu_before) / (clock_after - clock_before)
     print(

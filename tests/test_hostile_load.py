@@ -47,7 +47,7 @@ from helpers.hostile import (
     readline_within,
     serve_until_deadline,
 )
-from helpers.processes import CHILD_TIMEOUT, assert_process_gone
+from helpers.processes import CHILD_TIMEOUT, assert_process_gone, stop_server
 from helpers.scenarios import check, compat_impl
 from helpers.serving import release, serve_until
 from helpers.sockets import TIMEOUT, Peer
@@ -396,12 +396,7 @@ def test_the_example_server_keeps_serving_through_overlong_lines_with_its_output
             _send_overlong_line(("127.0.0.1", port))
         assert echo_round_trip(("127.0.0.1", port), b"still there?\n") == b"still there?\n"
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            out, err = server.communicate(timeout=CHILD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            out, err = server.communicate()
+        out, err = stop_server(server, signal.SIGINT)
     assert_process_gone(server)
     assert server.returncode == 0, err
     lines = out.decode().splitlines()

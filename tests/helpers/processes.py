@@ -8,11 +8,12 @@ test reaches.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Mapping
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -50,3 +51,13 @@ def assert_process_gone(process: "subprocess.Popen[bytes]") -> None:
         return  # os.kill(pid, 0) would terminate a live process there
     with pytest.raises(ProcessLookupError):
         os.kill(process.pid, 0)
+
+
+def stop_server(process: "subprocess.Popen[Any]", how: int = signal.SIGTERM) -> tuple[Any, Any]:
+    """Send *process* the signal *how*, then collect its (stdout, stderr); killed if it lingers."""
+    process.send_signal(how)
+    try:
+        return process.communicate(timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()
