@@ -29,6 +29,7 @@ from .log import MessageKind
 from .outqueue import OutputQueue
 
 if TYPE_CHECKING:
+    import ssl
     from typing import Protocol
 
     from _typeshed import ReadableBuffer
@@ -228,6 +229,12 @@ class async_chat(dispatcher):
     _io_watched = _WATCH_OUTPUT
     # Reads, pushes sent at once and sends of queued data so far (while watched).
     _activity = 0
+    #: Seconds a TLS handshake may take (``start_tls()``) before the channel
+    #: is closed; None for no limit.
+    ac_tls_handshake_timeout: Optional[float] = 30.0
+    # The TLS layer (chatcore.tls.TLSLayer) once start_tls() has been called.
+    _tls: Any = None
+
     # The queue's length when _update_output_pause last measured it.
     _measured_length = 0
     # The timer of the next idle check, and what it compares.
@@ -340,6 +347,9 @@ class async_chat(dispatcher):
         initiate_send = _framing.engine.initiate_send_once
 
     def handle_write(self) -> None:
+        tls = self._tls
+        if tls is not None and tls.pending_output and not tls.flush():
+            return  # records made earlier go first
         if self._may_coalesce():
             self._send_gathered()
         else:
@@ -377,6 +387,8 @@ class async_chat(dispatcher):
         # Stdlib would have sent coalesced pushes already: a reply pushed
         # just before close() (or before an error closes us) must still go.
         coalesce.flush(self)
+        if self._tls is not None and self.connected:
+            self._tls.close_notify()
         dispatcher.close(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -561,6 +573,11 @@ class async_chat(dispatcher):
 
     def _may_coalesce(self) -> bool:
         """Whether sends may be gathered: nothing on the send path is overridden."""
+        if self._tls is not None:
+            # start_tls() put the TLS layer's send on the instance; the class's must be stock.
+            return type(self).send is dispatcher.send and inherits(
+                self, "initiate_send", self._engine.initiate_send_once
+            )
         return (
             type(self.socket) is socket.socket
             and inherits(self, "send", dispatcher.send)
@@ -574,7 +591,7 @@ class async_chat(dispatcher):
         fifo = self.producer_fifo
         if not (fifo and self.connected):
             return
-        send = _gathering_send(self.socket)
+        send = _gathering_send(self.socket) if self._tls is None else self._tls.send_buffers
         full = False
         try:
             while fifo and isinstance(fifo[0], _BUFFER_TYPES):
@@ -610,8 +627,66 @@ class async_chat(dispatcher):
         return True
 
     def writable(self) -> bool:
+        tls = self._tls
+        if tls is not None:
+            return tls.writable(bool(self.producer_fifo)) or not self.connected
         # Truthy rather than bool, as in stdlib: the queue itself when it holds something.
         return self.producer_fifo or (not self.connected)  # type: ignore[return-value]
+
+    def start_tls(
+        self, context: "ssl.SSLContext", *, server_side: bool = False, server_hostname: Optional[str] = None
+    ) -> None:
+        """Switch the channel to TLS (implicit TLS, or STARTTLS after a command).
+
+        Everything pushed before the call is sent in the clear first, in
+        order; then the handshake runs inside the loop, without blocking,
+        and from then on pushes are encrypted and reads decrypted, with the
+        same framing, producers, ``close_when_done()``, limits and
+        backpressure.  What was received in the clear after the message
+        being handled (the rest of its read) is discarded: it is never
+        delivered as if it had come over TLS.  ``handle_tls_established()``
+        runs when the handshake completes; ``ssl_object`` gives the peer's
+        certificate, the version and the cipher.  A handshake longer than
+        ``ac_tls_handshake_timeout``, a peer that sends something else than
+        TLS, an alert or a connection closed mid-handshake closes the
+        channel after one log line.  Renegotiation is refused (the option
+        is set on *context*).  A client passes *server_hostname*; the
+        certificate checks are *context*'s (on by default for
+        ``ssl.create_default_context()``).
+        """
+        if self._tls is not None:
+            raise ValueError("start_tls() was already called on this channel")
+        import ssl
+
+        from .tls import TLSBoundary, TLSLayer
+
+        context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+        timeout = _check_timeout(self.ac_tls_handshake_timeout, "ac_tls_handshake_timeout")
+        layer = TLSLayer(self, context, server_side, server_hostname, timeout)
+        self._tls = layer
+        # Sent and read through the layer from now on (the engines honour
+        # an instance's recv/send as they honour a subclass's).
+        self.recv = layer.recv  # type: ignore[method-assign]
+        self.send = layer.send  # type: ignore[method-assign]
+        # The rest of the read that brought the command came in the clear.
+        self._framer.pending = b""
+        if self.producer_fifo:
+            self.producer_fifo.append(TLSBoundary(layer))
+        else:
+            layer.start_output()
+        note_interest_change(self._map, self._fileno)
+
+    @property
+    def ssl_object(self) -> "Optional[ssl.SSLObject]":
+        """The channel's ``ssl.SSLObject`` once ``start_tls()`` has been called; None before."""
+        return None if self._tls is None else self._tls.ssl_object
+
+    def handle_tls_established(self) -> None:
+        """The TLS handshake has completed (``ssl_object`` tells with whom); the default does nothing."""
+
+    def _send_in_clear(self, data: Any) -> int:
+        """Send on the socket itself (what was pushed before ``start_tls()``)."""
+        return dispatcher.send(self, data)
 
     def close_when_done(self) -> None:
         """Close the channel once everything queued so far has been sent."""

@@ -30,6 +30,8 @@ nitpicky = True
 nitpick_ignore = [
     # Standard-library targets (there is no intersphinx to resolve them).
     ("py:class", "socket.socket"),
+    ("py:class", "ssl.SSLContext"),
+    ("py:class", "ssl.SSLObject"),
     # Names the annotations import for type checkers only: typeshed's
     # ReadableBuffer (bytes, bytearray, memoryview, ...) and chatcore.chat's
     # Producer protocol (an object with a ``more()`` method).

@@ -29,7 +29,9 @@ ALLOWED = {
     "wakeup": set(),
     "outqueue": set(),
     "dispatch": {"events", "eventloop", "log"},
-    "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "limits", "log", "outqueue"},
+    "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "limits", "log", "outqueue", "tls"},
+    # TLS under a channel: the loop's timers and interest tracking, never chat itself.
+    "tls": {"eventloop", "events", "log", "timers"},
 }
 
 

@@ -95,6 +95,8 @@ def test_the_library_kinds_are_a_fixed_set_named_in_code():
         "unhandled close event",
         "exception in callback",
         "idle timeout",
+        "tls failure",
+        "tls handshake timeout",
         "accept backoff",
     }
 
