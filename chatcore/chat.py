@@ -439,7 +439,8 @@ class async_chat(dispatcher):
         limit = self.ac_max_output_buffer
         fifo = self.producer_fifo
         paused = self._read_pauses & PAUSED_BY_OUTPUT
-        if limit is None or not fifo:
+        # A TLS handshake must read before anything queued can go.
+        if limit is None or not fifo or (self._tls is not None and not self._tls.established):
             self._measured_length = 0
             if paused:
                 _resume_reading(self, PAUSED_BY_OUTPUT)

@@ -131,6 +131,14 @@ class EchoHandler(chatcore.async_chat):
         line = b"".join(self._line_parts)
         self._line_parts.clear()
         self._line_length = 0
+        self.handle_line(line)
+
+    def handle_line(self, line: bytes) -> None:
+        """Answer one received *line* (terminator excluded): send it back.
+
+        Subclasses that answer some lines otherwise (a command, such as
+        ``examples/echo_server.py``'s ``STARTTLS``) override this.
+        """
         self.push(line + self.terminator_bytes)
 
 

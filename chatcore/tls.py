@@ -69,8 +69,14 @@ class TLSLayer:
         self.output_started = False
         #: Whether the peer has sent its close_notify.
         self.peer_closed = False
+        # Whether the end of the peer's data has been acted on.
+        self._ended = False
         # Records (and handshake flights) the socket has not taken yet.
         self._ciphertext = bytearray()
+        # Where the peer's stream is in its records (5-byte header, then the
+        # length it gives), to tell a cut record from a close between records.
+        self._header = bytearray()
+        self._record_left = 0
         self._timer: Optional[TimerHandle] = None
         if handshake_timeout is not None:
             self._timer = call_later(handshake_timeout, self._handshake_stalled, map=channel._map)
@@ -98,8 +104,27 @@ class TLSLayer:
         if not raw:
             self._peer_gone()
             return b""
+        if self.peer_closed:
+            return b""  # after its close_notify, nothing the peer sends counts
+        self._track_records(raw)
         self._incoming.write(raw)
         return self._decrypt()
+
+    def _track_records(self, raw: bytes) -> None:
+        size = len(raw)
+        position = 0
+        while position < size:
+            if self._record_left:
+                taken = min(self._record_left, size - position)
+                self._record_left -= taken
+                position += taken
+                continue
+            wanted = min(5 - len(self._header), size - position)
+            self._header += raw[position : position + wanted]
+            position += wanted
+            if len(self._header) == 5:
+                self._record_left = (self._header[3] << 8) | self._header[4]
+                del self._header[:]
 
     def _decrypt(self) -> bytes:
         ssl_object = self.ssl_object
@@ -120,17 +145,26 @@ class TLSLayer:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                self.peer_closed = True
-                break
+                piece = b""
             except ssl.SSLError as err:
                 self.fail("bad record", err)
                 return b""
             if not piece:
+                # The peer's close_notify (read() answers it with b"").
+                self.peer_closed = True
                 break
             pieces.append(piece)
         # A read may write too (a TLS 1.3 key update answered, an alert).
         self.flush()
-        return b"".join(pieces)
+        data = b"".join(pieces)
+        if self.peer_closed:
+            channel = self.channel
+            if data:
+                # What came before it is delivered first, from this read.
+                call_later(0, self._peer_gone, map=channel._map)
+            else:
+                self._peer_gone()
+        return data
 
     def _handshake_done(self) -> None:
         self.established = True
@@ -146,8 +180,14 @@ class TLSLayer:
     def _peer_gone(self) -> None:
         """The peer's end of data, mid-handshake, after a close_notify, or abruptly."""
         channel = self.channel
+        if channel._fileno is None or self._ended:
+            return  # closed meanwhile, or already on its way out
+        self._ended = True
         if not self.established:
             self.fail("connection closed during the handshake", None)
+            return
+        if not self.peer_closed and (self._header or self._record_left):
+            self.fail("connection closed in the middle of a record", None)
             return
         channel._finish_after_peer_close()
 
@@ -175,7 +215,7 @@ class TLSLayer:
             # Pushed before start_tls(): in the clear, as it was queued.
             sent: int = self.channel._send_in_clear(data)
             return sent
-        if not self.established or not self.flush():
+        if not self.channel.connected or not self.established or not self.flush():
             return 0  # the handshake, or the records already made, come first
         try:
             taken = self.ssl_object.write(data)
@@ -190,7 +230,7 @@ class TLSLayer:
         if not self.output_started:
             sent_in_clear: int = self.channel._send_in_clear(b"".join(buffers))
             return sent_in_clear
-        if not self.established or not self.flush():
+        if not self.channel.connected or not self.established or not self.flush():
             raise BlockingIOError  # the caller waits for the next write event
         data = b"".join(buffers)
         try:
@@ -227,7 +267,7 @@ class TLSLayer:
         except OSError as err:
             if err.errno in DISCONNECTED:
                 del pending[:]
-                channel.close()
+                channel.handle_close()  # as dispatcher.send does
                 return False
             raise
         if not pending:
@@ -274,7 +314,14 @@ class TLSLayer:
         """Log one line about the peer and close the channel."""
         channel = self.channel
         _FAILED.log("TLS with %r: %s%s; closing", channel.addr, what, "" if err is None else " (%s)" % (err,))
+        # The alert OpenSSL wrote says why to the peer (one try, never waited for).
+        alert = bytes(self._ciphertext) + self._outgoing.read()
         del self._ciphertext[:]
+        if alert and self.output_started and channel.connected:
+            try:
+                channel.socket.send(alert)
+            except OSError:
+                pass
         channel.close()
 
     def _handshake_stalled(self) -> None:

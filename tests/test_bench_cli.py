@@ -15,7 +15,7 @@ import pytest
 
 import chatcore
 from chatcore.__main__ import main as chatcore_main
-from chatcore.benchmark import cli, echo, framing, smtp
+from chatcore.benchmark import cli, echo, framing, smtp, tls
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 needs_matplotlib = pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed")
@@ -361,3 +361,61 @@ def test_a_wrong_framing_result_fails_the_run(workload):
 
     with pytest.raises(AssertionError):
         framing.run_once(workload, "liar", 65536, 0.001, lying_runner)
+
+
+# The TLS suite -------------------------------------------------------------------
+
+
+def test_tls_rows_are_measured_against_asyncio_and_say_so_beside_legacy_rows():
+    rows = [
+        _row("e", "chatcore", 1.0, suite="echo"),
+        _row("e", "stdlib", 2.0, suite="echo"),
+        _row("e", "asyncio", 4.0, suite="echo"),
+        _row("t", "chatcore", 1.0, suite="tls"),
+        _row("t", "asyncio", 3.0, suite="tls"),
+        _row("t", "uvloop", 2.0, suite="tls"),
+    ]
+    speedups = cli.ratios(rows)
+    assert [speedups[row] for row in rows[3:]] == [3.0, 1.0, 1.5]
+    table = cli.format_table(rows).splitlines()
+    assert "vs stdlib asynchat/asyncore" in table[0]
+    assert "3.00x vs asyncio" in table[5] and "1.50x vs asyncio" in table[7]
+
+
+def test_the_tls_suite_is_skipped_with_its_reason_when_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(tls, "unavailable_reason", lambda: "no certificates today")
+    said = []
+    assert cli.run("quick", ["tls"], progress=said.append) == []
+    assert said == ["loopback TLS echo skipped: no certificates today"]
+
+
+@pytest.mark.skipif(tls.unavailable_reason() is not None, reason="TLS benchmark: %s" % tls.unavailable_reason())
+@pytest.mark.timeout(200)
+def test_quick_tls_suite_has_a_row_per_server_and_mode_each_against_asyncio(tmp_path):
+    json_path = tmp_path / "tls.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chatcore", "bench", "--quick", "--suite", "tls", "--json", str(json_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(json_path.read_text())["results"]
+    assert {row["suite"] for row in results} == {"tls"}
+    servers = tls.available_servers()
+    assert servers[:2] == ["chatcore", "asyncio"]
+    expected = [
+        (benchmark, server)
+        for benchmark in ("TLS 1.3 echo pipelined, 2 connections", "TLS 1.3 echo ping-pong, 1 connection")
+        for server in servers
+    ]
+    assert [(row["benchmark"], row["implementation"]) for row in results] == expected
+    for row in results:
+        assert row["messages"] > 0 and row["seconds"] > 0
+        assert row["baseline_implementation"] == "asyncio" and row["ratio_to_baseline"] > 0
+        assert "TLS 1.3" in row["detail"]
+        assert (row["p50_us"] is None) == ("pipelined" in row["benchmark"])
+    assert [row["ratio_to_baseline"] for row in results if row["implementation"] == "asyncio"] == [1.0, 1.0]
+    out = proc.stdout
+    assert "vs asyncio" in out.splitlines()[2]  # the table's header
+    assert "\ntls servers:\n  chatcore: chatcore " in out and "start_tls" in out

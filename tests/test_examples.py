@@ -14,6 +14,7 @@ import random
 import re
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -999,3 +1000,146 @@ def test_cli_demo_subprocess():
     assert completed.returncode == 0, completed.stderr.decode()
     assert "8000 lines" in output
     assert "engine: %s" % chatcore.implementation in output
+
+
+# The echo example over TLS ------------------------------------------------------
+
+
+class TLSFiles(NamedTuple):
+    """The files of a server certificate made for this run (``helpers.tls.PKI``), and clients that trust it."""
+
+    cert: str
+    key: str
+    pki: Any  # helpers.tls.PKI
+    host_name: str
+
+    def argv(self, *more: str) -> list[str]:
+        return ["--tls-cert", self.cert, "--tls-key", self.key, *more]
+
+    def wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+        """*sock* as a TLS client that verifies the server, the handshake done."""
+        return self.pki.client_context().wrap_socket(sock, server_hostname=self.host_name)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> TLSFiles:
+    tls_helpers = pytest.importorskip("helpers.tls")  # needs trustme, of the test extra
+    pki = tls_helpers.PKI()
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    chain = pki.server_certificate.cert_chain_pems
+    chain[0].write_to_path(str(cert))
+    for more in chain[1:]:
+        more.write_to_path(str(cert), append=True)
+    pki.server_certificate.private_key_pem.write_to_path(str(key))
+    return TLSFiles(str(cert), str(key), pki, tls_helpers.HOST_NAME)
+
+
+READY = b"220 ready for TLS\r\n"
+
+
+def serve_echo_with(channel_map: dict[int, Any], base: type, *argv: str) -> demo.Listener:
+    handler = echo_server.handler_for(echo_server.parse_arguments(list(argv)), base)
+    return echo_server.start_echo_server(channel_map, handler_class=handler)
+
+
+def echo_lines(sock: socket.socket, count: int) -> None:
+    """Send *count* numbered lines on blocking *sock*; they must all come back, exact."""
+    payload = b"".join(b"line %d\n" % number for number in range(count))
+    sock.sendall(payload)
+    assert receive_exactly(sock, len(payload)) == payload
+
+
+def test_echo_serves_implicit_tls(channel_map, echo_handler, tls_files):
+    server = serve_echo_with(channel_map, echo_handler, *tls_files.argv())
+
+    def client() -> str:
+        with tls_files.wrap(connect(server.address)) as sock:
+            echo_lines(sock, 3000)
+            return sock.version()
+
+    assert serve_while(channel_map, client) == ["TLSv1.3"]
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"], ids=["crlf", "lf"])
+def test_echo_starttls_upgrades_after_the_command_and_drops_what_followed_it_in_the_clear(
+    channel_map, echo_handler, tls_files, end
+):
+    server = serve_echo_with(channel_map, echo_handler, *tls_files.argv("--starttls"))
+
+    def client() -> tuple[bytes, bytes, bytes]:
+        with connect(server.address) as raw:
+            raw.sendall(b"in the clear" + end)
+            clear = receive_exactly(raw, len(b"in the clear" + end))
+            # Sent in one packet with the command: never to be echoed over TLS.
+            raw.sendall(b"STARTTLS" + end + b"injected" + end)
+            ready = receive_exactly(raw, len(READY))
+            with tls_files.wrap(raw) as sock:
+                sock.sendall(b"over TLS" + end)
+                first = receive_exactly(sock, len(b"over TLS" + end))
+                echo_lines(sock, 500)
+                return clear, ready, first
+
+    ((clear, ready, first),) = serve_while(channel_map, client)
+    assert clear == b"in the clear" + end
+    assert ready == READY
+    assert first == b"over TLS" + end
+
+
+def test_echo_starttls_after_tls_is_started_is_an_ordinary_line(channel_map, echo_handler, tls_files):
+    server = serve_echo_with(channel_map, echo_handler, *tls_files.argv())
+
+    def client() -> bytes:
+        with tls_files.wrap(connect(server.address)) as sock:
+            sock.sendall(b"STARTTLS\n")
+            return receive_exactly(sock, 9)
+
+    assert serve_while(channel_map, client) == [b"STARTTLS\n"]
+
+
+@pytest.mark.parametrize(
+    "argv, complaint",
+    [
+        (["--starttls"], "--starttls needs --tls-cert"),
+        (["--tls-key", "key.pem"], "--tls-key needs --tls-cert"),
+    ],
+)
+def test_echo_tls_options_that_cannot_work_are_refused(argv, complaint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        echo_server.parse_arguments(argv)
+    assert exit_info.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_echo_without_tls_options_serves_in_the_clear():
+    options = echo_server.parse_arguments([])
+    assert (options.tls_cert, options.tls_key, options.starttls) == (None, None, False)
+    handler = echo_server.handler_for(options)
+    assert not issubclass(handler, (echo_server.ImplicitTLSEchoHandler, echo_server.StartTLSEchoHandler))
+
+
+def test_echo_script_reports_a_certificate_it_cannot_load(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "echo_server.py"), "--tls-cert", str(tmp_path / "missing.pem")],
+        capture_output=True,
+        timeout=WAIT,
+    )
+    assert completed.returncode == 1
+    assert b"cannot load the TLS certificate and key" in completed.stderr
+    assert b"Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize("starttls", [False, True], ids=["implicit", "starttls"])
+def test_echo_script_serves_tls_from_its_command_line(tls_files, starttls):
+    extra = ["--starttls"] if starttls else []
+    server = ScriptServer("echo_server.py", *tls_files.argv(*extra), "--max-seconds", str(WAIT))
+    try:
+        with connect(server.address) as raw:
+            if starttls:
+                raw.sendall(b"STARTTLS\r\n")
+                assert receive_exactly(raw, len(READY)) == READY
+            with tls_files.wrap(raw) as sock:
+                echo_lines(sock, 200)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output

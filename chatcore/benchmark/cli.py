@@ -18,7 +18,10 @@ a loop turn (chatcore.async_chat) and each push handed to the socket at once
 (chatcore.compat, stdlib's timing); the notes under the table say what each
 server measured.  The SMTP suite runs one legacy server module, unchanged, on
 each row's asynchat/asyncore; its messages are commands (a message body
-counts as one), each answered before the next is sent.
+counts as one), each answered before the next is sent.  The TLS suite is the
+echo benchmark over TLS 1.3 (chatcore's start_tls, asyncio's and uvloop's
+TLS transports; it needs trustme, which makes the certificates): asynchat
+never had TLS, so its ratios are to asyncio.
 """
 
 import argparse
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import chatcore
 
-from . import echo, framing, smtp
+from . import echo, framing, smtp, tls
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,6 +48,7 @@ MODES: dict[str, dict[str, Any]] = {
         "passes": 3,
         "echo_modes": [("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
         "smtp": (2, 50),
+        "tls_modes": [("pipelined", 2, 5_000), ("ping-pong", 1, 500)],
     },
     # About a minute on a 2-core machine, with one row per echo server kind.
     # Scale 0.5 at the least: the big body (32 MiB then) must not fit in the
@@ -57,6 +61,9 @@ MODES: dict[str, dict[str, Any]] = {
         "echo_modes": [("pipelined", 4, 100_000), ("ping-pong", 1, 5_000), ("ping-pong", 1, 5_000, 2_000)],
         # connections, transactions per connection (5 commands each)
         "smtp": (4, 400),
+        # Smaller than the echo suite's: asyncio's and uvloop's TLS rows are
+        # several times slower than chatcore's, and take most of the time.
+        "tls_modes": [("pipelined", 4, 25_000), ("ping-pong", 1, 2_000)],
     },
     "full": {
         "scale": 1.0,
@@ -70,10 +77,17 @@ MODES: dict[str, dict[str, Any]] = {
             ("ping-pong", 1, 20_000, 10_000),
         ],
         "smtp": (4, 3_000),
+        "tls_modes": [("pipelined", 4, 100_000), ("ping-pong", 1, 20_000)],
     },
 }
 
-SUITES = ("framing", "echo", "smtp")
+SUITES = ("framing", "echo", "smtp", "tls")
+#: The loopback echo suites: settings key of their modes, what their
+#: benchmarks are called, their kind of server process.
+ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
+    "echo": ("echo_modes", "echo", echo.EchoServerProcess),
+    "tls": ("tls_modes", "TLS 1.3 echo", tls.TLSEchoServerProcess),
+}
 #: Baseline rows, best first: the legacy modules this Python has, else asyncio.
 FRAMING_BASELINES = ("stdlib-asynchat", "pyasynchat", "asyncio-streams")
 ECHO_BASELINES = ("stdlib", "pyasynchat", "asyncio")
@@ -159,20 +173,22 @@ def _framing_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> 
     return rows
 
 
-def _echo_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> list[Row]:
+def _echo_rows(settings: dict[str, Any], progress: Callable[[str], None], suite: str = "echo") -> list[Row]:
+    """The rows of a loopback echo suite (ECHO_SUITES): every mode of *settings*, every server here."""
+    modes_key, title, process_class = ECHO_SUITES[suite]
     rows = []
-    for mode, connections, lines, *extra in settings["echo_modes"]:
+    for mode, connections, lines, *extra in settings[modes_key]:
         idle = extra[0] if extra else 0
-        benchmark = "echo %s, %d connection%s" % (mode, connections, "s" if connections > 1 else "")
+        benchmark = "%s %s, %d connection%s" % (title, mode, connections, "s" if connections > 1 else "")
         if idle:
             benchmark += " + %d idle" % idle
-        for server in echo.available_servers():
+        for server in process_class.available_servers():
             if idle and server in echo.SELECT_BOUND_SERVERS:
                 progress("  %-36s %-16s skipped: select() cannot hold %d connections" % (benchmark, server, idle))
                 continue
-            result = echo.run_echo(server, mode, connections, lines, idle_connections=idle)
+            result = echo.run_echo(server, mode, connections, lines, idle_connections=idle, process_class=process_class)
             row = Row(
-                "echo",
+                suite,
                 benchmark,
                 server,
                 result.messages,
@@ -377,6 +393,7 @@ _SUITE_TITLES = {
     "framing": "framing: handle_read() on prepared reads, no sockets",
     "echo": "echo: over 127.0.0.1, each server in its own process",
     "smtp": "smtp: commands over 127.0.0.1, legacy_smtpd.py unchanged",
+    "tls": "tls: echo over TLS 1.3 on 127.0.0.1, each server in its own process",
 }
 _BAR_PITCH = 0.13  # inches per bar: a chart's height follows its row count
 _GROUP_GAP = 0.7  # between two benchmarks' bars, in bars
@@ -514,6 +531,13 @@ def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progres
             "SMTP request/response, legacy_smtpd.py unchanged (servers: %s):" % ", ".join(smtp.available_servers())
         )
         rows += _smtp_rows(settings, progress)
+    if "tls" in suites:
+        reason = tls.unavailable_reason()
+        if reason is None:
+            progress("loopback TLS echo, ratios to asyncio (servers: %s):" % ", ".join(tls.available_servers()))
+            rows += _echo_rows(settings, progress, "tls")
+        else:
+            progress("loopback TLS echo skipped: %s" % reason)
     return rows
 
 
@@ -582,7 +606,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
         for note in notes:
             print("  " + note)
-    for suite in ("echo", "smtp"):
+    for suite in ("echo", "smtp", "tls"):
         notes = server_notes(rows, suite)
         if notes:
             print("\n%s servers:" % suite)

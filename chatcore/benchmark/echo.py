@@ -40,6 +40,10 @@ The clients run in the benchmarking process on plain non-blocking sockets and
 * ping-pong: one connection, sequential round trips of one line each, every
   echo compared with its line; reports p50 and p99 round-trip latency.
 
+Both clients open their connections through a *connector* (plain TCP by
+default; ``chatcore.benchmark.tls`` passes one that does a TLS handshake
+first, and its servers are these ones over TLS).
+
 ``run_echo`` does one whole run: server process, client, checks, clean-up.
 The server side is also a command, used by ``EchoServerProcess``::
 
@@ -57,6 +61,7 @@ import os
 import select
 import selectors
 import socket
+import ssl
 import sys
 import time
 import zlib
@@ -96,7 +101,9 @@ __all__ = [
     "SENT_AT_ONCE",
     "SENT_AT_TURN_END",
     "SERVERS",
+    "WOULD_BLOCK",
     "ClientMeasurement",
+    "Connector",
     "EchoBenchmarkError",
     "EchoResult",
     "EchoServerProcess",
@@ -115,6 +122,7 @@ __all__ = [
     "run_echo",
     "send_mode",
     "serve",
+    "serve_asyncio_style",
 ]
 
 MODES = ("pipelined", "ping-pong")
@@ -143,6 +151,12 @@ SENT_AT_TURN_END = "at turn end"
 #: Servers that misbehave on purpose, so the harness's own tests can show that
 #: it notices; accepted by run_echo and ``serve`` but never listed as available.
 FAULT_SERVERS = ("fault:corrupt-echo", "fault:silent", "fault:never-ready", "fault:exit-early")
+#: What a non-blocking client socket raises when it cannot go on now: a TLS
+#: socket's want-read and want-write are not BlockingIOError.
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+#: How a client opens a connection: ``connector(port, deadline)``, a
+#: connected non-blocking socket (``serverproc.connect`` for plain TCP).
+Connector = Callable[[int, float], socket.socket]
 
 
 #: The shared benchmark errors (chatcore.benchmark.serverproc) under this
@@ -445,7 +459,13 @@ class LineEchoProtocol:
         pass
 
 
-def _serve_asyncio_style(server: str, announce: Callable[[int, str], None]) -> None:
+def serve_asyncio_style(
+    server: str, announce: Callable[[int, str], None], ssl_context: Optional[ssl.SSLContext] = None
+) -> None:
+    """Serve ``LineEchoProtocol`` on asyncio's loop, or uvloop's for *server* "uvloop", until the process ends.
+
+    With *ssl_context* the connections are TLS (the loop's own TLS transport).
+    """
     import asyncio
 
     if server == "uvloop":
@@ -459,7 +479,13 @@ def _serve_asyncio_style(server: str, announce: Callable[[int, str], None]) -> N
 
     async def serve() -> None:
         # LineEchoProtocol is an asyncio protocol by shape, not by base class.
-        listening = await event_loop.create_server(LineEchoProtocol, LOOPBACK, 0, backlog=LISTEN_BACKLOG)  # type: ignore[arg-type]
+        listening = await event_loop.create_server(
+            LineEchoProtocol,  # type: ignore[arg-type]
+            LOOPBACK,
+            0,
+            backlog=LISTEN_BACKLOG,
+            ssl=ssl_context,
+        )
         announce(listening.sockets[0].getsockname()[1], detail)
         await event_loop.create_future()  # forever: the lifeline ends the process
 
@@ -493,7 +519,7 @@ def serve(server: str, port_file: str, max_seconds: float = DEFAULT_MAX_SECONDS,
     if server == "fault:exit-early":
         raise RuntimeError("echo server fault:exit-early refuses to start")
     if server in ("asyncio", "uvloop"):
-        _serve_asyncio_style(server, announce)
+        serve_asyncio_style(server, announce)
     else:
         _serve_asyncore_style(server, announce)
 
@@ -511,9 +537,13 @@ class EchoServerProcess(ServerProcess):
 
     module = "chatcore.benchmark.echo"
     label = "echo server"
-    servers = SERVERS
-    fault_servers = FAULT_SERVERS
+    servers: tuple[str, ...] = SERVERS
+    fault_servers: tuple[str, ...] = FAULT_SERVERS
     available_servers = staticmethod(available_servers)
+
+    def connector(self) -> Connector:
+        """How a client connects to this server (once started): plain TCP."""
+        return connect
 
 
 # --- The clients ---------------------------------------------------------------
@@ -653,6 +683,7 @@ class PipelinedClient:
         line_size: int = 16,
         timeout: float = DEFAULT_TIMEOUT,
         window: int = PIPELINE_WINDOW,
+        connector: Connector = connect,
     ):
         if connections < 1 or lines < 1:
             raise ValueError("connections and lines must be at least 1")
@@ -667,7 +698,7 @@ class PipelinedClient:
             for index in range(connections):
                 stream = expected_stream(index, lines, line_size)
                 check = EchoStreamCheck("connection %d" % index, stream)
-                self.connections.append(_PipelinedConnection(connect(port, deadline), stream, check))
+                self.connections.append(_PipelinedConnection(connector(port, deadline), stream, check))
         except BaseException:
             self.close()
             raise
@@ -681,7 +712,7 @@ class PipelinedClient:
         if end > connection.sent:
             try:
                 connection.sent += connection.sock.send(connection.stream[connection.sent : end])
-            except BlockingIOError:
+            except WOULD_BLOCK:
                 pass
             except OSError as error:
                 raise EchoBenchmarkError("%s: %s" % (connection.check.label, error)) from error
@@ -724,7 +755,7 @@ class PipelinedClient:
                     if mask & selectors.EVENT_READ:
                         try:
                             count = connection.sock.recv_into(receive_buffer)
-                        except BlockingIOError:
+                        except WOULD_BLOCK:
                             count = -1
                         except OSError as error:
                             raise EchoBenchmarkError("%s: %s" % (connection.check.label, error)) from error
@@ -761,13 +792,20 @@ class PingPongClient:
     Construction prepares the lines and connects; ``run()`` measures and closes.
     """
 
-    def __init__(self, port: int, rounds: int, line_size: int = 16, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        port: int,
+        rounds: int,
+        line_size: int = 16,
+        timeout: float = DEFAULT_TIMEOUT,
+        connector: Connector = connect,
+    ):
         if rounds < 1:
             raise ValueError("rounds must be at least 1")
         stream = expected_stream(0, rounds, line_size)
         self.line_size = line_size
         self.lines = [stream[start : start + line_size] for start in range(0, len(stream), line_size)]
-        self.sock = connect(port, time.monotonic() + timeout)
+        self.sock = connector(port, time.monotonic() + timeout)
 
     def close(self) -> None:
         self.sock.close()
@@ -791,7 +829,7 @@ class PingPongClient:
                 sent_at = clock_ns()
                 try:
                     sent = sock.send(line)
-                except BlockingIOError:
+                except WOULD_BLOCK:
                     sent = 0
                 except OSError as error:
                     raise EchoBenchmarkError("ping-pong round trip %d: %s" % (round_number, error)) from error
@@ -808,7 +846,7 @@ class PingPongClient:
                         )
                     try:
                         count = sock.recv_into(receive_view[received:])
-                    except BlockingIOError:
+                    except WOULD_BLOCK:
                         continue
                     except OSError as error:
                         raise EchoBenchmarkError("ping-pong round trip %d: %s" % (round_number, error)) from error
@@ -850,6 +888,7 @@ def run_echo(
     timeout: float = DEFAULT_TIMEOUT,
     on_server_started: Optional[Callable[[EchoServerProcess], None]] = None,
     idle_connections: int = 0,
+    process_class: type[EchoServerProcess] = EchoServerProcess,
 ) -> EchoResult:
     """Start echo server *server* in a subprocess, run one client *mode* against it.
 
@@ -862,7 +901,9 @@ def run_echo(
     ``EchoServerProcess`` as soon as its process exists (tests use it to
     check the process is gone afterwards).  *idle_connections* silent
     connections are opened first and held during the run (the descriptor
-    limits of both processes are raised for them).
+    limits of both processes are raised for them).  *process_class* is the
+    kind of server process (``chatcore.benchmark.tls.TLSEchoServerProcess``
+    for the same servers over TLS); its ``connector()`` opens the connections.
     """
     if idle_connections > SELECT_IDLE_LIMIT and server in SELECT_BOUND_SERVERS:
         raise ValueError("server %r uses select() and cannot hold %d idle connections" % (server, idle_connections))
@@ -874,7 +915,7 @@ def run_echo(
         raise ValueError("connections and lines must be at least 1")
     deadline = time.monotonic() + timeout
     # Outliving the benchmark is impossible anyway (stdin lifeline); the cap is a backstop.
-    process = EchoServerProcess(server, max_seconds=max(DEFAULT_MAX_SECONDS, timeout + 60.0))
+    process = process_class(server, max_seconds=max(DEFAULT_MAX_SECONDS, timeout + 60.0))
     client: Any = None
     idle: list[socket.socket] = []
     rss_per_idle = None
@@ -895,9 +936,11 @@ def run_echo(
                 rss_per_idle = (after - before) / idle_connections
         remaining = deadline - time.monotonic()
         if mode == "pipelined":
-            client = PipelinedClient(process.port, connections, lines, line_size, timeout=remaining)
+            client = PipelinedClient(
+                process.port, connections, lines, line_size, timeout=remaining, connector=process.connector()
+            )
         else:
-            client = PingPongClient(process.port, lines, line_size, timeout=remaining)
+            client = PingPongClient(process.port, lines, line_size, timeout=remaining, connector=process.connector())
         measurement = client.run(timeout=max(0.0, deadline - time.monotonic()))
     except EchoTimeoutError as error:
         raise EchoTimeoutError(

@@ -23,6 +23,7 @@ import json
 import os
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -453,7 +454,7 @@ def send_rest(sock: socket.socket, data: bytes, sent: int, deadline: float) -> N
             selector.select(remaining)
             try:
                 rest = rest[sock.send(rest) :]
-            except BlockingIOError:
-                pass
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass  # a TLS socket says "not now" in its own words
             except OSError as error:
                 raise BenchmarkError("sending a request: %s" % error) from error

@@ -15,6 +15,8 @@
 * ``faults``: the errnos the fault tests inject and what stdlib does about
   each, and failing producers;
 * ``processes``: child interpreters and server processes;
+* ``tls``: certificates made at test time (trustme) and a TLS peer driven
+  between loop turns;
 * ``cpython``: CPython's own test files, found at test time.
 
 ``tests/`` is on ``sys.path`` under pytest (its default import mode puts
