@@ -667,8 +667,9 @@ class async_chat(dispatcher):
         self._tls = layer
         # Sent and read through the layer from now on (the engines honour
         # an instance's recv/send as they honour a subclass's).
-        self.recv = layer.recv  # type: ignore[method-assign]
-        self.send = layer.send  # type: ignore[method-assign]
+        # (setattr: to type checkers the methods stay the class's.)
+        setattr(self, "recv", layer.recv)  # noqa: B010
+        setattr(self, "send", layer.send)  # noqa: B010
         # The rest of the read that brought the command came in the clear.
         self._framer.pending = b""
         if self.producer_fifo:

@@ -55,20 +55,20 @@ class TLSLayer:
         server_hostname: Optional[str],
         handshake_timeout: Optional[float],
     ) -> None:
-        self.channel = channel
+        self.channel: Any = channel
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         #: The ``ssl.SSLObject``: peer certificate, version, cipher once established.
-        self.ssl_object = context.wrap_bio(
+        self.ssl_object: ssl.SSLObject = context.wrap_bio(
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         #: Whether the handshake has completed.
-        self.established = False
+        self.established: bool = False
         #: Whether the encrypted output has started (everything pushed before
         #: ``start_tls()`` has left in the clear).
-        self.output_started = False
+        self.output_started: bool = False
         #: Whether the peer has sent its close_notify.
-        self.peer_closed = False
+        self.peer_closed: bool = False
         # Whether the end of the peer's data has been acted on.
         self._ended = False
         # Records (and handshake flights) the socket has not taken yet.
