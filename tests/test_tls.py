@@ -632,6 +632,17 @@ def test_ssl_object_is_none_before_start_tls_and_an_sslobject_after(chat_class, 
         channel.start_tls(pki.server_context(), server_side=True)
 
 
+@pytest.mark.skipif(not hasattr(ssl, "OP_NO_RENEGOTIATION"), reason="this ssl module cannot refuse renegotiation")
+def test_start_tls_refuses_renegotiation_on_the_context(chat_class, sockets, channel_map, pki):
+    # Python's ssl cannot start a renegotiation to try it; the option is what OpenSSL obeys.
+    context = pki.server_context(ssl.TLSVersion.TLSv1_2)
+    context.options &= ~ssl.OP_NO_RENEGOTIATION  # whatever this OpenSSL's default
+    server_end, _ = sockets.tcp_pair()
+    channel = tls_echo_class(chat_class, channel_map, context, implicit=False)(server_end)
+    channel.start_tls(context, server_side=True)
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+
+
 def test_handle_tls_established_runs_once_and_close_sends_close_notify(chat_class, sockets, channel_map, pki):
     Echo = tls_echo_class(chat_class, channel_map, pki.server_context())
     channel, peer = tls_connection(sockets, Echo, pki.client_context())
