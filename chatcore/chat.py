@@ -225,8 +225,10 @@ class async_chat(dispatcher):
     _drain_on_peer_close = True
 
     # _WATCH_* bits for the settings above that are on: what reads and sends
-    # (the engines' included) do besides their job.
-    _io_watched = _WATCH_OUTPUT
+    # (the engines' included) do besides their job.  Derived from the
+    # settings for every class: below for this one, by __init_subclass__ for
+    # subclasses.
+    _io_watched: int
     # Reads, pushes sent at once and sends of queued data so far (while watched).
     _activity = 0
     #: Seconds a TLS handshake may take (``start_tls()``) before the channel
@@ -711,6 +713,9 @@ class async_chat(dispatcher):
 # report it (pushes, queue additions, close, add/del_channel), so the loop may
 # skip idle channels that keep them.
 track_predicates(async_chat.readable, async_chat.writable)
+
+
+async_chat._io_watched = _watch_bits(async_chat.ac_idle_timeout, async_chat.ac_max_output_buffer)
 
 
 class message_chat(async_chat):

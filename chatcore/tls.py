@@ -94,8 +94,6 @@ class TLSLayer:
         channel = self.channel
         try:
             raw = channel.socket.recv(buffer_size)
-        except BlockingIOError:
-            raise
         except OSError as err:
             if err.errno in DISCONNECTED:
                 channel.handle_close()

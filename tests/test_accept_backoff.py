@@ -37,6 +37,9 @@ from chatcore import dispatch, eventloop, timers
 from chatcore.compat import asynchat as compat_asynchat
 from chatcore.compat import asyncore as compat_asyncore
 
+#: Whole-server scenarios: CI runs them on one interpreter (see .ci/run).
+pytestmark = pytest.mark.scenario
+
 #: Each pause of an episode of consecutive failures, in seconds.
 PAUSES = [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
 

@@ -56,6 +56,9 @@ import chatcore
 from chatcore import log
 from chatcore.compat import asynchat as compat_asynchat
 
+#: Whole-server scenarios: CI runs them on one interpreter (see .ci/run).
+pytestmark = pytest.mark.scenario
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_ECHO_SERVER = ROOT / "examples" / "echo_server.py"
 MIB = 1 << 20

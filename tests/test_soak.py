@@ -30,6 +30,7 @@ TIMEOUT = 180
 IDLE_TIMEOUT = "3"
 
 pytestmark = [
+    pytest.mark.scenario,
     pytest.mark.skipif(
         not SOAK.exists() or not EXAMPLE.exists(), reason="benchmarks/ or examples/ not shipped with these tests"
     ),
