@@ -28,8 +28,8 @@ from typing import Any, Optional
 
 from .eventloop import (
     ChannelMap,
-    _Poller,
     _poll_timeout,
+    _Poller,
     _turn,
     give_back_poller_alone,
     schedule_of,
