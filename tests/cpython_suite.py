@@ -1,6 +1,6 @@
 """Runs one of CPython 3.11's own test modules against chatcore.compat.
 
-Usage: python tests/cpython_suite.py PATH/TO/test_asynchat.py [asyncio|uvloop [PATTERN ...]]
+Usage: python tests/cpython_suite.py PATH/TO/test_asynchat.py [asyncio|uvloop]
 
 The module is loaded from the given path (an installed CPython's file, never a
 copy kept here) after ``chatcore.compat.install()`` has put chatcore's modules
@@ -11,8 +11,7 @@ so the caller can check it.  Exit status 0 means every test passed.
 With ``asyncio`` or ``uvloop`` after the path, the suite's ``asyncore.loop()``
 calls serve through ``chatcore.aio.loop()`` on a new event loop of that kind
 (but for the tests that replace asyncore's ``select`` or ``time``, which
-only chatcore.loop() honours), and the last line printed counts those calls;
-PATTERN arguments, if any, keep only the tests whose names contain one of them.
+only chatcore.loop() honours), and the last line printed counts those calls.
 """
 
 import importlib.util
@@ -54,23 +53,7 @@ def serve_through_aio(asyncore, event_loop: str):
     return served
 
 
-def _matching(suite, patterns):
-    kept = unittest.TestSuite()
-    for test in _tests_of(suite):
-        if any(pattern in test.id() for pattern in patterns):
-            kept.addTest(test)
-    return kept
-
-
-def _tests_of(suite):
-    for test in suite:
-        if isinstance(test, unittest.TestSuite):
-            yield from _tests_of(test)
-        else:
-            yield test
-
-
-def main(path: str, event_loop: str = "chatcore", *patterns: str) -> int:
+def main(path: str, event_loop: str = "chatcore") -> int:
     import chatcore
     import chatcore.compat
 
@@ -96,8 +79,6 @@ def main(path: str, event_loop: str = "chatcore", *patterns: str) -> int:
                     cls.test_handle_expt
                 )
     suite = unittest.defaultTestLoader.loadTestsFromModule(module)
-    if patterns:
-        suite = _matching(suite, patterns)
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
     if result.testsRun == 0:
         print("no tests ran", flush=True)
