@@ -79,8 +79,13 @@ class _Service:
         #: Resolved when the map is empty or *count* turns are made; raises
         #: what a turn raised (ExitNow, KeyboardInterrupt, ...).
         self.done: asyncio.Future[None] = event_loop.create_future()
-        # The pending call of the next turn (deadline or "now"), if any.
-        self._next: Optional[asyncio.Handle] = None
+        # The pending calls of the next turn: now (a change, nothing to wait
+        # for), and at the deadline.  The deadline's timer is kept from turn
+        # to turn while it is not later than the turn's deadline: one that
+        # comes early makes a turn that finds nothing due, where making and
+        # cancelling a timer every turn would cost every turn.
+        self._soon: Optional[asyncio.Handle] = None
+        self._deadline: Optional[asyncio.TimerHandle] = None
         # Whether the registrations are as the channels want them (the first
         # half of a turn ran, and nothing changed since).
         self._fresh = False
@@ -94,22 +99,32 @@ class _Service:
 
     def stop(self) -> None:
         self._quiet()
+        self._cancel_deadline()
         if self._watched is not None:
             self._event_loop.remove_reader(self._watched)
             self._watched = None
 
     def _quiet(self) -> None:
-        """Forget the pending wake-ups: a turn runs now, or the service ends."""
+        """Stop listening for changes: a turn runs now."""
         self._changes.on_append = None
         self._poller_schedule().on_timer_added = None
-        if self._next is not None:
-            self._next.cancel()
-            self._next = None
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _poller_schedule(self) -> Schedule:
         # The map's schedule may have been replaced since start.
         schedule = self._poller.schedule
         return schedule if schedule is not None else self._schedule
+
+    def _at_deadline(self) -> None:
+        self._deadline = None
+        self._turn()
 
     def _turn(self) -> None:
         """Events are waiting, a deadline came, or something changed: make the rest of a turn."""
@@ -139,10 +154,15 @@ class _Service:
         schedule = self._poller_schedule()
         limit = schedule.wait_limit(self._timeout)
         if limit == 0.0 or poller.ready_now():
-            self._next = self._event_loop.call_soon(self._turn)
+            self._soon = self._event_loop.call_soon(self._turn)
             return
-        if limit is not None:
-            self._next = self._event_loop.call_later(limit, self._turn)
+        if limit is None:
+            self._cancel_deadline()
+        else:
+            deadline = self._event_loop.time() + limit
+            if self._deadline is None or self._deadline.when() > deadline:
+                self._cancel_deadline()
+                self._deadline = self._event_loop.call_at(deadline, self._at_deadline)
         self._changes.on_append = self._wake
         schedule.on_timer_added = self._wake
 
@@ -150,7 +170,7 @@ class _Service:
         """asyncio code changed what a channel wants, or added a timer, during the wait."""
         self._quiet()
         self._fresh = False
-        self._next = self._event_loop.call_soon(self._turn)
+        self._soon = self._event_loop.call_soon(self._turn)
 
 
 async def loop(
