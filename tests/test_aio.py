@@ -189,6 +189,40 @@ def test_poll_semantics_serve_too(chat_class, channel_map, event_loop_kind):
     assert run(event_loop_kind, program) == [b"a", b"bb", b"ccc"]
 
 
+def test_a_channel_with_its_own_readable_is_asked_every_turn(channel_map, event_loop_kind, sockets):
+    # Its answer changes without telling chatcore: the next turn, at most
+    # *timeout* later, asks it again, as chatcore.loop() does.
+    near, far = sockets.pair()
+
+    class Gated(chatcore.dispatcher):
+        open_gate = False
+        received = b""
+
+        def readable(self):
+            return self.open_gate
+
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.received += self.recv(100)
+
+    channel = Gated(near, map=channel_map)
+    far.send(b"waiting")
+
+    async def program():
+        serving = asyncio.ensure_future(aio.loop(channel_map, timeout=0.02))
+        await asyncio.sleep(0.05)
+        assert channel.received == b""
+        channel.open_gate = True
+        await until(lambda: channel.received, "the read once readable() said yes")
+        channel.close()
+        await serving
+
+    run(event_loop_kind, program)
+    assert channel.received == b"waiting"
+
+
 def test_timers_and_handoffs_run_in_order_and_wake_the_wait(chat_class, channel_map, event_loop_kind):
     listener, _ = line_server(chat_class, channel_map)
     ran = []
