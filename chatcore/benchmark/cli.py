@@ -97,8 +97,9 @@ ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
 #: Baseline rows, best first: the legacy modules this Python has, else asyncio.
 FRAMING_BASELINES = ("stdlib-asynchat", "pyasynchat", "asyncio-streams")
 ECHO_BASELINES = ("stdlib", "pyasynchat", "asyncio")
-#: Suites whose rows have another baseline than ECHO_BASELINES.
+#: Suites whose rows have another baseline than ECHO_BASELINES, and what it is called.
 SUITE_BASELINES = {"aio": ("chatcore",)}
+SUITE_BASELINE_NAMES = {"aio": "chatcore.loop()"}
 #: What the ratio column's header calls each pair of baselines.
 BASELINE_NAMES = {
     ("stdlib-asynchat", "stdlib"): "stdlib asynchat/asyncore",
@@ -303,7 +304,13 @@ def _baseline_pair(rows: list[Row]) -> tuple[str, str]:
 
 
 def baseline_name(rows: list[Row]) -> str:
-    """The baseline the ratio column is named after: the best one present in *rows*."""
+    """The baseline the ratio column is named after: the best one present in *rows*.
+
+    When every row is of one suite with a baseline of its own, that one.
+    """
+    suites = {row.suite for row in rows}
+    if len(suites) == 1 and suites <= set(SUITE_BASELINE_NAMES):
+        return SUITE_BASELINE_NAMES[suites.pop()]
     return BASELINE_NAMES[_baseline_pair(rows)]
 
 
