@@ -15,6 +15,8 @@ Both example servers take the same per-connection limits on their command
 line, ``--idle-timeout`` and ``--max-output`` (``add_serving_options``), and
 apply them the same way: a subclass of their handler class with the matching
 ``async_chat`` attributes in its body (``serving_limits``, ``handler_with``).
+They serve the same way too (``serve``): on ``chatcore.loop()``, or with
+``--event-loop asyncio`` or ``uvloop`` through ``chatcore.aio.loop()``.
 """
 
 import argparse
@@ -39,6 +41,7 @@ __all__ = [
     "handler_with",
     "run_demo",
     "seconds_argument",
+    "serve",
     "serving_limits",
     "start_echo_server",
 ]
@@ -197,6 +200,64 @@ def add_serving_options(parser: argparse.ArgumentParser) -> None:
         help="stop reading from a connection while more than this is queued to send to it; 0: no limit "
         "(default %(default)s)",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=EVENT_LOOPS[0],
+        help="serve on chatcore.loop(), or through chatcore.aio.loop() on asyncio's loop or uvloop's "
+        "(default %(default)s)",
+    )
+
+
+#: What ``--event-loop`` chooses from: chatcore.loop() first, the default.
+EVENT_LOOPS = ("chatcore", "asyncio", "uvloop")
+
+
+def serve(channel_map: ChannelMap, event_loop: str = "chatcore", max_seconds: Optional[float] = None) -> None:
+    """Serve *channel_map* until it is empty or *max_seconds* have passed, on the *event_loop* named.
+
+    *event_loop* is one of ``EVENT_LOOPS``: ``"chatcore"`` turns
+    ``chatcore.loop()``; ``"asyncio"`` and ``"uvloop"`` await
+    ``chatcore.aio.loop()`` on a new event loop of that kind (SystemExit with
+    a message when uvloop is not installed).
+    """
+    if event_loop == "chatcore":
+        if max_seconds is None:
+            chatcore.loop(timeout=1.0, map=channel_map)
+            return
+        deadline = time.monotonic() + max_seconds
+        while channel_map and time.monotonic() < deadline:
+            chatcore.loop(timeout=min(1.0, max_seconds), map=channel_map, count=1)
+        return
+    if event_loop not in EVENT_LOOPS:
+        raise ValueError("event_loop must be one of %s, not %r" % (", ".join(EVENT_LOOPS), event_loop))
+    # Imported only when asked for: ``import chatcore`` stays free of asyncio.
+    import asyncio
+
+    from chatcore import aio
+
+    async def serve_for_a_while() -> None:
+        serving = aio.loop(channel_map, timeout=1.0)
+        if max_seconds is None:
+            await serving
+            return
+        try:
+            await asyncio.wait_for(serving, max_seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        new_loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        new_loop = asyncio.new_event_loop()
+    try:
+        new_loop.run_until_complete(serve_for_a_while())
+    finally:
+        new_loop.close()
 
 
 def serving_limits(options: argparse.Namespace) -> dict[str, Any]:

@@ -112,6 +112,9 @@ class _Poller:
         # kernel poller but never part of the map or of ``registrations``.
         self.schedule: Optional[Schedule] = None
         self.waker: Optional[Waker] = None
+        # Lent to chatcore.aio for as long as it serves the map: no other
+        # loop may serve that map meanwhile (see _PollerCache.take_alone).
+        self.alone: bool = False
 
     # Kernel operations, one subclass per poller kind.
     def _add(self, fd: int, mask: int) -> None:
@@ -128,6 +131,14 @@ class _Poller:
 
     def _close(self) -> None:
         raise NotImplementedError
+
+    def fileno(self) -> Optional[int]:
+        """The kernel poller's own descriptor, readable while an event waits; None if it has none."""
+        return None
+
+    def ready_now(self) -> bool:
+        """Whether the next wait reports events without the kernel (see ``wait``)."""
+        return bool(self._always_ready or self._invalid)
 
     def watch_waker(self, waker: Waker) -> None:
         """Have the waits end when *waker* is woken (``close()`` closes it)."""
@@ -250,6 +261,9 @@ class _EpollPoller(_Poller):
         # Every turn waits here: the generic path's two frames, skipped.
         return self._epoll.poll(-1 if timeout is None else timeout)
 
+    def fileno(self) -> Optional[int]:
+        return self._epoll.fileno()
+
     def _close(self) -> None:
         self._epoll.close()
 
@@ -305,6 +319,11 @@ class _SelectorsPoller(_Poller):
             flags = (POLLIN if ready & selectors.EVENT_READ else 0) | (POLLOUT if ready & selectors.EVENT_WRITE else 0)
             events.append((key.fd, flags))
         return events
+
+    def fileno(self) -> Optional[int]:
+        # kqueue, epoll and devpoll selectors have one; select and poll do not.
+        fileno = getattr(self._selector, "fileno", None)
+        return None if fileno is None else cast("int", fileno())
 
     def _set_aside_closed(self) -> bool:
         """Move registered descriptors that are no longer open to the invalid ones."""
@@ -437,6 +456,10 @@ class _PollerCache:
                 poller = entry[1]
                 if poller.claim.acquire(False):
                     return poller
+                if poller.alone:
+                    raise RuntimeError(
+                        "this channel map is served by chatcore.aio.loop(): serve it from one loop at a time"
+                    )
                 # Busy (another thread, or loop() inside a handler): a fresh
                 # poller that asks every channel every turn.
                 poller = new_poller()
@@ -461,6 +484,51 @@ class _PollerCache:
         for stale in evicted:
             stale.close()
         return poller
+
+    def take_alone(self, map: ChannelMap, changes: list[Any]) -> _Poller:
+        """The map's tracking poller, for one caller (chatcore.aio) until ``give_back_alone``.
+
+        While it is out no other loop may serve the map: ``take`` raises
+        RuntimeError, as this does while another loop serves it.  *changes*
+        replaces the list the map's interest changes are collected in, and
+        takes over what is pending there.
+        """
+        key = id(map)
+        with self._lock:
+            entry = self._pollers.get(key)
+            busy = bool(self._extra.get(key))
+            if entry is not None and not busy:
+                busy = not entry[1].claim.acquire(False)
+                if not busy:
+                    entry[1].claim.release()
+        poller = None if busy else self.take(map)
+        with self._lock:
+            entry = self._pollers.get(key)
+            if poller is not None and entry is not None and entry[1] is poller and not self._extra.get(key):
+                poller.alone = True
+                if poller.changes is not None:
+                    changes.extend(poller.changes)
+                poller.changes = changes
+                interest_changes[key] = changes
+                return poller
+        if poller is not None:
+            self.give_back(map, poller)
+        raise RuntimeError(
+            "this channel map is already served by another loop (chatcore.loop(), poll() or "
+            "chatcore.aio.loop()): serve it from one loop at a time"
+        )
+
+    def give_back_alone(self, map: ChannelMap, poller: _Poller) -> None:
+        """Return a poller lent by ``take_alone``: other loops may serve the map again."""
+        with self._lock:
+            poller.alone = False
+            shared = poller.changes
+            if shared is not None:
+                plain = list(shared)
+                poller.changes = plain
+                if interest_changes.get(id(map)) is shared:
+                    interest_changes[id(map)] = plain
+        self.give_back(map, poller)
 
     def give_back(self, map: ChannelMap, poller: _Poller) -> None:
         key = id(map)
@@ -646,6 +714,21 @@ def forget_channel(channel_map: ChannelMap, fd: Any, obj: Any) -> None:
             poller.drop(fd)
 
 
+def take_poller_alone(channel_map: ChannelMap, changes: list[Any]) -> _Poller:
+    """The kernel poller of *channel_map*, lent to chatcore.aio alone (see ``_PollerCache.take_alone``)."""
+    return _pollers.take_alone(channel_map, changes)
+
+
+def give_back_poller_alone(channel_map: ChannelMap, poller: _Poller) -> None:
+    """Return what ``take_poller_alone`` lent."""
+    _pollers.give_back_alone(channel_map, poller)
+
+
+def schedule_of(channel_map: ChannelMap) -> Schedule:
+    """The timers and handoffs of *channel_map*, made if it has none."""
+    return _pollers.schedule_for(channel_map)
+
+
 def release_pollers(channel_map: ChannelMap) -> None:
     """Give the kernel poller kept for *channel_map* back (the map was emptied)."""
     _pollers.release(channel_map)
@@ -780,14 +863,22 @@ def _look_again(poller: _Poller, map: ChannelMap, fd: int, poll_mode: bool) -> N
     _look_at(poller, fd, obj, poll_mode)
 
 
-def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool) -> None:
+def _turn(
+    poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode: bool, scan: bool = True, rest: bool = True
+) -> None:
     """One loop turn: find out what the channels want, wait, run what is due, dispatch.
 
     A poller that follows changes asks only the channels that had events,
     reported a change (push, close, ...) or have readable()/writable() of
     their own; any other poller asks every channel, as asyncore does.
+
+    chatcore.aio makes a turn in two halves, with its own wait between them:
+    the finding out alone (``rest=False``), then the rest with a zero
+    *timeout* (``scan=False``).
     """
-    if (
+    if not scan:
+        pass
+    elif (
         poller.changes is None
         or poller.scanned_mode != poll_mode
         or _monotonic() - poller.scanned_at > FULL_SCAN_INTERVAL
@@ -795,6 +886,8 @@ def _turn(poller: _Poller, timeout: Optional[float], map: ChannelMap, poll_mode:
         _scan_all(poller, map, poll_mode)
     elif poller.touched or poller.changes or poller.custom:
         _scan_changes(poller, map, poll_mode)
+    if not rest:
+        return
     schedule = poller.schedule
     if schedule is not None:
         timeout = schedule.wait_limit(timeout)

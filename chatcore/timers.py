@@ -101,6 +101,9 @@ class Schedule:
         self._cancelled = 0
         #: (callback, args) handed over by other threads, oldest first.
         self.handoffs: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        #: Called after each new timer while set: chatcore.aio's wait may
+        #: have to end sooner.
+        self.on_timer_added: Optional[Callable[[], None]] = None
 
     def call_later(self, delay: float, callback: Callable[..., object], args: tuple[Any, ...]) -> TimerHandle:
         """Schedule ``callback(*args)`` *delay* seconds from now (a negative delay means now)."""
@@ -110,6 +113,8 @@ class Schedule:
             raise ValueError("delay must be a number, not NaN")
         handle = TimerHandle(monotonic() + max(delay, 0.0), callback, args, self)
         heapq.heappush(self._heap, (handle.when, next(self._sequence), handle))
+        if self.on_timer_added is not None:
+            self.on_timer_added()
         return handle
 
     def pending(self) -> int:

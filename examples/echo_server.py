@@ -45,11 +45,18 @@ import logging
 import socket
 import ssl
 import sys
-import time
 from typing import Any, Optional
 
 import chatcore
-from chatcore.demo import EchoHandler, Listener, add_serving_options, handler_with, serving_limits, start_echo_server
+from chatcore.demo import (
+    EchoHandler,
+    Listener,
+    add_serving_options,
+    handler_with,
+    serve,
+    serving_limits,
+    start_echo_server,
+)
 
 __all__ = [
     "EchoHandler",
@@ -211,12 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "echo server listening on %s:%d (engine: %s%s)" % (host, port, chatcore.implementation, _tls_mode(args)),
             flush=True,
         )
-        if args.max_seconds is None:
-            chatcore.loop(timeout=1.0, map=channel_map)
-        else:
-            deadline = time.monotonic() + args.max_seconds
-            while channel_map and time.monotonic() < deadline:
-                chatcore.loop(timeout=min(1.0, args.max_seconds), map=channel_map, count=1)
+        serve(channel_map, args.event_loop, args.max_seconds)
     except KeyboardInterrupt:
         pass
     finally:

@@ -46,7 +46,7 @@ from typing import IO, Any, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
 import chatcore
-from chatcore.demo import Listener, add_serving_options, handler_with, seconds_argument, serving_limits
+from chatcore.demo import Listener, add_serving_options, handler_with, seconds_argument, serve, serving_limits
 
 __all__ = [
     "FileProducer",
@@ -413,7 +413,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             % (os.path.realpath(args.root), url_host, port, chatcore.implementation),
             flush=True,
         )
-        chatcore.loop(timeout=1.0, map=channel_map)
+        serve(channel_map, args.event_loop)
     except KeyboardInterrupt:
         pass
     finally:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import deque
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -27,7 +26,7 @@ import pytest
 from helpers.channels import line_channel_class
 from helpers.cpython import engine_env
 from helpers.engines import engine_id
-from helpers.fakes import err
+from helpers.fakes import ScriptedListener, err
 from helpers.processes import CHILD_TIMEOUT, assert_process_gone, stop_server
 from helpers.serving import release, serve_and_receive
 from helpers.sockets import TIMEOUT
@@ -49,28 +48,6 @@ FAMILIES = {
         core=compat_asyncore, dispatcher=compat_asyncore.dispatcher, async_chat=compat_asynchat.async_chat
     ),
 }
-
-
-class ScriptedListener:
-    """A real listening socket whose ``accept()`` first raises the scripted errors.
-
-    Its descriptor is real, so the loop watches it and a waiting connection
-    makes it readable; ``accepts`` counts the calls.
-    """
-
-    def __init__(self, sock, failures=()):
-        self._sock = sock
-        self.failures = deque(failures)
-        self.accepts = 0
-
-    def accept(self):
-        self.accepts += 1
-        if self.failures:
-            raise self.failures.popleft()
-        return self._sock.accept()
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
 
 
 class FakeClock:

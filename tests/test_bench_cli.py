@@ -60,6 +60,20 @@ def test_ratios_fall_back_to_asyncio_without_stdlib():
     assert "vs asyncio" in table and "2.00x" in table and "4.00x" in table
 
 
+def test_the_aio_suite_is_measured_against_chatcore_loop():
+    aio_rows = [
+        _row("x", "chatcore", 1.0, suite="aio"),
+        _row("x", "aio-asyncio", 2.0, suite="aio"),
+        _row("x", "aio-uvloop", 4.0, suite="aio"),
+    ]
+    rows = aio_rows + [_row("e", "chatcore", 1.0, suite="echo"), _row("e", "stdlib", 3.0, suite="echo")]
+    speedups = cli.ratios(rows)
+    assert [speedups[row] for row in rows] == [1.0, 0.5, 0.25, 3.0, 1.0]
+    assert cli.baseline_name(rows) == "stdlib asynchat/asyncore"
+    assert cli.baseline_name(aio_rows) == "chatcore.loop()"
+    assert "0.50x vs chatcore" in cli.format_table(rows)
+
+
 def test_ratios_use_pyasynchat_where_it_is_the_legacy_row():
     rows = [
         _row("a", "chatcore-cython", 1.0),

@@ -21,7 +21,9 @@ each row's asynchat/asyncore; its messages are commands (a message body
 counts as one), each answered before the next is sent.  The TLS suite is the
 echo benchmark over TLS 1.3 (chatcore's start_tls, asyncio's and uvloop's
 TLS transports; it needs trustme, which makes the certificates): asynchat
-never had TLS, so its ratios are to asyncio.
+never had TLS, so its ratios are to asyncio.  The aio suite serves one
+chatcore echo server on chatcore.loop(), and through chatcore.aio on asyncio
+and on uvloop: its ratios are to chatcore.loop().
 """
 
 import argparse
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import chatcore
 
-from . import echo, framing, smtp, tls
+from . import aio, echo, framing, smtp, tls
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,6 +51,7 @@ MODES: dict[str, dict[str, Any]] = {
         "echo_modes": [("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
         "smtp": (2, 50),
         "tls_modes": [("pipelined", 2, 5_000), ("ping-pong", 1, 500)],
+        "aio_modes": [("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
     },
     # About a minute on a 2-core machine, with one row per echo server kind.
     # Scale 0.5 at the least: the big body (32 MiB then) must not fit in the
@@ -64,6 +67,7 @@ MODES: dict[str, dict[str, Any]] = {
         # Smaller than the echo suite's: asyncio's and uvloop's TLS rows are
         # several times slower than chatcore's, and take most of the time.
         "tls_modes": [("pipelined", 4, 25_000), ("ping-pong", 1, 2_000)],
+        "aio_modes": [("pipelined", 4, 50_000), ("ping-pong", 1, 3_000)],
     },
     "full": {
         "scale": 1.0,
@@ -78,19 +82,24 @@ MODES: dict[str, dict[str, Any]] = {
         ],
         "smtp": (4, 3_000),
         "tls_modes": [("pipelined", 4, 100_000), ("ping-pong", 1, 20_000)],
+        "aio_modes": [("pipelined", 4, 500_000), ("ping-pong", 1, 20_000)],
     },
 }
 
-SUITES = ("framing", "echo", "smtp", "tls")
+SUITES = ("framing", "echo", "smtp", "tls", "aio")
 #: The loopback echo suites: settings key of their modes, what their
 #: benchmarks are called, their kind of server process.
 ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
     "echo": ("echo_modes", "echo", echo.EchoServerProcess),
     "tls": ("tls_modes", "TLS 1.3 echo", tls.TLSEchoServerProcess),
+    "aio": ("aio_modes", "echo via chatcore.aio", aio.AioEchoServerProcess),
 }
 #: Baseline rows, best first: the legacy modules this Python has, else asyncio.
 FRAMING_BASELINES = ("stdlib-asynchat", "pyasynchat", "asyncio-streams")
 ECHO_BASELINES = ("stdlib", "pyasynchat", "asyncio")
+#: Suites whose rows have another baseline than ECHO_BASELINES, and what it is called.
+SUITE_BASELINES = {"aio": ("chatcore",)}
+SUITE_BASELINE_NAMES = {"aio": "chatcore.loop()"}
 #: What the ratio column's header calls each pair of baselines.
 BASELINE_NAMES = {
     ("stdlib-asynchat", "stdlib"): "stdlib asynchat/asyncore",
@@ -272,7 +281,7 @@ def baselines(rows: list[Row]) -> dict[Row, Optional[Row]]:
     result: dict[Row, Optional[Row]] = {}
     for row in rows:
         peers = by_benchmark[row.benchmark]
-        names = FRAMING_BASELINES if row.suite == "framing" else ECHO_BASELINES
+        names = FRAMING_BASELINES if row.suite == "framing" else SUITE_BASELINES.get(row.suite, ECHO_BASELINES)
         result[row] = next((peers[name] for name in names if name in peers), None)
     return result
 
@@ -295,7 +304,13 @@ def _baseline_pair(rows: list[Row]) -> tuple[str, str]:
 
 
 def baseline_name(rows: list[Row]) -> str:
-    """The baseline the ratio column is named after: the best one present in *rows*."""
+    """The baseline the ratio column is named after: the best one present in *rows*.
+
+    When every row is of one suite with a baseline of its own, that one.
+    """
+    suites = {row.suite for row in rows}
+    if len(suites) == 1 and suites <= set(SUITE_BASELINE_NAMES):
+        return SUITE_BASELINE_NAMES[suites.pop()]
     return BASELINE_NAMES[_baseline_pair(rows)]
 
 
@@ -394,6 +409,7 @@ _SUITE_TITLES = {
     "echo": "echo: over 127.0.0.1, each server in its own process",
     "smtp": "smtp: commands over 127.0.0.1, legacy_smtpd.py unchanged",
     "tls": "tls: echo over TLS 1.3 on 127.0.0.1, each server in its own process",
+    "aio": "aio: one chatcore echo server on chatcore.loop() and through chatcore.aio, own processes",
 }
 _BAR_PITCH = 0.13  # inches per bar: a chart's height follows its row count
 _GROUP_GAP = 0.7  # between two benchmarks' bars, in bars
@@ -538,6 +554,12 @@ def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progres
             rows += _echo_rows(settings, progress, "tls")
         else:
             progress("loopback TLS echo skipped: %s" % reason)
+    if "aio" in suites:
+        progress(
+            "loopback echo through chatcore.aio, ratios to chatcore.loop() (servers: %s):"
+            % ", ".join(aio.available_servers())
+        )
+        rows += _echo_rows(settings, progress, "aio")
     return rows
 
 
@@ -606,7 +628,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
         for note in notes:
             print("  " + note)
-    for suite in ("echo", "smtp", "tls"):
+    for suite in ("echo", "smtp", "tls", "aio"):
         notes = server_notes(rows, suite)
         if notes:
             print("\n%s servers:" % suite)

@@ -124,3 +124,25 @@ class FakeSocket(FakeConnection):
         if not self.closed:
             self.closed = True
             self.sent_at_close = len(self.sent)
+
+
+class ScriptedListener:
+    """A real listening socket whose ``accept()`` first raises the scripted errors.
+
+    Its descriptor is real, so the loop watches it and a waiting connection
+    makes it readable; ``accepts`` counts the calls.
+    """
+
+    def __init__(self, sock, failures=()):
+        self._sock = sock
+        self.failures = deque(failures)
+        self.accepts = 0
+
+    def accept(self):
+        self.accepts += 1
+        if self.failures:
+            raise self.failures.popleft()
+        return self._sock.accept()
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
