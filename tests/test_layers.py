@@ -32,6 +32,8 @@ ALLOWED = {
     "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "limits", "log", "outqueue", "tls"},
     # TLS under a channel: the loop's timers and interest tracking, never chat itself.
     "tls": {"eventloop", "events", "log", "timers"},
+    # Forks workers that each run the loop.
+    "prefork": {"eventloop", "log"},
 }
 
 
