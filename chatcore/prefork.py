@@ -153,12 +153,13 @@ class _Supervisor:
         self.slots = [_Worker(index) for index in range(count)]
         self.parent_pid = os.getpid()
         self.stopping = False
-        # listener's descriptor -> the sockets of workers 1, 2 …  (worker 0 keeps the listener).
-        self.own_sockets: dict[int, list[socket.socket]] = {}
+        # listener's descriptor -> (listener, the sockets of workers 1, 2 …):
+        # worker 0 keeps the listener.
+        self.own_sockets: dict[int, tuple[socket.socket, list[socket.socket]]] = {}
         for listener in _listeners(channel_map):
             extra = _reuseport_sockets(listener, count - 1)
             if extra:
-                self.own_sockets[listener.fileno()] = extra
+                self.own_sockets[listener.fileno()] = (listener, extra)
         self.saved_handlers: dict[int, Any] = {}
         # The signal passed on to the workers, once one was.
         self.forwarded: Optional[int] = None
@@ -181,7 +182,7 @@ class _Supervisor:
                     self._reap(slot, os.waitpid(slot.pid, 0)[1])
             for signum, handler in self.saved_handlers.items():
                 signal.signal(signum, handler)
-            for sockets in self.own_sockets.values():
+            for _, sockets in self.own_sockets.values():
                 for sock in sockets:
                     sock.close()
         return [slot.status if slot.status is not None else 0 for slot in self.slots]
@@ -281,10 +282,16 @@ class _Supervisor:
     def _retire(self, slot: _Worker) -> None:
         # A worker done for good: the connections the kernel would queue on
         # its own socket would wait for ever, so that socket leaves the group.
-        if slot.index == 0:
-            return  # the caller's listener: the caller closes it
-        for sockets in self.own_sockets.values():
-            sockets[slot.index - 1].close()
+        for listener, sockets in self.own_sockets.values():
+            if slot.index > 0:
+                sockets[slot.index - 1].close()
+            else:
+                # The caller's listener, which the caller closes: on Linux
+                # shutting down a listening socket stops it listening.
+                try:
+                    listener.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
 
     # --- the worker
     def _work(self, slot: _Worker) -> None:
@@ -317,7 +324,7 @@ class _Supervisor:
                 os._exit(status)
 
     def _take_own_sockets(self, slot: _Worker) -> None:
-        for listener_fd, sockets in self.own_sockets.items():
+        for listener_fd, (_, sockets) in self.own_sockets.items():
             if slot.index > 0:
                 own = sockets[slot.index - 1]
                 # The listener's descriptor number now names this worker's
@@ -369,14 +376,14 @@ def prefork(
     """
     if not hasattr(os, "fork"):
         raise NotImplementedError("prefork() needs os.fork(), which this platform does not have")
+    count = default_workers() if workers is None else workers
+    if count < 1:
+        raise ValueError("workers must be at least 1, not %r" % (workers,))
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("prefork() must be called from the main thread")
     others = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
     if others:
         raise RuntimeError("prefork() cannot fork safely while other threads run: %s" % ", ".join(others))
-    count = default_workers() if workers is None else workers
-    if count < 1:
-        raise ValueError("workers must be at least 1, not %r" % (workers,))
     channel_map = socket_map if map is None else map
     if serve is None:
 

@@ -1,0 +1,285 @@
+"""chatcore.prefork(): forked workers on their own pollers, spread connections, restarts, signals.
+
+Each test runs a server program in a child interpreter (``SERVER``): a
+listener whose channels answer each line with the worker's pid and what its
+epoll instance watches, served by ``prefork(2)``.  The parent prints the
+exit statuses ``prefork()`` returned; every process is stopped and reaped
+whatever the test's outcome.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from helpers.engines import engine_id
+from helpers.processes import CHILD_TIMEOUT, assert_process_gone, stop_server
+
+import chatcore
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not sys.platform.startswith("linux"), reason="Linux fork")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+SERVER = """
+import json, multiprocessing, os, sys
+import chatcore
+from chatcore import eventloop
+
+engine_name, start_method = sys.argv[1], sys.argv[2]
+if start_method != "default":
+    multiprocessing.set_start_method(start_method)
+if engine_name == "c":
+    from chatcore import _framing_c as engine
+else:
+    from chatcore import _framing_py as engine
+
+channels = {}
+
+def epoll_targets():
+    # The descriptors this worker's epoll instance watches, as the kernel
+    # lists them: shared with another process, it would list theirs too.
+    (poller,) = eventloop._pollers.pollers_of(channels)
+    with open("/proc/self/fdinfo/%d" % poller._epoll.fileno()) as info:
+        return sorted(int(line.split()[1]) for line in info if line.startswith("tfd:"))
+
+class Answer(chatcore.async_chat):
+    _engine = engine
+    def __init__(self, sock, map):
+        super().__init__(sock, map=map)
+        self.set_terminator(b"\\n")
+    def collect_incoming_data(self, data):
+        self.line = data
+    def found_terminator(self):
+        if self.line == b"close":
+            chatcore.close_all(channels)
+            return
+        waker = eventloop._pollers.pollers_of(channels)[0].waker.fileno()
+        report = {"pid": os.getpid(), "epoll": epoll_targets(), "mine": sorted([*channels, waker])}
+        self.push(json.dumps(report).encode() + b"\\n")
+
+class Listener(chatcore.dispatcher):
+    def __init__(self):
+        super().__init__(map=channels)
+        self.create_socket()
+        self.set_reuse_addr()
+        self.bind(("127.0.0.1", 0))
+        self.listen(128)
+    def handle_accepted(self, sock, addr):
+        Answer(sock, channels)
+
+listener = Listener()
+print("port", listener.socket.getsockname()[1], flush=True)
+statuses = chatcore.prefork(2, map=channels)
+print("returned", json.dumps(statuses), flush=True)
+"""
+
+
+class Server:
+    """The server program running; ``ask()`` talks to it, ``workers()`` lists its children."""
+
+    def __init__(self, engine: Any, start_method: str = "default"):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(SERVER), engine_id(engine), start_method],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = self._read_line()
+        assert line.startswith("port "), line
+        self.port = int(line.split()[1])
+
+    def _read_line(self, timeout: float = CHILD_TIMEOUT) -> str:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        assert ready, "the server printed nothing in %s s" % timeout
+        return self.process.stdout.readline().strip()
+
+    def ask(self, line: bytes = b"who\n") -> Optional[dict[str, Any]]:
+        """One connection, one line; the worker's answer (None if it closed without one)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=CHILD_TIMEOUT) as sock:
+            sock.sendall(line)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return None
+                data += chunk
+        return json.loads(data)
+
+    def workers(self) -> set[int]:
+        with open("/proc/%d/task/%d/children" % (self.process.pid, self.process.pid)) as children:
+            return {int(pid) for pid in children.read().split()}
+
+    def wait_for_workers(self, count: int, excluding: frozenset = frozenset()) -> set[int]:
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while time.monotonic() < deadline:
+            workers = self.workers() - excluding
+            if len(workers) == count:
+                return workers
+            time.sleep(0.02)
+        raise AssertionError("the server never had %d workers: %s" % (count, self.workers()))
+
+    def returned(self) -> list[int]:
+        """What prefork() returned in the parent (after the workers ended); the parent then exits."""
+        line = self._read_line()
+        assert line.startswith("returned "), line + self.stderr()
+        assert self.process.wait(CHILD_TIMEOUT) == 0
+        return json.loads(line.split(None, 1)[1])
+
+    def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return self.process.stderr.read() if self.process.poll() is not None else ""
+
+    def close(self) -> None:
+        workers = self.workers() if self.process.poll() is None else set()
+        if self.process.poll() is None:
+            stop_server(self.process, signal.SIGKILL)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.communicate()
+        assert_process_gone(self.process)
+
+
+@pytest.fixture
+def start_server(engine):
+    servers: list[Server] = []
+
+    def start(start_method: str = "default") -> Server:
+        servers.append(Server(engine, start_method))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def answers_until(server: Server, wanted: set[int], limit: int = 400) -> list[dict[str, Any]]:
+    """Connections, one after another, until every worker of *wanted* has answered one."""
+    answers: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    while not wanted <= seen:
+        assert len(answers) < limit, "only %s answered of %s" % (seen, wanted)
+        answer = server.ask()
+        assert answer is not None
+        answers.append(answer)
+        seen.add(answer["pid"])
+    return answers
+
+
+def test_workers_spread_connections_each_on_an_epoll_of_its_own_and_sigterm_ends_them(start_server):
+    server = start_server()
+    workers = server.wait_for_workers(2)
+    answers = answers_until(server, workers)
+    answers += [server.ask() for _ in range(20)]
+    assert {answer["pid"] for answer in answers} == workers  # the parent serves nothing
+    for answer in answers:
+        # Its own epoll: the listener, its waker and the connection, nothing of its sibling's.
+        assert answer["epoll"] == answer["mine"]
+    # The parent never made a poller a worker could have inherited.
+    parent_fds = os.listdir("/proc/%d/fd" % server.process.pid)
+    assert not any("eventpoll" in os.readlink("/proc/%d/fd/%s" % (server.process.pid, fd)) for fd in parent_fds)
+    server.process.send_signal(signal.SIGTERM)
+    assert server.returned() == [-signal.SIGTERM, -signal.SIGTERM]
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_killed_worker_is_replaced_and_sigint_ends_them(start_server):
+    server = start_server()
+    first = server.wait_for_workers(2)
+    killed = min(first)
+    os.kill(killed, signal.SIGKILL)
+    replaced = server.wait_for_workers(2, excluding=frozenset({killed}))
+    assert killed not in replaced
+    (newcomer,) = replaced - first
+    answers_until(server, {newcomer})
+    server.process.send_signal(signal.SIGINT)
+    assert server.returned() == [128 + signal.SIGINT, 128 + signal.SIGINT]
+    assert "worker restarted" not in server.stderr()  # logging not configured: nothing printed
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_worker_whose_map_empties_exits_0_and_is_not_restarted(start_server, start_method):
+    server = start_server(start_method)
+    workers = server.wait_for_workers(2)
+    done: set[int] = set()
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while done != workers:
+        assert time.monotonic() < deadline
+        for pid in list(workers - done):
+            try:
+                os.kill(pid, 0)
+                with open("/proc/%d/stat" % pid) as stat:
+                    if stat.read().split(") ", 1)[1].startswith("Z"):
+                        done.add(pid)
+                        continue
+            except (ProcessLookupError, FileNotFoundError):
+                done.add(pid)
+        if done == workers:
+            break
+        try:
+            server.ask(b"close\n")
+        except OSError:
+            pass  # the retired worker's socket was closed meanwhile
+    assert server.returned() == [0, 0]
+
+
+def test_the_echo_example_serves_from_two_workers(engine):
+    env = dict(os.environ)
+    if engine_id(engine) == "py":
+        env["CHATCORE_NO_EXTENSIONS"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "echo_server.py"), "--workers", "2", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "listening on" in line, line
+        port = int(line.split(":")[1].split()[0])
+        assert process.stdout.readline().strip() == "serving from 2 worker processes"
+        for number in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=CHILD_TIMEOUT) as sock:
+                sock.sendall(b"line %d\n" % number)
+                assert sock.makefile("rb").readline() == b"line %d\n" % number
+        output, _ = stop_server(process, signal.SIGTERM)
+        assert process.returncode == 0, output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert_process_gone(process)
+
+
+def test_prefork_refuses_to_fork_with_other_threads_running():
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, name="still-running")
+    thread.start()
+    try:
+        with pytest.raises(RuntimeError, match="still-running"):
+            chatcore.prefork(2, map={})
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_prefork_wants_at_least_one_worker():
+    with pytest.raises(ValueError):
+        chatcore.prefork(0, map={})
