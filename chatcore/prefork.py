@@ -47,7 +47,7 @@ from typing import Any, Callable, Optional, Union
 from .eventloop import loop, socket_map
 from .log import MessageKind, logger
 
-__all__ = ["prefork", "default_workers"]
+__all__ = ["default_workers", "prefork"]
 
 ChannelMap = dict[int, Any]
 
@@ -69,7 +69,7 @@ FAILED_STATUS = 1
 #: One line per worker started again: a worker that keeps dying must not flood the log.
 _WORKER_RESTARTED = MessageKind("worker restarted", "warning")
 
-_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+_FORWARDED: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 
 
 def default_workers() -> int:

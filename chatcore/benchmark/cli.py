@@ -21,7 +21,10 @@ each row's asynchat/asyncore; its messages are commands (a message body
 counts as one), each answered before the next is sent.  The TLS suite is the
 echo benchmark over TLS 1.3 (chatcore's start_tls, asyncio's and uvloop's
 TLS transports; it needs trustme, which makes the certificates): asynchat
-never had TLS, so its ratios are to asyncio.
+never had TLS, so its ratios are to asyncio.  The prefork suite (only with
+``--suite prefork``) is echo served by ``chatcore.prefork()`` with 1 and 2
+workers and by a plain loop; its ratios are to 1 worker, and the notes give
+the server's CPU time per line, since the load client shares the cores.
 """
 
 import argparse
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import chatcore
 
-from . import echo, framing, smtp, tls
+from . import echo, framing, prefork, smtp, tls
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -81,7 +84,10 @@ MODES: dict[str, dict[str, Any]] = {
     },
 }
 
-SUITES = ("framing", "echo", "smtp", "tls")
+SUITES = ("framing", "echo", "smtp", "tls", "prefork")
+#: Suites run only when named with --suite (they fork servers and take longer).
+OPT_IN_SUITES = ("prefork",)
+DEFAULT_SUITES = [suite for suite in SUITES if suite not in OPT_IN_SUITES]
 #: The loopback echo suites: settings key of their modes, what their
 #: benchmarks are called, their kind of server process.
 ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
@@ -96,6 +102,7 @@ BASELINE_NAMES = {
     ("stdlib-asynchat", "stdlib"): "stdlib asynchat/asyncore",
     ("pyasynchat", "pyasynchat"): "pyasynchat/pyasyncore",
     ("asyncio-streams", "asyncio"): "asyncio",
+    (prefork.BASELINE, prefork.BASELINE): "1 prefork worker",
 }
 
 
@@ -272,7 +279,9 @@ def baselines(rows: list[Row]) -> dict[Row, Optional[Row]]:
     result: dict[Row, Optional[Row]] = {}
     for row in rows:
         peers = by_benchmark[row.benchmark]
-        names = FRAMING_BASELINES if row.suite == "framing" else ECHO_BASELINES
+        names: tuple[str, ...] = FRAMING_BASELINES if row.suite == "framing" else ECHO_BASELINES
+        if row.suite == "prefork":
+            names = (prefork.BASELINE,)
         result[row] = next((peers[name] for name in names if name in peers), None)
     return result
 
@@ -394,6 +403,7 @@ _SUITE_TITLES = {
     "echo": "echo: over 127.0.0.1, each server in its own process",
     "smtp": "smtp: commands over 127.0.0.1, legacy_smtpd.py unchanged",
     "tls": "tls: echo over TLS 1.3 on 127.0.0.1, each server in its own process",
+    "prefork": "prefork: echo over 127.0.0.1 from 1 and 2 forked workers (the load client shares the cores)",
 }
 _BAR_PITCH = 0.13  # inches per bar: a chart's height follows its row count
 _GROUP_GAP = 0.7  # between two benchmarks' bars, in bars
@@ -538,6 +548,33 @@ def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progres
             rows += _echo_rows(settings, progress, "tls")
         else:
             progress("loopback TLS echo skipped: %s" % reason)
+    if "prefork" in suites:
+        progress("loopback echo from chatcore.prefork() workers, ratios to 1 worker:")
+        rows += _prefork_rows(mode, progress)
+    return rows
+
+
+def _prefork_rows(mode: str, progress: Callable[[str], None]) -> list[Row]:
+    rows = []
+    for benchmark, result in prefork.run_suite(mode, progress):
+        detail = "%s: server CPU %.2f us per line, connections per process %s" % (
+            result.mode,
+            result.server_cpu_us_per_line,
+            "+".join(map(str, result.connections_per_worker)),
+        )
+        rows.append(
+            Row(
+                "prefork",
+                benchmark,
+                result.server,
+                result.messages,
+                result.seconds,
+                result.bytes,
+                result.p50_us,
+                result.p99_us,
+                detail,
+            )
+        )
     return rows
 
 
@@ -557,7 +594,10 @@ def add_parser(commands: Any) -> None:
     )
     parser.set_defaults(mode="default", run=main)
     parser.add_argument(
-        "--suite", choices=list(SUITES), action="append", help="run only this suite (repeatable; default: all)"
+        "--suite",
+        choices=list(SUITES),
+        action="append",
+        help="run only this suite (repeatable; default: all but %s)" % ", ".join(OPT_IN_SUITES),
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also draw a chart (PNG or SVG; needs matplotlib)")
@@ -598,7 +638,7 @@ def main(args: argparse.Namespace) -> int:
         )
     )
     started = time.perf_counter()
-    rows = run(args.mode, args.suite or list(SUITES))
+    rows = run(args.mode, args.suite or DEFAULT_SUITES)
     print()
     print(format_table(rows))
     notes = floor_notes(rows)
@@ -606,7 +646,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
         for note in notes:
             print("  " + note)
-    for suite in ("echo", "smtp", "tls"):
+    for suite in ("echo", "smtp", "tls", "prefork"):
         notes = server_notes(rows, suite)
         if notes:
             print("\n%s servers:" % suite)
