@@ -9,6 +9,7 @@ whatever the test's outcome.
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not sys.platform.star
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 SERVER = """
-import json, multiprocessing, os, sys
+import json, multiprocessing, os, signal, sys
 import chatcore
 from chatcore import eventloop
 
@@ -79,8 +80,23 @@ class Listener(chatcore.dispatcher):
 
 listener = Listener()
 print("port", listener.socket.getsockname()[1], flush=True)
+handlers = [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)]
 statuses = chatcore.prefork(2, map=channels)
+assert [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)] == handlers
 print("returned", json.dumps(statuses), flush=True)
+"""
+
+#: A worker that fails as soon as it starts, every time: restarted, with a growing pause.
+CRASHING = """
+import logging, sys
+import chatcore
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+
+def serve():
+    raise RuntimeError("this worker fails at once")
+
+print("started", flush=True)
+print("returned", chatcore.prefork(1, map={}, serve=serve), flush=True)
 """
 
 
@@ -236,6 +252,33 @@ def test_a_worker_whose_map_empties_exits_0_and_is_not_restarted(start_server, s
         except OSError:
             pass  # the retired worker's socket was closed meanwhile
     assert server.returned() == [0, 0]
+
+
+def test_a_failing_worker_is_logged_and_restarted_after_a_growing_pause():
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(CRASHING)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        while sum("starting it again" in line for line in lines) < 3:
+            ready, _, _ = select.select([process.stdout], [], [], CHILD_TIMEOUT)
+            assert ready, "".join(lines)
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)
+        output, _ = stop_server(process, signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert_process_gone(process)
+    text = "".join(lines) + output
+    restarts = [line for line in text.splitlines() if "starting it again" in line]
+    # Died at once each time: 0.1 s, then twice as long each time.
+    assert [line.rsplit(" in ", 1)[1] for line in restarts[:3]] == ["0.1 s", "0.2 s", "0.4 s"]
+    assert "died (exit status 1)" in restarts[0]
+    assert "RuntimeError: this worker fails at once" in text  # the worker's traceback, logged
+    assert re.search(r"returned \[(1|-15)\]", text), text
 
 
 def test_the_echo_example_serves_from_two_workers(engine):
