@@ -180,18 +180,22 @@ class _Supervisor:
             for slot in self.slots:
                 if slot.pid is not None:
                     self._reap(slot, os.waitpid(slot.pid, 0)[1])
-            for signum, handler in self.saved_handlers.items():
-                signal.signal(signum, handler)
+            self._put_back_handlers()
             for _, sockets in self.own_sockets.values():
                 for sock in sockets:
                     sock.close()
         return [slot.status if slot.status is not None else 0 for slot in self.slots]
 
+    def _put_back_handlers(self) -> None:
+        for signum, handler in self.saved_handlers.items():
+            # None: a handler not set from Python, which cannot be put back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
     def _forward(self, signum: int, frame: Optional[FrameType]) -> None:
         if os.getpid() != self.parent_pid:
             # Inherited by a worker that has not put its own handlers back
             # yet: the signal is the worker's, with the caller's handler.
-            signal.signal(signum, self.saved_handlers[signum])
+            self._put_back_handlers()
             os.kill(os.getpid(), signum)
             return
         self.stopping = True
@@ -297,8 +301,7 @@ class _Supervisor:
     def _work(self, slot: _Worker) -> None:
         status = FAILED_STATUS
         try:
-            for signum, handler in self.saved_handlers.items():
-                signal.signal(signum, handler)
+            self._put_back_handlers()
             self._take_own_sockets(slot)
             for other in self.slots:
                 if other.pidfd >= 0:
@@ -307,6 +310,8 @@ class _Supervisor:
             status = 0
         except SystemExit as exit:
             status = _exit_status(exit.code)
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)  # as the interpreter does at exit
         except KeyboardInterrupt:
             status = INTERRUPTED_STATUS
         except BaseException:

@@ -110,9 +110,15 @@ class Server:
             stderr=subprocess.PIPE,
             text=True,
         )
-        line = self._read_line()
-        assert line.startswith("port "), line
-        self.port = int(line.split()[1])
+        # Every worker ever seen, killed on close even if the parent died first.
+        self.seen: set[int] = set()
+        try:
+            line = self._read_line()
+            assert line.startswith("port "), line
+            self.port = int(line.split()[1])
+        except BaseException:
+            self.close()
+            raise
 
     def _read_line(self, timeout: float = CHILD_TIMEOUT) -> str:
         assert self.process.stdout is not None
@@ -133,8 +139,13 @@ class Server:
         return json.loads(data)
 
     def workers(self) -> set[int]:
-        with open("/proc/%d/task/%d/children" % (self.process.pid, self.process.pid)) as children:
-            return {int(pid) for pid in children.read().split()}
+        try:
+            with open("/proc/%d/task/%d/children" % (self.process.pid, self.process.pid)) as children:
+                workers = {int(pid) for pid in children.read().split()}
+        except FileNotFoundError:
+            return set()  # the parent has exited
+        self.seen |= workers
+        return workers
 
     def wait_for_workers(self, count: int, excluding: frozenset = frozenset()) -> set[int]:
         deadline = time.monotonic() + CHILD_TIMEOUT
@@ -157,13 +168,20 @@ class Server:
         return self.process.stderr.read() if self.process.poll() is not None else ""
 
     def close(self) -> None:
-        workers = self.workers() if self.process.poll() is None else set()
         if self.process.poll() is None:
-            stop_server(self.process, signal.SIGKILL)
-        for pid in workers:
+            # Stopped first, so that it cannot start a worker between the
+            # look at its children and its end; killed before the workers,
+            # so that it cannot replace them.
+            self.process.send_signal(signal.SIGSTOP)
+            self.workers()
+            self.process.kill()
+        # The workers hold the parent's output pipes: gone before reading them.
+        for pid in self.seen:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
+                    if b"chatcore.prefork(" in cmdline.read():  # still ours, not a reused pid
+                        os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
                 pass
         self.process.communicate()
         assert_process_gone(self.process)
@@ -174,8 +192,9 @@ def start_server(engine):
     servers: list[Server] = []
 
     def start(start_method: str = "default") -> Server:
-        servers.append(Server(engine, start_method))
-        return servers[-1]
+        server = Server(engine, start_method)  # closes itself if it fails to start
+        servers.append(server)
+        return server
 
     yield start
     for server in servers:
