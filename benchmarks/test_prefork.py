@@ -50,10 +50,14 @@ def prefork_server(request) -> Iterator[PreforkEchoServerProcess]:
         yield server
 
 
-def _record_server_side(benchmark, server: PreforkEchoServerProcess, cpu_before: float, measurements) -> None:
-    lines = sum(measurement.messages for measurement in measurements)
+def measure(benchmark, server: PreforkEchoServerProcess, client_rounds, make_client, messages: int) -> None:
+    """Time the rounds of *make_client*'s clients, each echoing *messages* lines; record them and the server's CPU."""
+    cpu_before = process_cpu_seconds(server.pids())
+    measurements = client_rounds(make_client)
     cpu = process_cpu_seconds(server.pids()) - cpu_before
-    benchmark.extra_info.update(server_cpu_us_per_line=cpu / max(1, lines) * 1e6)
+    assert all(m.messages == messages for m in measurements)
+    record(benchmark, server, measurements)
+    benchmark.extra_info.update(server_cpu_us_per_line=cpu / (messages * len(measurements)) * 1e6)
 
 
 def test_prefork_echo_pipelined(benchmark, scale, prefork_server, client_rounds):
@@ -67,11 +71,7 @@ def test_prefork_echo_pipelined(benchmark, scale, prefork_server, client_rounds)
     def make_client(timeout: float) -> PipelinedClient:
         return PipelinedClient(prefork_server.port, PIPELINED_CONNECTIONS, lines, LINE_SIZE, timeout=timeout)
 
-    cpu_before = process_cpu_seconds(prefork_server.pids())
-    measurements = client_rounds(make_client)
-    assert all(m.messages == PIPELINED_CONNECTIONS * lines for m in measurements)
-    record(benchmark, prefork_server, measurements)
-    _record_server_side(benchmark, prefork_server, cpu_before, measurements)
+    measure(benchmark, prefork_server, client_rounds, make_client, PIPELINED_CONNECTIONS * lines)
 
 
 def test_prefork_echo_ping_pong(benchmark, scale, prefork_server, client_rounds):
@@ -85,8 +85,4 @@ def test_prefork_echo_ping_pong(benchmark, scale, prefork_server, client_rounds)
     def make_client(timeout: float) -> ConcurrentPingPongClient:
         return ConcurrentPingPongClient(prefork_server.port, PING_PONG_CONNECTIONS, rounds, LINE_SIZE, timeout=timeout)
 
-    cpu_before = process_cpu_seconds(prefork_server.pids())
-    measurements = client_rounds(make_client)
-    assert all(m.messages == PING_PONG_CONNECTIONS * rounds for m in measurements)
-    record(benchmark, prefork_server, measurements)
-    _record_server_side(benchmark, prefork_server, cpu_before, measurements)
+    measure(benchmark, prefork_server, client_rounds, make_client, PING_PONG_CONNECTIONS * rounds)

@@ -345,3 +345,16 @@ def test_prefork_refuses_to_fork_with_other_threads_running():
 def test_prefork_wants_at_least_one_worker():
     with pytest.raises(ValueError):
         chatcore.prefork(0, map={})
+
+
+@pytest.mark.parametrize("mode", ["pipelined", "ping-pong"])
+def test_the_benchmark_run_measures_both_workers_and_reaps_them(mode):
+    from chatcore.benchmark.prefork import run_prefork_echo
+
+    started = []
+    result = run_prefork_echo("prefork-2", mode, 4, 20, on_server_started=started.append)
+    assert result.messages == 4 * 20
+    assert len(result.connections_per_worker) == 2 and sum(result.connections_per_worker) == 4
+    assert result.server_cpu_us_per_line >= 0
+    (process,) = started
+    assert_process_gone(process.process)

@@ -48,6 +48,7 @@ import chatcore
 from .echo import (
     WOULD_BLOCK,
     ClientMeasurement,
+    EchoResult,
     EchoServerProcess,
     PipelinedClient,
     _listener_class,
@@ -335,26 +336,13 @@ class ConcurrentPingPongClient:
 
 
 @dataclasses.dataclass
-class PreforkResult:
-    """One ``run_prefork_echo``: the client's figures and the server's CPU time per echoed line."""
+class PreforkResult(EchoResult):
+    """One ``run_prefork_echo``: an ``EchoResult``, and the server's CPU time per echoed line."""
 
-    server: str
-    mode: str
-    connections: int
-    messages: int
-    bytes: int
-    seconds: float
-    messages_per_s: float
-    p50_us: Optional[float]
-    p99_us: Optional[float]
     #: User plus system CPU seconds of the server's processes during the run, per echoed line, in µs.
-    server_cpu_us_per_line: float
+    server_cpu_us_per_line: float = 0.0
     #: Connections each worker held during the run (the server process itself for "chatcore").
-    connections_per_worker: list[int]
-    server_detail: Optional[str] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    connections_per_worker: list[int] = dataclasses.field(default_factory=list)
 
 
 def run_prefork_echo(
@@ -403,18 +391,18 @@ def run_prefork_echo(
             client.close()
         process.stop()
     return PreforkResult(
-        server=server,
         mode=mode,
         connections=measurement.connections,
         messages=measurement.messages,
         bytes=measurement.bytes,
         seconds=measurement.seconds,
         messages_per_s=per_second(measurement.messages, measurement.seconds),
+        mb_per_s=per_second(measurement.bytes / 1e6, measurement.seconds),
         p50_us=measurement.p50_us,
         p99_us=measurement.p99_us,
+        **process.report(),
         server_cpu_us_per_line=(cpu_after - cpu_before) / max(1, measurement.messages) * 1e6,
         connections_per_worker=spread,
-        server_detail=process.detail,
     )
 
 
