@@ -79,7 +79,11 @@ class Listener(chatcore.dispatcher):
         Answer(sock, channels)
 
 listener = Listener()
-print("port", listener.socket.getsockname()[1], flush=True)
+# A turn in the parent first: it has an epoll instance of its own, which the
+# workers inherit and must not use.
+chatcore.loop(timeout=0, map=channels, count=1)
+(parent_poller,) = eventloop._pollers.pollers_of(channels)
+print("port", listener.socket.getsockname()[1], "epoll", parent_poller._epoll.fileno(), flush=True)
 handlers = [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)]
 statuses = chatcore.prefork(2, map=channels)
 assert [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)] == handlers
@@ -116,6 +120,7 @@ class Server:
             line = self._read_line()
             assert line.startswith("port "), line
             self.port = int(line.split()[1])
+            self.parent_epoll = int(line.split()[3])
         except BaseException:
             self.close()
             raise
@@ -223,9 +228,19 @@ def test_workers_spread_connections_each_on_an_epoll_of_its_own_and_sigterm_ends
     for answer in answers:
         # Its own epoll: the listener, its waker and the connection, nothing of its sibling's.
         assert answer["epoll"] == answer["mine"]
-    # The parent never made a poller a worker could have inherited.
-    parent_fds = os.listdir("/proc/%d/fd" % server.process.pid)
-    assert not any("eventpoll" in os.readlink("/proc/%d/fd/%s" % (server.process.pid, fd)) for fd in parent_fds)
+    # While the workers serve connections, the parent's epoll instance (which
+    # they inherited) still watches only what the parent registered: the
+    # listener and its waker.
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=CHILD_TIMEOUT) for _ in range(6)]
+    try:
+        for sock in held:
+            sock.sendall(b"who\n")
+            assert sock.recv(4096)
+        with open("/proc/%d/fdinfo/%d" % (server.process.pid, server.parent_epoll)) as info:
+            assert sum(line.startswith("tfd:") for line in info) == 2
+    finally:
+        for sock in held:
+            sock.close()
     server.process.send_signal(signal.SIGTERM)
     assert server.returned() == [-signal.SIGTERM, -signal.SIGTERM]
     for pid in workers:
