@@ -21,6 +21,7 @@ from .dispatch import (
     write,
 )
 from .eventloop import call_later, call_soon_threadsafe, loop, poll, poll2, poll3
+from .workers import prefork
 from .timers import TimerHandle
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "poll",
     "poll2",
     "poll3",
+    "prefork",
     "read",
     "readwrite",
     "simple_producer",

@@ -30,6 +30,11 @@ had come over TLS::
 (a STARTTLS client sends ``STARTTLS``, reads the ``220`` line, then starts
 its handshake on the same connection).
 
+With ``--workers N`` (N > 1) the listener is made first, then
+``chatcore.prefork(N)`` forks N worker processes that share the port
+(SO_REUSEPORT where the platform has it); the first process only supervises
+them, and SIGTERM or Ctrl-C to it stops them all.
+
 The handler and the listener are the public ``EchoHandler``, ``Listener`` and
 ``start_echo_server`` of ``chatcore.demo`` (the ones ``python -m chatcore
 demo`` runs), imported rather than written again; this file adds the line
@@ -163,8 +168,17 @@ def parse_arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="with --tls-cert: serve in the clear until a STARTTLS line, then TLS (default: TLS from the start)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve from N forked worker processes (chatcore.prefork); 1 (default): this process serves",
+    )
     add_serving_options(parser)
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.max_line < 1:
         parser.error("--max-line must be at least 1")
     if args.tls_key is not None and args.tls_cert is None:
@@ -218,7 +232,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             "echo server listening on %s:%d (engine: %s%s)" % (host, port, chatcore.implementation, _tls_mode(args)),
             flush=True,
         )
-        serve(channel_map, args.event_loop, args.max_seconds)
+
+        def serve_here() -> None:
+            serve(channel_map, args.event_loop, args.max_seconds)
+
+        if args.workers > 1:
+            print("serving from %d worker processes" % args.workers, flush=True)
+            chatcore.prefork(args.workers, map=channel_map, serve=serve_here)
+        else:
+            serve_here()
     except KeyboardInterrupt:
         pass
     finally:

@@ -34,6 +34,8 @@ ALLOWED = {
     "tls": {"eventloop", "events", "log", "timers"},
     # asyncio's loop driving the loop's own turns: above the loop, beside chat.
     "aio": {"eventloop", "timers"},
+    # Forks workers that each run the loop.
+    "workers": {"eventloop", "log"},
 }
 
 

@@ -23,7 +23,10 @@ echo benchmark over TLS 1.3 (chatcore's start_tls, asyncio's and uvloop's
 TLS transports; it needs trustme, which makes the certificates): asynchat
 never had TLS, so its ratios are to asyncio.  The aio suite serves one
 chatcore echo server on chatcore.loop(), and through chatcore.aio on asyncio
-and on uvloop: its ratios are to chatcore.loop().
+and on uvloop: its ratios are to chatcore.loop().  The prefork suite (only
+with ``--suite prefork``) is echo served by ``chatcore.prefork()`` with 1 and
+2 workers and by a plain loop; its ratios are to 1 worker, and the notes give
+the server's CPU time per line, since the load client shares the cores.
 """
 
 import argparse
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import chatcore
 
-from . import aio, echo, framing, smtp, tls
+from . import aio, echo, framing, prefork, smtp, tls
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -86,7 +89,10 @@ MODES: dict[str, dict[str, Any]] = {
     },
 }
 
-SUITES = ("framing", "echo", "smtp", "tls", "aio")
+SUITES = ("framing", "echo", "smtp", "tls", "aio", "prefork")
+#: Suites run only when named with --suite (they fork servers and take longer).
+OPT_IN_SUITES = ("prefork",)
+DEFAULT_SUITES = [suite for suite in SUITES if suite not in OPT_IN_SUITES]
 #: The loopback echo suites: settings key of their modes, what their
 #: benchmarks are called, their kind of server process.
 ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
@@ -98,13 +104,14 @@ ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
 FRAMING_BASELINES = ("stdlib-asynchat", "pyasynchat", "asyncio-streams")
 ECHO_BASELINES = ("stdlib", "pyasynchat", "asyncio")
 #: Suites whose rows have another baseline than ECHO_BASELINES, and what it is called.
-SUITE_BASELINES = {"aio": ("chatcore",)}
+SUITE_BASELINES = {"aio": ("chatcore",), "prefork": (prefork.BASELINE,)}
 SUITE_BASELINE_NAMES = {"aio": "chatcore.loop()"}
 #: What the ratio column's header calls each pair of baselines.
 BASELINE_NAMES = {
     ("stdlib-asynchat", "stdlib"): "stdlib asynchat/asyncore",
     ("pyasynchat", "pyasynchat"): "pyasynchat/pyasyncore",
     ("asyncio-streams", "asyncio"): "asyncio",
+    (prefork.BASELINE, prefork.BASELINE): "1 prefork worker",
 }
 
 
@@ -410,6 +417,7 @@ _SUITE_TITLES = {
     "smtp": "smtp: commands over 127.0.0.1, legacy_smtpd.py unchanged",
     "tls": "tls: echo over TLS 1.3 on 127.0.0.1, each server in its own process",
     "aio": "aio: one chatcore echo server on chatcore.loop() and through chatcore.aio, own processes",
+    "prefork": "prefork: echo over 127.0.0.1 from 1 and 2 forked workers (the load client shares the cores)",
 }
 _BAR_PITCH = 0.13  # inches per bar: a chart's height follows its row count
 _GROUP_GAP = 0.7  # between two benchmarks' bars, in bars
@@ -560,6 +568,33 @@ def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progres
             % ", ".join(aio.available_servers())
         )
         rows += _echo_rows(settings, progress, "aio")
+    if "prefork" in suites:
+        progress("loopback echo from chatcore.prefork() workers, ratios to 1 worker:")
+        rows += _prefork_rows(mode, progress)
+    return rows
+
+
+def _prefork_rows(mode: str, progress: Callable[[str], None]) -> list[Row]:
+    rows = []
+    for benchmark, result in prefork.run_suite(mode, progress):
+        detail = "%s: server CPU %.2f us per line, connections per process %s" % (
+            result.mode,
+            result.server_cpu_us_per_line,
+            "+".join(map(str, result.connections_per_worker)),
+        )
+        rows.append(
+            Row(
+                "prefork",
+                benchmark,
+                result.server,
+                result.messages,
+                result.seconds,
+                result.bytes,
+                result.p50_us,
+                result.p99_us,
+                detail,
+            )
+        )
     return rows
 
 
@@ -579,7 +614,10 @@ def add_parser(commands: Any) -> None:
     )
     parser.set_defaults(mode="default", run=main)
     parser.add_argument(
-        "--suite", choices=list(SUITES), action="append", help="run only this suite (repeatable; default: all)"
+        "--suite",
+        choices=list(SUITES),
+        action="append",
+        help="run only this suite (repeatable; default: all but %s)" % ", ".join(OPT_IN_SUITES),
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also draw a chart (PNG or SVG; needs matplotlib)")
@@ -620,7 +658,7 @@ def main(args: argparse.Namespace) -> int:
         )
     )
     started = time.perf_counter()
-    rows = run(args.mode, args.suite or list(SUITES))
+    rows = run(args.mode, args.suite or DEFAULT_SUITES)
     print()
     print(format_table(rows))
     notes = floor_notes(rows)
@@ -628,7 +666,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
         for note in notes:
             print("  " + note)
-    for suite in ("echo", "smtp", "tls", "aio"):
+    for suite in ("echo", "smtp", "tls", "aio", "prefork"):
         notes = server_notes(rows, suite)
         if notes:
             print("\n%s servers:" % suite)
