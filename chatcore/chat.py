@@ -14,6 +14,7 @@ slices) are taken only where nothing observable changes.
 """
 
 import math
+import operator
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, AnyStr, Callable, Optional, Union
@@ -33,9 +34,7 @@ if TYPE_CHECKING:
     import ssl
     from typing import Protocol
 
-    from _typeshed import ReadableBuffer
-
-    from .filesend import FileLike
+    from _typeshed import HasFileno, ReadableBuffer
 
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
 
@@ -612,7 +611,7 @@ class async_chat(dispatcher):
                     if self._send_file_head(fifo[0]):
                         full = True
                         break
-                    if not self.connected:
+                    if self._fileno is None:
                         return  # a file error closed the channel
                 else:
                     break
@@ -643,8 +642,9 @@ class async_chat(dispatcher):
         fifo = self.producer_fifo
         # (send_to() returns False once the entry has finished, failed or
         # switched to reads.)
-        if entry.zero_copy and self._tls is None and self.socket.type == socket.SOCK_STREAM:
-            if entry.send_to(self._fileno):
+        fd = self._fileno
+        if entry.zero_copy and fd is not None and self._tls is None and self.socket.type == socket.SOCK_STREAM:
+            if entry.send_to(fd):
                 return True
         if not entry.finished:
             data = entry.more()
@@ -656,7 +656,7 @@ class async_chat(dispatcher):
         return False
 
     def push_file(
-        self, file: "FileLike", offset: int = 0, count: Optional[int] = None, *, close: bool = False
+        self, file: "HasFileno", offset: int = 0, count: Optional[int] = None, *, close: bool = False
     ) -> None:
         """Queue *count* bytes of *file* from *offset* (up to its end for None), in order with other pushes.
 
@@ -678,10 +678,13 @@ class async_chat(dispatcher):
         event.  For ``ac_max_output_buffer`` a queued file counts as one
         entry (``OUTPUT_ENTRY_OVERHEAD``), plus the chunk read ahead.
         """
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError("offset must be an int >= 0, got %r" % (offset,))
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
-            raise ValueError("count must be None or an int >= 0, got %r" % (count,))
+        offset = operator.index(offset)
+        if offset < 0:
+            raise ValueError("offset must be >= 0, got %r" % (offset,))
+        if count is not None:
+            count = operator.index(count)
+            if count < 0:
+                raise ValueError("count must be None or >= 0, got %r" % (count,))
         entry = FileProducer(self, file, offset, count, close, self.ac_out_buffer_size)
         self._files_pushed = True
         self.producer_fifo.append(entry)

@@ -26,12 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .log import MessageKind
 
 if TYPE_CHECKING:
-    from typing import Protocol
-
-    class FileLike(Protocol):
-        """What ``push_file()`` takes: an object with ``fileno()`` (a ``close()`` is used if asked)."""
-
-        def fileno(self) -> int: ...
+    from _typeshed import HasFileno
 
 
 __all__ = ["FileProducer"]
@@ -84,7 +79,7 @@ class FileProducer:
     )
 
     def __init__(
-        self, channel: Any, file: "FileLike", offset: int, count: Optional[int], close_file: bool, chunk_size: int
+        self, channel: Any, file: "HasFileno", offset: int, count: Optional[int], close_file: bool, chunk_size: int
     ) -> None:
         fd = file.fileno()
         status = os.fstat(fd)
@@ -92,18 +87,24 @@ class FileProducer:
         positional = regular or _can_seek(fd)
         if offset and not positional:
             raise ValueError("offset must be 0 for a file that cannot seek (a pipe, a socket)")
-        self.file = file
-        self.fd = fd
-        self.offset = offset
-        self.remaining = count
-        self.chunk_size = max(1, chunk_size)
-        self.close_file = close_file
-        self.positional = positional
-        # sendfile reads a regular file only; the socket side is checked at each send.
-        self.zero_copy = _sendfile_exists and regular
-        self.finished = count == 0
-        # Where the file probably ends: only to save a call, never to stop reading.
-        self.size_hint = status.st_size if regular else 0
+        self.file: HasFileno = file
+        self.fd: int = fd
+        #: Where the next byte comes from.
+        self.offset: int = offset
+        #: Bytes left to send; None: up to the end of the file.
+        self.remaining: Optional[int] = count
+        #: The most one ``more()`` reads.
+        self.chunk_size: int = max(1, chunk_size)
+        #: Whether ``finish()`` closes the file (push_file's *close*).
+        self.close_file: bool = close_file
+        #: Read with positional reads (False: a pipe, read from where it is).
+        self.positional: bool = positional
+        #: Whether ``os.sendfile`` may still be tried: it reads regular
+        #: files only (the socket side is checked at each send).
+        self.zero_copy: bool = _sendfile_exists and regular
+        self.finished: bool = count == 0
+        #: Where the file probably ends: only to save a call, never to stop reading.
+        self.size_hint: int = status.st_size if regular else 0
         self._channel = weakref.ref(channel)
 
     def __repr__(self) -> str:

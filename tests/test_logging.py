@@ -98,6 +98,7 @@ def test_the_library_kinds_are_a_fixed_set_named_in_code():
         "tls failure",
         "tls handshake timeout",
         "accept backoff",
+        "file send error",
     }
 
 

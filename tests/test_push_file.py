@@ -181,7 +181,7 @@ def test_files_and_pushes_keep_their_order_without_coalescing(chat_class, socket
     server_end, client_end = sockets.tcp_pair()
     channel = sender_class(chat_class, channel_map, ac_coalesce_sends=False)(server_end)
     expected = b""
-    files = [open(path, "rb") for path, _ in paths]  # noqa: SIM115 (closed by the channel)
+    files = [open(path, "rb") for path, _ in paths]
     for index, (file, (_, contents)) in enumerate(zip(files, paths)):
         channel.push(b"<%d>" % index)
         channel.push_file(file, close=True)
@@ -296,7 +296,7 @@ def test_an_overridden_initiate_send_drains_the_file_as_a_producer(
 
 
 def test_the_queued_entry_is_a_producer_legacy_code_can_drain(chat_class, tmp_path):
-    path, contents = data_file(tmp_path, 10_000)
+    path, _ = data_file(tmp_path, 10_000)
     channel = sender_class(chat_class, {})(None)
     channel.ac_out_buffer_size = 4096
     with open(path, "rb") as file:
@@ -336,9 +336,7 @@ def test_a_tls_channel_sends_the_file_encrypted_without_sendfile(
 # Closing, backpressure, failures.
 
 
-def test_close_when_done_closes_after_the_file_and_nothing_after_it_is_sent(
-    chat_class, sockets, channel_map, tmp_path
-):
+def test_close_when_done_closes_after_the_file_and_nothing_after_it_is_sent(chat_class, sockets, channel_map, tmp_path):
     path, contents = data_file(tmp_path, 500_000)
     server_end, client_end = sockets.tcp_pair()
     channel = sender_class(chat_class, channel_map)(server_end)
@@ -376,7 +374,7 @@ def test_the_peer_going_away_mid_file_is_a_plain_close(chat_class, sockets, chan
     path, _ = data_file(tmp_path, 16 * MIB)
     server_end, client_end = sockets.tcp_pair()
     channel = sender_class(chat_class, channel_map)(server_end)
-    file = open(path, "rb")  # noqa: SIM115 (the channel closes it)
+    file = open(path, "rb")
     channel.push_file(file, close=True)
     peer = Peer(client_end)
     serve_until(channel_map, lambda: len(peer.received) > 100_000, what="part of the file", peers=[peer])
@@ -395,7 +393,7 @@ def test_close_is_honoured_once_sent_and_when_the_channel_closes_first(
     path, contents = data_file(tmp_path, 1000)
     server_end, client_end = sockets.tcp_pair()
     channel = sender_class(chat_class, channel_map)(server_end)
-    sent, dropped = open(path, "rb"), open(path, "rb")  # noqa: SIM115
+    sent, dropped = open(path, "rb"), open(path, "rb")
     try:
         channel.push_file(sent, close=close)
         peer = Peer(client_end)
@@ -459,8 +457,8 @@ def test_bad_arguments_are_refused_before_anything_is_queued(chat_class, tmp_pat
     path, _ = data_file(tmp_path, 10)
     channel = sender_class(chat_class, {})(None)
     with open(path, "rb") as file:
-        for offset, count in [(-1, None), (0, -1), (1.5, None), (0, True)]:
-            with pytest.raises(ValueError):
+        for offset, count, error in [(-1, None, ValueError), (0, -1, ValueError), (1.5, None, TypeError)]:
+            with pytest.raises(error):
                 channel.push_file(file, offset, count, close=True)
         with pytest.raises(AttributeError):
             channel.push_file(b"not a file")
