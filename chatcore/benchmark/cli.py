@@ -21,7 +21,10 @@ each row's asynchat/asyncore; its messages are commands (a message body
 counts as one), each answered before the next is sent.  The TLS suite is the
 echo benchmark over TLS 1.3 (chatcore's start_tls, asyncio's and uvloop's
 TLS transports; it needs trustme, which makes the certificates): asynchat
-never had TLS, so its ratios are to asyncio.
+never had TLS, so its ratios are to asyncio.  The files suite serves one
+file (1 GiB with --full) over one connection: push_file (sendfile), a
+read-and-push producer, asyncio's loop.sendfile (its ratios are to it) and
+uvloop; its notes give each server's CPU time per GiB.
 """
 
 import argparse
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import chatcore
 
-from . import echo, framing, smtp, tls
+from . import echo, files, framing, smtp, tls
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,6 +52,8 @@ MODES: dict[str, dict[str, Any]] = {
         "echo_modes": [("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
         "smtp": (2, 50),
         "tls_modes": [("pipelined", 2, 5_000), ("ping-pong", 1, 500)],
+        # bytes of the served file, transfers per server (the best one counts)
+        "files": (32 << 20, 1),
     },
     # About a minute on a 2-core machine, with one row per echo server kind.
     # Scale 0.5 at the least: the big body (32 MiB then) must not fit in the
@@ -64,6 +69,7 @@ MODES: dict[str, dict[str, Any]] = {
         # Smaller than the echo suite's: asyncio's and uvloop's TLS rows are
         # several times slower than chatcore's, and take most of the time.
         "tls_modes": [("pipelined", 4, 25_000), ("ping-pong", 1, 2_000)],
+        "files": (256 << 20, 2),
     },
     "full": {
         "scale": 1.0,
@@ -78,10 +84,11 @@ MODES: dict[str, dict[str, Any]] = {
         ],
         "smtp": (4, 3_000),
         "tls_modes": [("pipelined", 4, 100_000), ("ping-pong", 1, 20_000)],
+        "files": (1 << 30, 3),
     },
 }
 
-SUITES = ("framing", "echo", "smtp", "tls")
+SUITES = ("framing", "echo", "smtp", "tls", "files")
 #: The loopback echo suites: settings key of their modes, what their
 #: benchmarks are called, their kind of server process.
 ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
@@ -244,6 +251,16 @@ def _smtp_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> lis
     return rows
 
 
+def _files_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> list[Row]:
+    size, transfers = settings["files"]
+    benchmark = "serve a %d MiB file, 1 connection" % (size >> 20)
+    rows = []
+    for result in files.run_files(files.available_servers(), size, transfers, progress):
+        detail = "%s; server CPU %.2f s per GiB sent" % (result.detail, result.cpu_seconds * (1 << 30) / size)
+        rows.append(Row("files", benchmark, result.server, 1, result.seconds, size, detail=detail))
+    return rows
+
+
 def floor_ratios(rows: list[Row]) -> dict[Row, float]:
     """Each framing row's time per message over the handler floor's, where its benchmark has one."""
     floors = {row.benchmark: row for row in rows if row.suite == "framing" and row.implementation == framing.FLOOR}
@@ -394,6 +411,7 @@ _SUITE_TITLES = {
     "echo": "echo: over 127.0.0.1, each server in its own process",
     "smtp": "smtp: commands over 127.0.0.1, legacy_smtpd.py unchanged",
     "tls": "tls: echo over TLS 1.3 on 127.0.0.1, each server in its own process",
+    "files": "files: one file served over 127.0.0.1, each server in its own process",
 }
 _BAR_PITCH = 0.13  # inches per bar: a chart's height follows its row count
 _GROUP_GAP = 0.7  # between two benchmarks' bars, in bars
@@ -538,6 +556,12 @@ def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progres
             rows += _echo_rows(settings, progress, "tls")
         else:
             progress("loopback TLS echo skipped: %s" % reason)
+    if "files" in suites:
+        progress(
+            "loopback file serving, ratios to asyncio's loop.sendfile (servers: %s):"
+            % ", ".join(files.available_servers())
+        )
+        rows += _files_rows(settings, progress)
     return rows
 
 
@@ -606,7 +630,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
         for note in notes:
             print("  " + note)
-    for suite in ("echo", "smtp", "tls"):
+    for suite in ("echo", "smtp", "tls", "files"):
         notes = server_notes(rows, suite)
         if notes:
             print("\n%s servers:" % suite)

@@ -109,7 +109,7 @@ def _serve_chatcore(server: str, announce: Callable[[int, str], None]) -> None:
             if request == _CPU_REQUEST:
                 self.push(b"%r\n" % time.process_time())
                 return
-            file = open(request, "rb")  # noqa: SIM115 (closed when sent)
+            file = open(request, "rb")  # closed by the channel once sent
             if zero_copy:
                 self.push_file(file, close=True)
             else:
