@@ -38,8 +38,8 @@ import chatcore
 from .echo import _listener_class
 from .serverproc import (
     DEFAULT_MAX_SECONDS,
+    DEFAULT_TIMEOUT,
     LOOPBACK,
-    BenchmarkTimeoutError,
     ServerProcess,
     VerificationError,
     connect,
@@ -50,6 +50,7 @@ from .serverproc import (
 
 __all__ = [
     "SERVERS",
+    "FileClient",
     "FileServerProcess",
     "FileTransfer",
     "available_servers",
@@ -233,46 +234,62 @@ def make_file(directory: str, size: int) -> str:
     return path
 
 
-def _ask_cpu(sock: socket.socket, deadline: float) -> float:
-    sock.sendall(_CPU_REQUEST + b"\n")
-    reply = b""
-    while not reply.endswith(b"\n"):
-        _wait(deadline)
-        piece = sock.recv(64)
-        if not piece:
-            raise VerificationError("the file server closed the connection instead of reporting its CPU time")
-        reply += piece
-    return float(reply)
+class FileClient:
+    """A connection to a file server (``FileServerProcess``) that asks for the file at *path*, of *size* bytes.
 
+    ``transfer()`` reads it once and returns the seconds that took;
+    ``server_cpu()`` is the server's CPU time so far.  Blocking calls give
+    up after *timeout* seconds.
+    """
 
-def _wait(deadline: float) -> None:
-    if time.monotonic() > deadline:
-        raise BenchmarkTimeoutError("the file transfer did not finish in time")
+    def __init__(self, port: int, path: str, size: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path
+        self.size = size
+        with open(path, "rb") as file:
+            self._head = file.read(_CHECKED)
+            file.seek(max(0, size - _CHECKED))
+            self._tail = file.read()
+        self.sock = connect(port, time.monotonic() + timeout)
+        self.sock.setblocking(True)
+        self.sock.settimeout(timeout)
+        self._buffer = memoryview(bytearray(_RECEIVE_SIZE))
 
+    def server_cpu(self) -> float:
+        """The server's CPU seconds (user + system) so far."""
+        self.sock.sendall(_CPU_REQUEST + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            piece = self.sock.recv(64)
+            if not piece:
+                raise VerificationError("the file server closed the connection instead of reporting its CPU time")
+            reply += piece
+        return float(reply)
 
-def _receive_file(sock: socket.socket, path: str, size: int, head: bytes, tail: bytes) -> float:
-    """Ask for *path* and read its *size* bytes; the seconds that took."""
-    buffer = bytearray(_RECEIVE_SIZE)
-    view = memoryview(buffer)
-    received = 0
-    first = b""
-    last = bytearray()
-    started = time.perf_counter()
-    sock.sendall(path.encode() + b"\n")
-    while received < size:
-        count = sock.recv_into(view, min(_RECEIVE_SIZE, size - received))
-        if not count:
-            raise VerificationError("the file server closed the connection after %d of %d bytes" % (received, size))
-        if len(first) < _CHECKED:
-            first += bytes(view[: min(count, _CHECKED - len(first))])
-        received += count
-        if received > size - _CHECKED:
-            last += view[:count]
-            del last[: max(0, len(last) - _CHECKED)]
-    seconds = time.perf_counter() - started
-    if first != head[: len(first)] or bytes(last) != tail[-len(last) :]:
-        raise VerificationError("the file arrived with other bytes than the file's")
-    return seconds
+    def transfer(self) -> float:
+        """Ask for the file and read all of it (its ends checked); the seconds that took."""
+        sock, view, size = self.sock, self._buffer, self.size
+        received = 0
+        first = b""
+        last = bytearray()
+        started = time.perf_counter()
+        sock.sendall(self.path.encode() + b"\n")
+        while received < size:
+            count = sock.recv_into(view, min(_RECEIVE_SIZE, size - received))
+            if not count:
+                raise VerificationError("the file server closed the connection after %d of %d bytes" % (received, size))
+            if len(first) < _CHECKED:
+                first += bytes(view[: min(count, _CHECKED - len(first))])
+            received += count
+            if received > size - _CHECKED:
+                last += view[:count]
+                del last[: max(0, len(last) - _CHECKED)]
+        seconds = time.perf_counter() - started
+        if first != self._head[: len(first)] or bytes(last) != self._tail[len(self._tail) - len(last) :]:
+            raise VerificationError("the file arrived with other bytes than the file's")
+        return seconds
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def run_files(
@@ -282,27 +299,20 @@ def run_files(
     results = []
     with tempfile.TemporaryDirectory(prefix="chatcore-files-") as directory:
         path = make_file(directory, size)
-        with open(path, "rb") as file:
-            head = file.read(_CHECKED)
-            file.seek(max(0, size - _CHECKED))
-            tail = file.read()
         for server in servers:
             with FileServerProcess(server) as process:
                 assert process.port is not None
-                deadline = time.monotonic() + 120 + transfers * size / 50e6
-                sock = connect(process.port, deadline)
-                sock.setblocking(True)
-                sock.settimeout(60)
+                client = FileClient(process.port, path, size)
                 try:
                     best: Optional[FileTransfer] = None
                     for _ in range(transfers):
-                        cpu_before = _ask_cpu(sock, deadline)
-                        seconds = _receive_file(sock, path, size, head, tail)
-                        cpu = _ask_cpu(sock, deadline) - cpu_before
+                        cpu_before = client.server_cpu()
+                        seconds = client.transfer()
+                        cpu = client.server_cpu() - cpu_before
                         if best is None or seconds < best.seconds:
                             best = FileTransfer(server, size, seconds, cpu, process.detail or server)
                 finally:
-                    sock.close()
+                    client.close()
             assert best is not None
             progress(
                 "  %-20s %6.2f GB/s, server CPU %.2f s per GiB"
