@@ -295,6 +295,31 @@ def test_an_overridden_initiate_send_drains_the_file_as_a_producer(
     assert steps and not sendfile_calls
 
 
+def test_a_compat_channel_sends_files_in_order_with_stdlib_s_send_timing(sockets, channel_map, tmp_path):
+    from chatcore.compat import asynchat
+
+    path, contents = data_file(tmp_path, 300_000)
+
+    class Legacy(asynchat.async_chat):
+        def collect_incoming_data(self, data):
+            pass
+
+        def found_terminator(self):
+            self.push(b"head")
+            self.push_file(open(path, "rb"), 5, 250_000, close=True)
+            # Handed to the socket at once, as stdlib does: the file's next
+            # chunk is read and sent first; the rest leaves at write events.
+            self.push(b"tail")
+            self.close_when_done()
+
+    server_end, client_end = sockets.tcp_pair()
+    channel = Legacy(server_end, map=channel_map)
+    channel.set_terminator(b"\n")
+    client_end.sendall(b"GET\n")
+    received = serve_and_receive(channel_map, client_end)
+    assert digest(received) == digest(b"head" + contents[5:250_005] + b"tail")
+
+
 def test_the_queued_entry_is_a_producer_legacy_code_can_drain(chat_class, tmp_path):
     path, _ = data_file(tmp_path, 10_000)
     channel = sender_class(chat_class, {})(None)
