@@ -21,8 +21,8 @@ from .dispatch import (
     write,
 )
 from .eventloop import call_later, call_soon_threadsafe, loop, poll, poll2, poll3
-from .workers import prefork
 from .timers import TimerHandle
+from .workers import prefork
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@ slices) are taken only where nothing observable changes.
 """
 
 import math
+import operator
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, AnyStr, Callable, Optional, Union
@@ -24,6 +25,7 @@ from .dispatch import pause_reading as _pause_reading
 from .dispatch import resume_reading as _resume_reading
 from .eventloop import call_later, note_interest_change, track_predicates
 from .events import _RERAISED, DISCONNECTED
+from .filesend import FileProducer
 from .limits import check_limit, declare_limits
 from .log import MessageKind
 from .outqueue import OutputQueue
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     import ssl
     from typing import Protocol
 
-    from _typeshed import ReadableBuffer
+    from _typeshed import HasFileno, ReadableBuffer
 
 __all__ = ["async_chat", "find_prefix_at_end", "message_chat", "simple_producer"]
 
@@ -237,6 +239,9 @@ class async_chat(dispatcher):
     # The TLS layer (chatcore.tls.TLSLayer) once start_tls() has been called.
     _tls: Any = None
 
+    # Whether push_file() was ever called (close() then closes the files it was asked to).
+    _files_pushed = False
+
     # The queue's length when _update_output_pause last measured it.
     _measured_length = 0
     # The timer of the next idle check, and what it compares.
@@ -392,6 +397,8 @@ class async_chat(dispatcher):
         if self._tls is not None and self.connected:
             self._tls.close_notify()
         dispatcher.close(self)
+        if self._files_pushed:
+            self._release_files()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -597,9 +604,18 @@ class async_chat(dispatcher):
         send = _gathering_send(self.socket) if self._tls is None else self._tls.send_buffers
         full = False
         try:
-            while fifo and isinstance(fifo[0], _BUFFER_TYPES):
-                if self._engine.send_gathered(fifo, send, 4 * self.ac_out_buffer_size):
-                    full = True  # the rest waits for the next write event
+            while fifo:
+                if isinstance(fifo[0], _BUFFER_TYPES):
+                    if self._engine.send_gathered(fifo, send, 4 * self.ac_out_buffer_size):
+                        full = True  # the rest waits for the next write event
+                        break
+                elif type(fifo[0]) is FileProducer:
+                    if self._send_file_head(fifo[0]):
+                        full = True
+                        break
+                    if self._fileno is None:
+                        return  # a file error closed the channel
+                else:
                     break
         except BlockingIOError:
             full = True
@@ -615,6 +631,72 @@ class async_chat(dispatcher):
         # In line: most turns leave nothing queued and nothing to count.
         if watched and (watched & _WATCH_ACTIVITY or fifo or self._read_pauses):
             self._note_sent()
+
+    def _send_file_head(self, entry: FileProducer) -> bool:
+        """Send some of the file at the head of the queue; True when the socket is full.
+
+        Zero-copy where nothing stands between the queue and the socket (no
+        TLS, a stream socket; the callers have checked that ``send`` and
+        ``initiate_send`` are chatcore's own), else one chunk read and queued
+        ahead of the entry for the gathered sends (never more than one chunk
+        ahead of the socket).  A finished entry leaves the queue.
+        """
+        fifo = self.producer_fifo
+        # (send_to() returns False once the entry has finished, failed or
+        # switched to reads.)
+        fd = self._fileno
+        if entry.zero_copy and fd is not None and self._tls is None and self.socket.type == socket.SOCK_STREAM:
+            if entry.send_to(fd):
+                return True
+        if not entry.finished:
+            data = entry.more()
+            if data:
+                fifo.appendleft(data)
+                return False
+        if fifo and fifo[0] is entry:
+            fifo.popleft()
+        return False
+
+    def push_file(
+        self, file: "HasFileno", offset: int = 0, count: Optional[int] = None, *, close: bool = False
+    ) -> None:
+        """Queue *count* bytes of *file* from *offset* (up to its end for None), in order with other pushes.
+
+        *file* is any object with ``fileno()``; *offset* is absolute, and
+        the file's own position is neither used nor moved (positional reads;
+        a pipe, which cannot seek, is read from where it is, with *offset*
+        0).  How much there is is found by reading: a file shorter than
+        *count* ends the entry at its end, and what was pushed after it
+        follows.  With *close* the channel closes *file* once it is sent or
+        when the channel closes; otherwise chatcore never closes it.
+
+        The file is sent with ``os.sendfile`` where the platform has it, the
+        file is a regular one, the socket a plain stream socket and neither
+        ``send`` nor ``initiate_send`` overridden, and no TLS is started;
+        otherwise (or where sendfile refuses, from the byte it stopped at)
+        it is read and sent in ``ac_out_buffer_size`` chunks, one chunk
+        ahead of the socket at most.  ``push_file()`` itself sends nothing:
+        the file goes with the turn's gathered sends or at the next write
+        event.  For ``ac_max_output_buffer`` a queued file counts as one
+        entry (``OUTPUT_ENTRY_OVERHEAD``), plus the chunk read ahead.
+        """
+        offset = operator.index(offset)
+        if offset < 0:
+            raise ValueError("offset must be >= 0, got %r" % (offset,))
+        if count is not None:
+            count = operator.index(count)
+            if count < 0:
+                raise ValueError("count must be None or >= 0, got %r" % (count,))
+        entry = FileProducer(self, file, offset, count, close, self.ac_out_buffer_size)
+        self._files_pushed = True
+        self.producer_fifo.append(entry)
+        note_interest_change(self._map, self._fileno)
+
+    def _release_files(self) -> None:
+        """The channel is closing or dropping its output: files queued with close=True are closed."""
+        for item in list(self.producer_fifo):
+            if type(item) is FileProducer:
+                item.finish()
 
     def push_with_producer(self, producer: "Producer") -> None:
         """Queue an object with a ``more()`` method; it is drained in order."""
@@ -703,6 +785,8 @@ class async_chat(dispatcher):
         """Drop all pending input and output (emergencies only)."""
         self._framer.pending = b""
         del self.incoming[:]
+        if self._files_pushed:
+            self._release_files()
         self.producer_fifo.clear()
         note_interest_change(self._map, self._fileno)
         if self._read_pauses & PAUSED_BY_OUTPUT:

@@ -37,6 +37,8 @@ nitpick_ignore = [
     # Producer protocol (an object with a ``more()`` method).
     ("py:class", "ReadableBuffer"),
     ("py:class", "Producer"),
+    # typeshed's HasFileno: push_file()'s file, an object with ``fileno()``.
+    ("py:class", "HasFileno"),
 ]
 
 autodoc_member_order = "bysource"

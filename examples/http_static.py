@@ -22,8 +22,9 @@ Nothing outside the root is ever served: a request path is percent-decoded,
 root.  A refused path gets the same 404 as a missing file, so the answer does
 not tell whether something exists outside the root.
 
-File bodies go out through a producer that reads the file in chunks, so a
-large file is never held in memory.  A client that half-closes after its
+File bodies go out with ``push_file()`` (``os.sendfile`` where the socket
+allows, else read in chunks), so a large file is never held in memory and
+never more than its announced ``Content-Length`` is sent.  A client that half-closes after its
 request (``nc -N``, some HTTP/1.0 tools) still gets the whole response:
 chatcore's ``async_chat`` sends what is queued before it closes at the end of
 a peer's input.  ``start_http_server`` builds a server on any channel map, so
@@ -42,14 +43,13 @@ import stat
 import sys
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import IO, Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
 import chatcore
 from chatcore.demo import Listener, add_serving_options, handler_with, seconds_argument, serve, serving_limits
 
 __all__ = [
-    "FileProducer",
     "HTTPRequestHandler",
     "Request",
     "RequestError",
@@ -181,32 +181,6 @@ def content_type(path: str) -> str:
     return mime_type
 
 
-class FileProducer:
-    """``more()`` yields a file's bytes in chunks, at most *size* in all, then closes it."""
-
-    def __init__(self, file: IO[bytes], size: int, chunk_size: int = 65536):
-        self.file = file
-        self.remaining = size
-        self.chunk_size = chunk_size
-
-    @property
-    def closed(self) -> bool:
-        return self.file.closed
-
-    def more(self) -> bytes:
-        if self.file.closed:
-            return b""
-        # Never more than the announced Content-Length, even if the file grew.
-        data = self.file.read(min(self.chunk_size, self.remaining)) if self.remaining > 0 else b""
-        self.remaining -= len(data)
-        if not data or self.remaining <= 0:
-            self.close()
-        return data
-
-    def close(self) -> None:
-        self.file.close()
-
-
 class HTTPRequestHandler(chatcore.async_chat):
     """One connection: read one request head, answer it, close when sent."""
 
@@ -215,7 +189,6 @@ class HTTPRequestHandler(chatcore.async_chat):
     #: Seconds from connecting to a complete request head, or None for no
     #: limit; a client that takes longer is answered 408 and closed.
     head_timeout: Optional[float] = 10.0
-    producer_class = FileProducer
 
     def __init__(self, sock: Optional[socket.socket] = None, map: Optional[dict[int, Any]] = None, root: str = "."):
         chatcore.async_chat.__init__(self, sock, map)
@@ -225,7 +198,6 @@ class HTTPRequestHandler(chatcore.async_chat):
         self._head_size = 0
         self._skipped_empty_line = False
         self._responded = False
-        self._producers: list[FileProducer] = []
         # Framed line by line rather than on the blank line's b"\r\n\r\n":
         # a head whose lines end in a bare "\n" (RFC 9112 section 2.2 lets a
         # server accept them) would never show that terminator.
@@ -320,9 +292,9 @@ class HTTPRequestHandler(chatcore.async_chat):
             if head_only:
                 file.close()
             else:
-                producer = self.producer_class(file, info.st_size)
-                self._producers.append(producer)
-                self.push_with_producer(producer)
+                # Closed once sent, or when the channel closes (a client
+                # that leaves mid-transfer); never more than Content-Length.
+                self.push_file(file, 0, info.st_size, close=True)
         except BaseException:
             file.close()
             raise
@@ -351,13 +323,7 @@ class HTTPRequestHandler(chatcore.async_chat):
 
     def close(self) -> None:
         self._cancel_head_deadline()
-        try:
-            chatcore.async_chat.close(self)
-        finally:
-            # A client that leaves mid-transfer must not leak the open file.
-            for producer in self._producers:
-                producer.close()
-            self._producers.clear()
+        chatcore.async_chat.close(self)
 
 
 def start_http_server(

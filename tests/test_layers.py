@@ -29,7 +29,9 @@ ALLOWED = {
     "wakeup": set(),
     "outqueue": set(),
     "dispatch": {"events", "eventloop", "log"},
-    "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "limits", "log", "outqueue", "tls"},
+    "chat": {"_framing", "coalesce", "dispatch", "eventloop", "events", "filesend", "limits", "log", "outqueue", "tls"},
+    # A file queued by push_file(): a producer that reads or sendfile()s, knowing only the log.
+    "filesend": {"log"},
     # TLS under a channel: the loop's timers and interest tracking, never chat itself.
     "tls": {"eventloop", "events", "log", "timers"},
     # asyncio's loop driving the loop's own turns: above the loop, beside chat.

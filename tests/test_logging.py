@@ -107,6 +107,7 @@ def test_the_library_kinds_are_a_fixed_set_named_in_code():
         "tls handshake timeout",
         "accept backoff",
         "worker restarted",
+        "file send error",
     }
 
 

@@ -27,6 +27,10 @@ and on uvloop: its ratios are to chatcore.loop().  The prefork suite (only
 with ``--suite prefork``) is echo served by ``chatcore.prefork()`` with 1 and
 2 workers and by a plain loop; its ratios are to 1 worker, and the notes give
 the server's CPU time per line, since the load client shares the cores.
+The files suite serves one
+file (1 GiB with --full) over one connection: push_file (sendfile), a
+read-and-push producer, asyncio's loop.sendfile (its ratios are to it) and
+uvloop; its notes give each server's CPU time per GiB.
 """
 
 import argparse
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 import chatcore
 
-from . import aio, echo, framing, prefork, smtp, tls
+from . import aio, echo, files, framing, prefork, smtp, tls
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -55,6 +59,8 @@ MODES: dict[str, dict[str, Any]] = {
         "smtp": (2, 50),
         "tls_modes": [("pipelined", 2, 5_000), ("ping-pong", 1, 500)],
         "aio_modes": [("pipelined", 2, 20_000), ("ping-pong", 1, 1_000)],
+        # bytes of the served file, transfers per server (the best one counts)
+        "files": (32 << 20, 1),
     },
     # About a minute on a 2-core machine, with one row per echo server kind.
     # Scale 0.5 at the least: the big body (32 MiB then) must not fit in the
@@ -71,6 +77,7 @@ MODES: dict[str, dict[str, Any]] = {
         # several times slower than chatcore's, and take most of the time.
         "tls_modes": [("pipelined", 4, 25_000), ("ping-pong", 1, 2_000)],
         "aio_modes": [("pipelined", 4, 50_000), ("ping-pong", 1, 3_000)],
+        "files": (256 << 20, 2),
     },
     "full": {
         "scale": 1.0,
@@ -86,10 +93,11 @@ MODES: dict[str, dict[str, Any]] = {
         "smtp": (4, 3_000),
         "tls_modes": [("pipelined", 4, 100_000), ("ping-pong", 1, 20_000)],
         "aio_modes": [("pipelined", 4, 500_000), ("ping-pong", 1, 20_000)],
+        "files": (1 << 30, 3),
     },
 }
 
-SUITES = ("framing", "echo", "smtp", "tls", "aio", "prefork")
+SUITES = ("framing", "echo", "smtp", "tls", "files", "aio", "prefork")
 #: Suites run only when named with --suite (they fork servers and take longer).
 OPT_IN_SUITES = ("prefork",)
 DEFAULT_SUITES = [suite for suite in SUITES if suite not in OPT_IN_SUITES]
@@ -104,8 +112,8 @@ ECHO_SUITES: dict[str, tuple[str, str, type[echo.EchoServerProcess]]] = {
 FRAMING_BASELINES = ("stdlib-asynchat", "pyasynchat", "asyncio-streams")
 ECHO_BASELINES = ("stdlib", "pyasynchat", "asyncio")
 #: Suites whose rows have another baseline than ECHO_BASELINES, and what it is called.
-SUITE_BASELINES = {"aio": ("chatcore",), "prefork": (prefork.BASELINE,)}
-SUITE_BASELINE_NAMES = {"aio": "chatcore.loop()"}
+SUITE_BASELINES = {"files": ("asyncio",), "aio": ("chatcore",), "prefork": (prefork.BASELINE,)}
+SUITE_BASELINE_NAMES = {"files": "asyncio loop.sendfile", "aio": "chatcore.loop()", "prefork": "1 prefork worker"}
 #: What the ratio column's header calls each pair of baselines.
 BASELINE_NAMES = {
     ("stdlib-asynchat", "stdlib"): "stdlib asynchat/asyncore",
@@ -257,6 +265,16 @@ def _smtp_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> lis
                 result.send_timing,
             )
         )
+    return rows
+
+
+def _files_rows(settings: dict[str, Any], progress: Callable[[str], None]) -> list[Row]:
+    size, transfers = settings["files"]
+    benchmark = "serve a %d MiB file, 1 connection" % (size >> 20)
+    rows = []
+    for result in files.run_files(files.available_servers(), size, transfers, progress):
+        detail = "%s; server CPU %.2f s per GiB sent" % (result.detail, result.cpu_seconds * (1 << 30) / size)
+        rows.append(Row("files", benchmark, result.server, 1, result.seconds, size, detail=detail))
     return rows
 
 
@@ -416,6 +434,7 @@ _SUITE_TITLES = {
     "echo": "echo: over 127.0.0.1, each server in its own process",
     "smtp": "smtp: commands over 127.0.0.1, legacy_smtpd.py unchanged",
     "tls": "tls: echo over TLS 1.3 on 127.0.0.1, each server in its own process",
+    "files": "files: one file served over 127.0.0.1, each server in its own process",
     "aio": "aio: one chatcore echo server on chatcore.loop() and through chatcore.aio, own processes",
     "prefork": "prefork: echo over 127.0.0.1 from 1 and 2 forked workers (the load client shares the cores)",
 }
@@ -562,6 +581,12 @@ def run(mode: str, suites: list[str], progress: Callable[[str], None] = _progres
             rows += _echo_rows(settings, progress, "tls")
         else:
             progress("loopback TLS echo skipped: %s" % reason)
+    if "files" in suites:
+        progress(
+            "loopback file serving, ratios to asyncio's loop.sendfile (servers: %s):"
+            % ", ".join(files.available_servers())
+        )
+        rows += _files_rows(settings, progress)
     if "aio" in suites:
         progress(
             "loopback echo through chatcore.aio, ratios to chatcore.loop() (servers: %s):"
@@ -666,7 +691,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
         for note in notes:
             print("  " + note)
-    for suite in ("echo", "smtp", "tls", "aio", "prefork"):
+    for suite in ("echo", "smtp", "tls", "files", "aio", "prefork"):
         notes = server_notes(rows, suite)
         if notes:
             print("\n%s servers:" % suite)
