@@ -183,7 +183,17 @@ class _TerminatorSet:
     every byte of it once per terminator, never once per message.
     """
 
-    __slots__ = ("source", "terminators", "longest", "first_bytes", "found", "searched", "generation", "matched")
+    __slots__ = (
+        "source",
+        "terminators",
+        "longest",
+        "first_bytes",
+        "found",
+        "searched",
+        "generation",
+        "matched",
+        "searched_bytes",
+    )
 
     def __init__(self, source: "tuple[Any, ...]") -> None:
         #: The tuple as the channel holds it (compared by identity first).
@@ -200,6 +210,9 @@ class _TerminatorSet:
         self.generation = -1
         #: The terminator that ``find`` found last.
         self.matched = self.terminators[0]
+        #: Bytes the searches have covered so far (each from its start to its
+        #: match, or to the end): what the tests check stays linear.
+        self.searched_bytes = 0
 
     def find(self, data: bytes, pos: int, generation: int) -> int:
         """Where the earliest match at or after *pos* starts (``matched`` is which), or -1."""
@@ -216,6 +229,7 @@ class _TerminatorSet:
             if searched[index] < 0 or 0 <= at < pos:
                 at = found[index] = data.find(terminator, pos)
                 searched[index] = pos
+                self.searched_bytes += (len(data) if at < 0 else at + len(terminator)) - pos
             if at >= 0 and (best < 0 or at < best or (at == best and len(terminator) > best_length)):
                 best = at
                 best_length = len(terminator)

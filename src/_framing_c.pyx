@@ -519,6 +519,9 @@ cdef class _TerminatorSet:
     cdef unsigned long long generation
     cdef Py_ssize_t matched    # which terminator find() found last
     cdef unsigned char first_bytes[256]
+    # Bytes the searches have covered so far (each from its start to its
+    # match, or to the end): what the tests check stays linear.
+    cdef readonly unsigned long long searched_bytes
 
     def __cinit__(self, source):
         cdef Py_ssize_t index, length
@@ -538,6 +541,7 @@ cdef class _TerminatorSet:
         self.longest = 0
         self.generation = 0
         self.matched = 0
+        self.searched_bytes = 0
         for index in range(self.count):
             terminator = terminators[index]
             length = PyBytes_GET_SIZE(terminator)
@@ -569,6 +573,7 @@ cdef class _TerminatorSet:
                 at = -1 if hit == NULL else hit - ptr
                 self.found[index] = at
                 self.searched[index] = pos
+                self.searched_bytes += (end if at < 0 else at + self.lengths[index]) - pos
             if at >= 0 and (best < 0 or at < best or (at == best and self.lengths[index] > best_length)):
                 best = at
                 best_length = self.lengths[index]
@@ -644,7 +649,7 @@ cdef class Framer:
     # A tuple terminator: the last one seen, prepared.  Its remembered match
     # positions index _data, and hold while _generation (counting every new
     # _data) is unchanged.
-    cdef _TerminatorSet _terminators
+    cdef readonly _TerminatorSet _terminators
     cdef unsigned long long _generation
     # Whether channel.matched_terminator was set (a tuple matched), so that a
     # message ended by anything else sets it back to None.
