@@ -123,8 +123,10 @@ def set_terminator(
         channel.terminator = term
         return
     if isinstance(term, tuple):
-        # Checked (and bytes-like elements converted) once, here.
-        channel.terminator = check_terminators(term)
+        # Checked (and bytes-like elements converted) once, here: a handler
+        # that sets the same tuple again after every message pays nothing.
+        if term is not getattr(channel, "terminator", None):
+            channel.terminator = check_terminators(term)
         return
     if isinstance(term, str) and channel.use_encoding:
         term = bytes(term, channel.encoding)
@@ -176,11 +178,12 @@ def _partial_terminator_length(data: bytes, start: int, terminator: bytes) -> in
 class _TerminatorSet:
     """A tuple terminator, prepared once: its bytes, and where each of them next matches.
 
-    ``find`` gives the earliest match at or after a position (the longest
-    of those starting there); each terminator's own next match, or "none
-    up to the end of the buffer", is remembered and reused until the
-    position passes it, so framing many messages out of one buffer searches
-    every byte of it once per terminator, never once per message.
+    ``next_message_end`` finds the earliest match at or after a position
+    (the longest of those starting there).  Each terminator's own next
+    match, or "none up to the end of the buffer", is remembered and reused
+    until the position passes it, so framing many messages out of one
+    buffer searches every byte of it once per terminator, never once per
+    message.
     """
 
     __slots__ = (
@@ -189,52 +192,65 @@ class _TerminatorSet:
         "longest",
         "first_bytes",
         "found",
-        "searched",
         "generation",
         "matched",
+        "held",
         "searched_bytes",
     )
 
     def __init__(self, source: "tuple[Any, ...]") -> None:
-        #: The tuple as the channel holds it (compared by identity first).
+        #: The tuple as the channel holds it (compared by identity).
         self.source = source
         self.terminators = check_terminators(source)
         self.longest = max(len(terminator) for terminator in self.terminators)
         self.first_bytes = frozenset(terminator[0] for terminator in self.terminators)
-        count = len(self.terminators)
-        # Per terminator: its first match at or after searched[i] (-1: none
-        # in the buffer), valid while the buffer's generation is unchanged;
-        # searched[i] == -1: not searched in this buffer yet.
-        self.found = [-1] * count
-        self.searched = [-1] * count
+        # Per terminator: its first match at or after the position it was
+        # last searched from, -1 for none up to the end of the buffer, -2
+        # for not searched in this buffer (the framer's generation) yet.
+        self.found = [_UNSEARCHED] * len(self.terminators)
         self.generation = -1
-        #: The terminator that ``find`` found last.
+        #: What ``next_message_end`` found: the terminator, or (none
+        #: found) how many bytes at the end must wait for the next read.
         self.matched = self.terminators[0]
+        self.held = 0
         #: Bytes the searches have covered so far (each from its start to its
         #: match, or to the end): what the tests check stays linear.
         self.searched_bytes = 0
 
-    def find(self, data: bytes, pos: int, generation: int) -> int:
-        """Where the earliest match at or after *pos* starts (``matched`` is which), or -1."""
+    def next_message_end(self, data: bytes, pos: int, generation: int) -> int:
+        """Start of the terminator ending the message at *pos* (``matched``), or -1 (then ``held``).
+
+        A match is taken only where no terminator that could still complete
+        in the next read starts at or before it (an earlier start wins, and
+        at the same start a longer terminator), so the messages are the same
+        however the stream is cut into reads.
+        """
         found = self.found
-        searched = self.searched
         if generation != self.generation:
             self.generation = generation
-            for index in range(len(searched)):
-                searched[index] = -1
+            found[:] = [_UNSEARCHED] * len(found)
         best = -1
-        best_length = 0
-        for index, terminator in enumerate(self.terminators):
+        matched = self.matched
+        index = 0
+        for terminator in self.terminators:
             at = found[index]
-            if searched[index] < 0 or 0 <= at < pos:
+            if at < pos and at != -1:
                 at = found[index] = data.find(terminator, pos)
-                searched[index] = pos
                 self.searched_bytes += (len(data) if at < 0 else at + len(terminator)) - pos
-            if at >= 0 and (best < 0 or at < best or (at == best and len(terminator) > best_length)):
+            if at >= 0 and (best < 0 or at < best or (at == best and len(terminator) > len(matched))):
                 best = at
-                best_length = len(terminator)
-                self.matched = terminator
-        return best
+                matched = terminator
+            index += 1
+        end = len(data)
+        if best >= 0:
+            self.matched = matched
+            if best + self.longest <= end:
+                return best  # no terminator can still start at or before it
+        held = self.partial_length(data, pos)
+        if 0 <= best < end - held:
+            return best
+        self.held = held
+        return -1
 
     def partial_length(self, data: bytes, pos: int) -> int:
         """Length of the longest end of *data[pos:]* that is a proper prefix of one of the terminators."""
@@ -252,25 +268,9 @@ class _TerminatorSet:
                         return end - index
         return 0
 
-    def next_message_end(self, data: bytes, pos: int, generation: int) -> "tuple[int, int]":
-        """(start of the terminator ending the message at *pos*, bytes after the message's start to keep).
 
-        The start is -1 when the message's end is not known yet: a match
-        is taken only where no terminator that could still complete in the
-        next read starts at or before it (an earlier start wins, and at the
-        same start a longer terminator), so the result is the same however
-        the stream is cut into reads.  Then the second number is how many
-        bytes at the end must wait for the next read (a possible start of
-        a terminator); otherwise it is 0.
-        """
-        index = self.find(data, pos, generation)
-        end = len(data)
-        if index >= 0 and index + self.longest <= end:
-            return index, 0  # no terminator can still start at or before it
-        partial = self.partial_length(data, pos)
-        if index >= 0 and index < end - partial:
-            return index, 0
-        return -1, partial
+# _TerminatorSet.found: not searched in the current buffer yet.
+_UNSEARCHED = -2
 
 
 #: Message mode: a piece shorter than this is added to a bytearray at the end
@@ -605,8 +605,9 @@ class Framer:
             terminators = self._terminators
             if terminators is None or terminators.source is not terminator:
                 terminators = self._terminators = _TerminatorSet(terminator)
-            index, self._held = terminators.next_message_end(data, pos, self._generation)
+            index = terminators.next_message_end(data, pos, self._generation)
             if index < 0:
+                self._held = terminators.held
                 return -1, 0
             matched = terminators.matched
             channel.matched_terminator = matched

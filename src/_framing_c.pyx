@@ -239,8 +239,10 @@ def set_terminator(channel, term):
         channel.terminator = term
         return
     if isinstance(term, tuple):
-        # Checked (and bytes-like elements converted) once, here.
-        channel.terminator = check_terminators(term)
+        # Checked (and bytes-like elements converted) once, here: a handler
+        # that sets the same tuple again after every message pays nothing.
+        if term is not getattr(channel, "terminator", None):
+            channel.terminator = check_terminators(term)
         return
     if isinstance(term, str) and channel.use_encoding:
         term = bytes(term, channel.encoding)
@@ -494,15 +496,19 @@ cdef class SizeLimit:
     def __repr__(self):
         return "SizeLimit(%r, %r)" % (self.name, self.default)
 
+# _TerminatorSet.found: not searched in the current buffer yet.
+cdef enum:
+    _UNSEARCHED = -2
+
+
 cdef class _TerminatorSet:
     """A tuple terminator, prepared once: its bytes, and where each of them next matches.
 
-    The twin's ``_TerminatorSet`` (its docstrings say what each step is
-    for): ``find`` gives the earliest match at or after a position, the
-    longest of those starting there; each terminator's own next match, or
-    "none up to the end of the buffer", is remembered and reused until the
-    position passes it, so a buffer is searched once per terminator, never
-    once per message.
+    The twin's ``_TerminatorSet``, step for step: ``next_message_end``
+    finds the earliest match at or after a position (the longest of those
+    starting there); each terminator's own next match, or "none up to the
+    end of the buffer", is remembered and reused until the position passes
+    it, so a buffer is searched once per terminator, never once per message.
     """
 
     cdef object source         # the tuple as the channel holds it
@@ -511,13 +517,12 @@ cdef class _TerminatorSet:
     cdef Py_ssize_t longest
     cdef const char **pointers
     cdef Py_ssize_t *lengths
-    # Per terminator: its first match at or after searched[i] (-1: none in
-    # the buffer), valid while the framer's generation is unchanged;
-    # searched[i] == -1: not searched in this buffer yet.
+    # Per terminator: its first match at or after the position it was last
+    # searched from, -1 for none up to the end of the buffer, _UNSEARCHED
+    # for not searched in this buffer (the framer's generation) yet.
     cdef Py_ssize_t *found
-    cdef Py_ssize_t *searched
     cdef unsigned long long generation
-    cdef Py_ssize_t matched    # which terminator find() found last
+    cdef Py_ssize_t matched    # which terminator next_message_end found last
     cdef unsigned char first_bytes[256]
     # Bytes the searches have covered so far (each from its start to its
     # match, or to the end): what the tests check stays linear.
@@ -532,11 +537,10 @@ cdef class _TerminatorSet:
         self.terminators = terminators
         self.count = len(terminators)
         self.pointers = <const char **>PyMem_Malloc(self.count * sizeof(const char *))
-        self.lengths = <Py_ssize_t *>PyMem_Malloc(3 * self.count * sizeof(Py_ssize_t))
+        self.lengths = <Py_ssize_t *>PyMem_Malloc(2 * self.count * sizeof(Py_ssize_t))
         if self.pointers == NULL or self.lengths == NULL:
             raise MemoryError()
         self.found = self.lengths + self.count
-        self.searched = self.found + self.count
         memset(self.first_bytes, 0, sizeof(self.first_bytes))
         self.longest = 0
         self.generation = 0
@@ -550,35 +554,44 @@ cdef class _TerminatorSet:
             if length > self.longest:
                 self.longest = length
             self.first_bytes[<unsigned char>self.pointers[index][0]] = 1
-            self.found[index] = -1
-            self.searched[index] = -1
+            self.found[index] = _UNSEARCHED
 
     def __dealloc__(self):
         PyMem_Free(self.pointers)
         PyMem_Free(self.lengths)
 
-    cdef Py_ssize_t find(self, const char *ptr, Py_ssize_t pos, Py_ssize_t end,
-                         unsigned long long generation) noexcept:
-        """Where the earliest match in ptr[pos:end] starts (``matched`` is which), or -1."""
-        cdef Py_ssize_t index, at, best = -1, best_length = 0
+    cdef Py_ssize_t next_message_end(self, const char *ptr, Py_ssize_t pos, Py_ssize_t end,
+                                     unsigned long long generation, Py_ssize_t *held) noexcept:
+        """Start of the terminator ending the message at *pos* (``matched``), or -1 (then *held*).
+
+        A match is taken only where no terminator that could still complete
+        in the next read starts at or before it; otherwise *held* is how
+        many bytes at the end wait for the next read.
+        """
+        cdef Py_ssize_t index, at, best = -1, best_length = 0, partial
         cdef const char *hit
         if generation != self.generation:
             self.generation = generation
             for index in range(self.count):
-                self.searched[index] = -1
+                self.found[index] = _UNSEARCHED
         for index in range(self.count):
             at = self.found[index]
-            if self.searched[index] < 0 or 0 <= at < pos:
+            if at < pos and at != -1:
                 hit = chatcore_find(ptr + pos, end - pos, self.pointers[index], self.lengths[index])
                 at = -1 if hit == NULL else hit - ptr
                 self.found[index] = at
-                self.searched[index] = pos
                 self.searched_bytes += (end if at < 0 else at + self.lengths[index]) - pos
             if at >= 0 and (best < 0 or at < best or (at == best and self.lengths[index] > best_length)):
                 best = at
                 best_length = self.lengths[index]
                 self.matched = index
-        return best
+        if best >= 0 and best + self.longest <= end:
+            return best  # no terminator can still start at or before it
+        partial = self.partial_length(ptr + pos, end - pos)
+        if 0 <= best < end - partial:
+            return best
+        held[0] = partial
+        return -1
 
     cdef Py_ssize_t partial_length(self, const char *data, Py_ssize_t available) noexcept:
         """Length of the longest end of data[:available] that is a proper prefix of a terminator."""
@@ -594,23 +607,6 @@ cdef class _TerminatorSet:
                             data + index, self.pointers[which], <size_t>length) == 0:
                         return length
         return 0
-
-    cdef Py_ssize_t next_message_end(self, const char *ptr, Py_ssize_t pos, Py_ssize_t end,
-                                     unsigned long long generation, Py_ssize_t *held) noexcept:
-        """Start of the terminator ending the message at *pos*, or -1 (then *held* is set).
-
-        A match is taken only where no terminator that could still complete
-        in the next read starts at or before it; otherwise *held* is how
-        many bytes at the end wait for the next read.
-        """
-        cdef Py_ssize_t index = self.find(ptr, pos, end, generation), partial
-        if index >= 0 and index + self.longest <= end:
-            return index  # no terminator can still start at or before it
-        partial = self.partial_length(ptr + pos, end - pos)
-        if index >= 0 and index < end - partial:
-            return index
-        held[0] = partial
-        return -1
 
 
 cdef class Framer:

@@ -245,7 +245,9 @@ ALPHABET = b"ab\r\n"
 byte_strings = st.binary(min_size=0, max_size=60).map(lambda raw: bytes(ALPHABET[b % 4] for b in raw))
 terminator_bytes = st.binary(min_size=1, max_size=3).map(lambda raw: bytes(ALPHABET[b % 4] for b in raw))
 terminator_tuples = st.lists(terminator_bytes, min_size=1, max_size=4).map(tuple)
-script_entries = st.one_of(terminator_tuples, terminator_tuples, terminator_bytes, st.integers(min_value=1, max_value=5))
+script_entries = st.one_of(
+    terminator_tuples, terminator_tuples, terminator_bytes, st.integers(min_value=1, max_value=5)
+)
 
 
 def cuts_strategy():
