@@ -116,7 +116,7 @@ class SizeLimit:
 
 def set_terminator(
     channel: Any,
-    term: Union[bytes, bytearray, memoryview, str, int, tuple[Union[bytes, bytearray, memoryview], ...], None],
+    term: Union[bytes, bytearray, memoryview, str, int, "tuple[bytes | bytearray | memoryview, ...]", None],
 ) -> None:
     """Set the input delimiter: bytes of any length, a tuple of them, a byte count, or None."""
     if type(term) is bytes:
