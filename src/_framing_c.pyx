@@ -786,10 +786,8 @@ cdef class Framer:
 
     cdef int _deliver(self, object channel, bint call_get_terminator, Py_ssize_t max_size) except -1:
         # max_size < 0: no limit.
-        cdef object data, terminator, needle
+        cdef object data, terminator
         cdef const char *ptr
-        cdef const char *found
-        cdef const char *needle_ptr
         cdef Py_ssize_t pos, end, available, count, needle_len, index, collected, partial = 0
         if self._found_owed:
             self._found_owed = False
@@ -839,20 +837,7 @@ cdef class Framer:
                         self._forget_match(channel)
                     channel.found_terminator()
             else:
-                if type(terminator) is bytes or not isinstance(terminator, tuple):
-                    needle = _terminator_bytes(terminator)
-                    needle_ptr = PyBytes_AS_STRING(needle)
-                    needle_len = PyBytes_GET_SIZE(needle)
-                    found = chatcore_find(ptr + pos, available, needle_ptr, needle_len)
-                    if found != NULL:
-                        index = found - ptr
-                        if self._matched_set:
-                            self._forget_match(channel)
-                    else:
-                        index = -1
-                        partial = _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
-                else:
-                    index = self._sequence_match(channel, terminator, ptr, pos, end, &needle_len, &partial)
+                index = self._message_end(channel, terminator, ptr, pos, end, &needle_len, &partial)
                 if index >= 0:
                     self._pos = index + needle_len
                     collected = self._collected
@@ -890,10 +875,8 @@ cdef class Framer:
                 channel.collect_incoming_data(_piece(data, ptr, pos, available))
 
     cdef int _deliver_messages(self, object channel, Py_ssize_t max_size) except -1:
-        cdef object data, terminator, needle
+        cdef object data, terminator
         cdef const char *ptr
-        cdef const char *found
-        cdef const char *needle_ptr
         cdef Py_ssize_t pos, end, available, count, needle_len, index, body_end, take, partial = 0
         while True:
             data = self._data
@@ -932,20 +915,7 @@ cdef class Framer:
                         self._forget_match(channel)
                     self._complete(channel, data, ptr, pos, take, max_size)
             else:
-                if type(terminator) is bytes or not isinstance(terminator, tuple):
-                    needle = _terminator_bytes(terminator)
-                    needle_ptr = PyBytes_AS_STRING(needle)
-                    needle_len = PyBytes_GET_SIZE(needle)
-                    found = chatcore_find(ptr + pos, available, needle_ptr, needle_len)
-                    if found != NULL:
-                        index = found - ptr
-                        if self._matched_set:
-                            self._forget_match(channel)
-                    else:
-                        index = -1
-                        partial = _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
-                else:
-                    index = self._sequence_match(channel, terminator, ptr, pos, end, &needle_len, &partial)
+                index = self._message_end(channel, terminator, ptr, pos, end, &needle_len, &partial)
                 if index >= 0:
                     self._pos = index + needle_len
                     if self._dropping:
@@ -964,6 +934,31 @@ cdef class Framer:
                         # past the limit.
                         self._add_to_body(ptr + pos, body_end - pos, max_size, False)
                 return 0
+
+    @cython.final
+    cdef inline Py_ssize_t _message_end(self, object channel, object terminator, const char *ptr,
+                                        Py_ssize_t pos, Py_ssize_t end, Py_ssize_t *match_length,
+                                        Py_ssize_t *held) except -2:
+        """Start of the sequence terminator ending the message at *pos*, or -1.
+
+        Found: *match_length* is the terminator's length; not found: *held*
+        is how many bytes at the end must wait for the next read (they may
+        start a terminator).
+        """
+        cdef const char *found
+        cdef Py_ssize_t needle_len
+        if type(terminator) is bytes or not isinstance(terminator, tuple):
+            needle = _terminator_bytes(terminator)
+            needle_len = PyBytes_GET_SIZE(needle)
+            found = chatcore_find(ptr + pos, end - pos, PyBytes_AS_STRING(needle), needle_len)
+            if found == NULL:
+                held[0] = _partial_terminator_length(ptr + pos, end - pos, PyBytes_AS_STRING(needle), needle_len)
+                return -1
+            match_length[0] = needle_len
+            if self._matched_set:
+                self._forget_match(channel)
+            return found - ptr
+        return self._sequence_match(channel, terminator, ptr, pos, end, match_length, held)
 
     cdef Py_ssize_t _sequence_match(self, object channel, object terminator, const char *ptr,
                                     Py_ssize_t pos, Py_ssize_t end, Py_ssize_t *match_length,
