@@ -49,8 +49,16 @@ class SizeLimit:
     def __delete__(self, instance: object) -> None:
         """Go back to the default."""
 
-def set_terminator(channel: Any, term: bytes | bytearray | memoryview | str | int | None) -> None:
-    """Set the input delimiter: bytes of any length, a byte count, or None."""
+def set_terminator(
+    channel: Any,
+    term: bytes | bytearray | memoryview | str | int | tuple[bytes | bytearray | memoryview, ...] | None,
+) -> None:
+    """Set the input delimiter: bytes of any length, a tuple of them, a byte count, or None.
+
+    A tuple (at least one non-empty bytes-like terminator) is checked here
+    and stored with its elements as bytes; the earliest match in the stream
+    ends a message, the longest of those starting at the same position.
+    """
 
 def collect_incoming_piece(channel: Any, data: bytes) -> None:
     """Keep *data* for ``join_incoming`` (stdlib's ``_collect_incoming_data``)."""
@@ -72,7 +80,12 @@ class Framer:
     def feed(
         self, channel: Any, data: ReadableBuffer, call_get_terminator: bool = True, max_size: int | None = None
     ) -> None:
-        """Append *data* to the pending bytes and deliver every complete piece."""
+        """Append *data* to the pending bytes and deliver every complete piece.
+
+        With a tuple terminator, ``channel.matched_terminator`` is set to the
+        element that ended a message before ``found_terminator()`` runs (and
+        back to None once a message is ended otherwise).
+        """
     def feed_messages(self, channel: Any, data: ReadableBuffer, max_size: int | None) -> None:
         """Message mode: hand each complete message to ``channel.handle_message``."""
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from .dispatch import dispatcher
 from .limits import check_limit
 from .outqueue import OutputQueue
+from .terminators import check_terminators
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -113,10 +114,19 @@ class SizeLimit:
 # live here so the compiled twin can speed them up.
 
 
-def set_terminator(channel: Any, term: Union[bytes, bytearray, memoryview, str, int, None]) -> None:
-    """Set the input delimiter: bytes of any length, a byte count, or None."""
+def set_terminator(
+    channel: Any,
+    term: Union[bytes, bytearray, memoryview, str, int, "tuple[bytes | bytearray | memoryview, ...]", None],
+) -> None:
+    """Set the input delimiter: bytes of any length, a tuple of them, a byte count, or None."""
     if type(term) is bytes:
         channel.terminator = term
+        return
+    if isinstance(term, tuple):
+        # Checked (and bytes-like elements converted) once, here: a handler
+        # that sets the same tuple again after every message pays nothing.
+        if term is not getattr(channel, "terminator", None):
+            channel.terminator = check_terminators(term)
         return
     if isinstance(term, str) and channel.use_encoding:
         term = bytes(term, channel.encoding)
@@ -165,6 +175,104 @@ def _partial_terminator_length(data: bytes, start: int, terminator: bytes) -> in
     return 0
 
 
+class _TerminatorSet:
+    """A tuple terminator, prepared once: its bytes, and where each of them next matches.
+
+    ``next_message_end`` finds the earliest match at or after a position
+    (the longest of those starting there).  Each terminator's own next
+    match, or "none up to the end of the buffer", is remembered and reused
+    until the position passes it, so framing many messages out of one
+    buffer searches every byte of it once per terminator, never once per
+    message.
+    """
+
+    __slots__ = (
+        "source",
+        "terminators",
+        "longest",
+        "first_bytes",
+        "found",
+        "generation",
+        "matched",
+        "held",
+        "searched_bytes",
+    )
+
+    def __init__(self, source: "tuple[Any, ...]") -> None:
+        #: The tuple as the channel holds it (compared by identity).
+        self.source = source
+        self.terminators = check_terminators(source)
+        self.longest = max(len(terminator) for terminator in self.terminators)
+        self.first_bytes = frozenset(terminator[0] for terminator in self.terminators)
+        # Per terminator: its first match at or after the position it was
+        # last searched from, -1 for none up to the end of the buffer, -2
+        # for not searched in this buffer (the framer's generation) yet.
+        self.found = [_UNSEARCHED] * len(self.terminators)
+        self.generation = -1
+        #: What ``next_message_end`` found: the terminator, or (none
+        #: found) how many bytes at the end must wait for the next read.
+        self.matched = self.terminators[0]
+        self.held = 0
+        #: Bytes the searches have covered so far (each from its start to its
+        #: match, or to the end): what the tests check stays linear.
+        self.searched_bytes = 0
+
+    def next_message_end(self, data: bytes, pos: int, generation: int) -> int:
+        """Start of the terminator ending the message at *pos* (``matched``), or -1 (then ``held``).
+
+        A match is taken only where no terminator that could still complete
+        in the next read starts at or before it (an earlier start wins, and
+        at the same start a longer terminator), so the messages are the same
+        however the stream is cut into reads.
+        """
+        found = self.found
+        if generation != self.generation:
+            self.generation = generation
+            found[:] = [_UNSEARCHED] * len(found)
+        best = -1
+        matched = self.matched
+        index = 0
+        for terminator in self.terminators:
+            at = found[index]
+            if at < pos and at != -1:
+                at = found[index] = data.find(terminator, pos)
+                self.searched_bytes += (len(data) if at < 0 else at + len(terminator)) - pos
+            if at >= 0 and (best < 0 or at < best or (at == best and len(terminator) > len(matched))):
+                best = at
+                matched = terminator
+            index += 1
+        end = len(data)
+        if best >= 0:
+            self.matched = matched
+            if best + self.longest <= end:
+                return best  # no terminator can still start at or before it
+        held = self.partial_length(data, pos)
+        if 0 <= best < end - held:
+            return best
+        self.held = held
+        return -1
+
+    def partial_length(self, data: bytes, pos: int) -> int:
+        """Length of the longest end of *data[pos:]* that is a proper prefix of one of the terminators."""
+        end = len(data)
+        start = end - self.longest + 1
+        if start < pos:
+            start = pos
+        first_bytes = self.first_bytes
+        # The earliest start is the longest suffix.
+        for index in range(start, end):
+            if data[index] in first_bytes:
+                tail = data[index:]
+                for terminator in self.terminators:
+                    if len(terminator) > len(tail) and terminator.startswith(tail):
+                        return end - index
+        return 0
+
+
+# _TerminatorSet.found: not searched in the current buffer yet.
+_UNSEARCHED = -2
+
+
 #: Message mode: a piece shorter than this is added to a bytearray at the end
 #: of the message's parts instead of being kept as a part of its own, so a
 #: message arriving in tiny reads costs its bytes, not an object per read.
@@ -192,6 +300,10 @@ class Framer:
         "_dropping",
         "_collected",
         "_found_owed",
+        "_terminators",
+        "_generation",
+        "_held",
+        "_matched_set",
     )
 
     def __init__(self) -> None:
@@ -214,6 +326,17 @@ class Framer:
         # is still due; it runs first thing in the next feed.  Like a bytes
         # terminator kept in ``pending``, replacing ``pending`` drops it.
         self._found_owed = False
+        # A tuple terminator: the last one seen, prepared (_TerminatorSet).
+        # Its remembered match positions index ``_data``, and hold while
+        # ``_generation`` (counting every new ``_data``) is unchanged.
+        self._terminators: Optional[_TerminatorSet] = None
+        self._generation = 0
+        # After a sequence terminator is not found: how many bytes at the end
+        # may start one (they wait for the next read).
+        self._held = 0
+        # Whether channel.matched_terminator was set (a tuple matched), so
+        # that a message ended by anything else sets it back to None.
+        self._matched_set = False
 
     @property
     def pending(self) -> bytes:
@@ -224,6 +347,7 @@ class Framer:
     def pending(self, value: "ReadableBuffer") -> None:
         self._data = bytes(memoryview(value))
         self._pos = 0
+        self._generation += 1
         self._found_owed = False
 
     @property
@@ -267,6 +391,7 @@ class Framer:
             data = self._data[self._pos :] + data
         self._data = data
         self._pos = 0
+        self._generation += 1
         self._feeding += 1
         try:
             if self._found_owed:
@@ -284,7 +409,9 @@ class Framer:
                 else:
                     terminator = channel.terminator
                 if type(terminator) is bytes and terminator:
-                    needle = terminator  # the common case first
+                    # The common case first.
+                    index = data.find(terminator, pos)
+                    after = index + len(terminator)
                 elif not terminator:
                     self._dropping = False
                     self._pos = end
@@ -315,13 +442,15 @@ class Framer:
                         raise
                     channel.terminator = 0
                     self._collected = 0
+                    if self._matched_set:
+                        self._forget_match(channel)
                     channel.found_terminator()
                     continue
                 else:
-                    needle = _terminator_bytes(terminator)
-                index = data.find(needle, pos)
+                    index, after = self._sequence_match(channel, terminator, data, pos)
                 if index >= 0:
-                    after = index + len(needle)
+                    if self._matched_set and type(terminator) is bytes:
+                        self._forget_match(channel)
                     if self._collected or self._dropping or (max_size is not None and index - pos > max_size):
                         # A message that spans reads, or one being skipped or too long.
                         collected = self._collected
@@ -346,7 +475,7 @@ class Framer:
                         self._pos = after
                     channel.found_terminator()
                     continue
-                partial = _partial_terminator_length(data, pos, needle) if len(needle) > 1 else 0
+                partial = self._held_length(terminator, data, pos)
                 body_end = end - partial
                 if body_end == pos:
                     return
@@ -368,6 +497,7 @@ class Framer:
             if self._pos:
                 self._data = self._data[self._pos :]
                 self._pos = 0
+                self._generation += 1
 
     def feed_messages(self, channel: Any, data: "ReadableBuffer", max_size: Optional[int]) -> None:
         """Message mode: hand each complete message to ``channel.handle_message``.
@@ -391,6 +521,7 @@ class Framer:
             data = self._data[self._pos :] + data
         self._data = data
         self._pos = 0
+        self._generation += 1
         self._feeding += 1
         try:
             self._deliver_messages(channel, max_size)
@@ -400,6 +531,7 @@ class Framer:
             if self._pos:
                 self._data = self._data[self._pos :]
                 self._pos = 0
+                self._generation += 1
 
     def _deliver_messages(self, channel: Any, max_size: int) -> None:
         while True:
@@ -411,6 +543,8 @@ class Framer:
             terminator = channel.terminator
             if not terminator:
                 self._pos = end
+                if self._matched_set:
+                    self._forget_match(channel)
                 self._complete(channel, data[pos:end], max_size)
             elif isinstance(terminator, int):
                 if terminator < 0:
@@ -431,21 +565,26 @@ class Framer:
                 elif self._dropping:
                     self._dropping = False
                 else:
+                    if self._matched_set:
+                        self._forget_match(channel)
                     self._complete(channel, data[pos : pos + take], max_size)
             else:
-                needle = terminator if type(terminator) is bytes else _terminator_bytes(terminator)
-                index = data.find(needle, pos)
+                if type(terminator) is bytes:
+                    index = data.find(terminator, pos)
+                    after = index + len(terminator)
+                    if self._matched_set and index >= 0:
+                        self._forget_match(channel)
+                else:
+                    index, after = self._sequence_match(channel, terminator, data, pos)
                 if index >= 0:
-                    self._pos = index + len(needle)
+                    self._pos = after
                     if self._dropping:
                         self._dropping = False
                         self._drop_body()
                     else:
                         self._complete(channel, data[pos:index], max_size)
                     continue
-                body_end = end
-                if len(needle) > 1:
-                    body_end -= _partial_terminator_length(data, pos, needle)
+                body_end = end - self._held_length(terminator, data, pos)
                 self._pos = body_end
                 if not self._dropping:
                     if self._body_len + body_end - pos > max_size:
@@ -453,6 +592,46 @@ class Framer:
                     elif body_end > pos:
                         self._add_part(data[pos:body_end])
                 return
+
+    def _sequence_match(self, channel: Any, terminator: Any, data: bytes, pos: int) -> "tuple[int, int]":
+        """(start, end) of the terminator that ends the message at *pos*, or (-1, 0).
+
+        For a terminator that is not ``bytes``: a tuple of them (setting
+        ``channel.matched_terminator`` to the one found), or another
+        bytes-like object.  When none is found, ``_held`` says how many
+        bytes at the end must wait for the next read.
+        """
+        if isinstance(terminator, tuple):
+            terminators = self._terminators
+            if terminators is None or terminators.source is not terminator:
+                terminators = self._terminators = _TerminatorSet(terminator)
+            index = terminators.next_message_end(data, pos, self._generation)
+            if index < 0:
+                self._held = terminators.held
+                return -1, 0
+            matched = terminators.matched
+            channel.matched_terminator = matched
+            self._matched_set = True
+            return index, index + len(matched)
+        needle = _terminator_bytes(terminator)
+        index = data.find(needle, pos)
+        if index < 0:
+            self._held = _partial_terminator_length(data, pos, needle) if len(needle) > 1 else 0
+            return -1, 0
+        if self._matched_set:
+            self._forget_match(channel)
+        return index, index + len(needle)
+
+    def _held_length(self, terminator: Any, data: bytes, pos: int) -> int:
+        """No terminator was found after *pos*: how many bytes at the end may start one."""
+        if type(terminator) is bytes:
+            return _partial_terminator_length(data, pos, terminator) if len(terminator) > 1 else 0
+        return self._held  # what _sequence_match found
+
+    def _forget_match(self, channel: Any) -> None:
+        """A message ended by a single terminator, a count or a read: no tuple element matched."""
+        self._matched_set = False
+        channel.matched_terminator = None
 
     def _add_part(self, piece: bytes) -> None:
         """Add *piece* to the body of the message in progress."""

@@ -129,8 +129,9 @@ _WATCH_OUTPUT = 2  # look at the output queue (an output limit is set)
 BytesLike = Union[bytes, bytearray, memoryview]
 
 #: What ``set_terminator()`` takes: a delimiter (bytes-like; a str only with
-#: ``use_encoding`` set), a byte count, or None for "everything".
-Terminator = Union[bytes, bytearray, memoryview, str, int, None]
+#: ``use_encoding`` set), a tuple of bytes-like delimiters (whichever comes
+#: first ends the message), a byte count, or None for "everything".
+Terminator = Union[bytes, bytearray, memoryview, str, int, tuple[Union[bytes, bytearray, memoryview], ...], None]
 
 if TYPE_CHECKING:
 
@@ -275,6 +276,14 @@ class async_chat(dispatcher):
     #: The current terminator (``set_terminator()``); unset until it is first set.
     terminator: Terminator
 
+    #: With a tuple terminator, the element that ended the message being
+    #: handled: set just before ``found_terminator()`` (``handle_message()``
+    #: in ``message_chat``) runs.  It is the tuple's own element, a ``bytes``
+    #: object (``set_terminator()`` stores bytes-like elements as their
+    #: bytes).  None when the message was ended by a single terminator, a
+    #: byte count or a read (``terminator`` says what ended it then).
+    matched_terminator: Optional[bytes] = None
+
     #: The framing engine module; tests swap in the other implementation.
     _engine = _framing.engine
 
@@ -330,10 +339,34 @@ class async_chat(dispatcher):
         # The methods the engine functions below are, as type checkers should
         # see them (the channel is ``self``); tests/test_typing.py checks that
         # the parameters agree with the engine's.
-        def set_terminator(self, term: Terminator) -> None: ...
+        def set_terminator(self, term: Terminator) -> None:
+            """Set the input delimiter: stdlib's kinds, or a tuple of delimiters.
+
+            *term* is a bytes-like delimiter (a str only with
+            ``use_encoding`` set, as in stdlib), an int (a byte count,
+            counted down as data is collected), None (collect everything),
+            or a tuple of non-empty bytes-like delimiters, such as
+            ``(b"\\r\\n", b"\\n")``: the earliest match in the stream ends
+            the message, and of matches starting at the same position the
+            longest; ``matched_terminator`` tells ``found_terminator()``
+            which one it was.  A partial match at the end of a read waits
+            for the next read, as for one delimiter, and so does a complete
+            match that a longer delimiter of the tuple (or one starting
+            earlier) could still turn out to be (with ``(b"ab", b"abc")``,
+            ``b"ab"`` at the very end of a read is taken once the next byte
+            is known not to be ``b"c"``): the messages are the same however
+            the stream is cut into reads.  A tuple is checked here (empty,
+            or with an empty delimiter: ValueError; with an element that is
+            not bytes-like: TypeError), its bytes-like elements are stored
+            as bytes, and the engines read a tuple's elements once per
+            tuple object.
+            """
+
         def _collect_incoming_data(self, data: bytes) -> None: ...
         def _get_data(self) -> bytes: ...
-        def get_terminator(self) -> Terminator: ...
+        def get_terminator(self) -> Terminator:
+            """The current terminator, as ``set_terminator()`` stored it (an int counts down)."""
+
         def handle_read(self) -> None: ...
         def _deliver_received(self, data: "ReadableBuffer") -> None: ...
         def push(self, data: BytesLike) -> None: ...

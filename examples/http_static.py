@@ -70,6 +70,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HTTP_VERSION = re.compile(r"HTTP/([0-9])\.([0-9])\Z")
 # A request target is visible ASCII only; anything else is a malformed request.
 _TARGET = re.compile(r"[\x21-\x7e]+\Z")
+# What ends a line of a request head: whichever comes first in the stream.
+_LINE_ENDINGS = (b"\r\n", b"\n")
 
 
 class RequestError(Exception):
@@ -198,10 +200,10 @@ class HTTPRequestHandler(chatcore.async_chat):
         self._head_size = 0
         self._skipped_empty_line = False
         self._responded = False
-        # Framed line by line rather than on the blank line's b"\r\n\r\n":
-        # a head whose lines end in a bare "\n" (RFC 9112 section 2.2 lets a
-        # server accept them) would never show that terminator.
-        self.set_terminator(b"\n")
+        # Framed line by line, each line ending in b"\r\n" or in a bare
+        # b"\n" (RFC 9112 section 2.2 lets a server accept those), whichever
+        # comes first; a head of bare-LF lines never shows b"\r\n\r\n".
+        self.set_terminator(_LINE_ENDINGS)
         self._head_deadline: Optional[chatcore.TimerHandle] = None
         if sock is not None and self.head_timeout is not None:
             self._head_deadline = chatcore.call_later(self.head_timeout, self._head_timed_out, map=map)
@@ -214,12 +216,10 @@ class HTTPRequestHandler(chatcore.async_chat):
         self._line_parts.append(data)
 
     def found_terminator(self) -> None:
-        if self._responded or self._head_grew_too_large(1):  # the b"\n"
+        if self._responded or self._head_grew_too_large(len(self.matched_terminator or b"")):
             return
         line = b"".join(self._line_parts)
         self._line_parts.clear()
-        if line.endswith(b"\r"):
-            line = line[:-1]
         if line:
             self._head_lines.append(line)
         elif not self._head_lines and not self._skipped_empty_line:

@@ -22,9 +22,10 @@ from cpython.buffer cimport (
     PyBUF_FULL_RO, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer,
 )
 from cpython.memoryview cimport PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 cimport cython
 
@@ -34,6 +35,7 @@ from sys import intern as _intern
 # The one rule for a limit value (shared with the twin); the fast paths below
 # accept only what it accepts and hand everything else to it.
 from chatcore.limits import check_limit
+from chatcore.terminators import check_terminators
 from chatcore.outqueue import OutputQueue
 from chatcore.events import DISCONNECTED
 from errno import EWOULDBLOCK
@@ -232,9 +234,15 @@ cdef extern from "Python.h":
 
 @cython.binding(True)
 def set_terminator(channel, term):
-    """Set the input delimiter: bytes of any length, a byte count, or None."""
+    """Set the input delimiter: bytes of any length, a tuple of them, a byte count, or None."""
     if type(term) is bytes:
         channel.terminator = term
+        return
+    if isinstance(term, tuple):
+        # Checked (and bytes-like elements converted) once, here: a handler
+        # that sets the same tuple again after every message pays nothing.
+        if term is not getattr(channel, "terminator", None):
+            channel.terminator = check_terminators(term)
         return
     if isinstance(term, str) and channel.use_encoding:
         term = bytes(term, channel.encoding)
@@ -488,6 +496,118 @@ cdef class SizeLimit:
     def __repr__(self):
         return "SizeLimit(%r, %r)" % (self.name, self.default)
 
+# _TerminatorSet.found: not searched in the current buffer yet.
+cdef enum:
+    _UNSEARCHED = -2
+
+
+cdef class _TerminatorSet:
+    """A tuple terminator, prepared once: its bytes, and where each of them next matches.
+
+    The twin's ``_TerminatorSet``, step for step: ``next_message_end``
+    finds the earliest match at or after a position (the longest of those
+    starting there); each terminator's own next match, or "none up to the
+    end of the buffer", is remembered and reused until the position passes
+    it, so a buffer is searched once per terminator, never once per message.
+    """
+
+    cdef object source         # the tuple as the channel holds it
+    cdef tuple terminators     # its bytes (check_terminators), which own the pointers below
+    cdef Py_ssize_t count
+    cdef Py_ssize_t longest
+    cdef const char **pointers
+    cdef Py_ssize_t *lengths
+    # Per terminator: its first match at or after the position it was last
+    # searched from, -1 for none up to the end of the buffer, _UNSEARCHED
+    # for not searched in this buffer (the framer's generation) yet.
+    cdef Py_ssize_t *found
+    cdef unsigned long long generation
+    cdef Py_ssize_t matched    # which terminator next_message_end found last
+    cdef unsigned char first_bytes[256]
+    # Bytes the searches have covered so far (each from its start to its
+    # match, or to the end): what the tests check stays linear.
+    cdef readonly unsigned long long searched_bytes
+
+    def __cinit__(self, source):
+        cdef Py_ssize_t index, length
+        self.pointers = NULL
+        self.lengths = NULL
+        terminators = check_terminators(source)
+        self.source = source
+        self.terminators = terminators
+        self.count = len(terminators)
+        self.pointers = <const char **>PyMem_Malloc(self.count * sizeof(const char *))
+        self.lengths = <Py_ssize_t *>PyMem_Malloc(2 * self.count * sizeof(Py_ssize_t))
+        if self.pointers == NULL or self.lengths == NULL:
+            raise MemoryError()
+        self.found = self.lengths + self.count
+        memset(self.first_bytes, 0, sizeof(self.first_bytes))
+        self.longest = 0
+        self.generation = 0
+        self.matched = 0
+        self.searched_bytes = 0
+        for index in range(self.count):
+            terminator = terminators[index]
+            length = PyBytes_GET_SIZE(terminator)
+            self.pointers[index] = PyBytes_AS_STRING(terminator)
+            self.lengths[index] = length
+            if length > self.longest:
+                self.longest = length
+            self.first_bytes[<unsigned char>self.pointers[index][0]] = 1
+            self.found[index] = _UNSEARCHED
+
+    def __dealloc__(self):
+        PyMem_Free(self.pointers)
+        PyMem_Free(self.lengths)
+
+    cdef Py_ssize_t next_message_end(self, const char *ptr, Py_ssize_t pos, Py_ssize_t end,
+                                     unsigned long long generation, Py_ssize_t *held) noexcept:
+        """Start of the terminator ending the message at *pos* (``matched``), or -1 (then *held*).
+
+        A match is taken only where no terminator that could still complete
+        in the next read starts at or before it; otherwise *held* is how
+        many bytes at the end wait for the next read.
+        """
+        cdef Py_ssize_t index, at, best = -1, best_length = 0, partial
+        cdef const char *hit
+        if generation != self.generation:
+            self.generation = generation
+            for index in range(self.count):
+                self.found[index] = _UNSEARCHED
+        for index in range(self.count):
+            at = self.found[index]
+            if at < pos and at != -1:
+                hit = chatcore_find(ptr + pos, end - pos, self.pointers[index], self.lengths[index])
+                at = -1 if hit == NULL else hit - ptr
+                self.found[index] = at
+                self.searched_bytes += (end if at < 0 else at + self.lengths[index]) - pos
+            if at >= 0 and (best < 0 or at < best or (at == best and self.lengths[index] > best_length)):
+                best = at
+                best_length = self.lengths[index]
+                self.matched = index
+        if best >= 0 and best + self.longest <= end:
+            return best  # no terminator can still start at or before it
+        partial = self.partial_length(ptr + pos, end - pos)
+        if 0 <= best < end - partial:
+            return best
+        held[0] = partial
+        return -1
+
+    cdef Py_ssize_t partial_length(self, const char *data, Py_ssize_t available) noexcept:
+        """Length of the longest end of data[:available] that is a proper prefix of a terminator."""
+        cdef Py_ssize_t start = available - self.longest + 1, index, length, which
+        if start < 0:
+            start = 0
+        # The earliest start is the longest suffix.
+        for index in range(start, available):
+            if self.first_bytes[<unsigned char>data[index]]:
+                length = available - index
+                for which in range(self.count):
+                    if self.lengths[which] > length and memcmp(
+                            data + index, self.pointers[which], <size_t>length) == 0:
+                        return length
+        return 0
+
 
 cdef class Framer:
     """Incoming terminator engine for one channel.
@@ -522,6 +642,14 @@ cdef class Framer:
     # due; it runs first thing in the next feed.  Like a bytes terminator kept
     # in ``pending``, replacing ``pending`` drops it.
     cdef bint _found_owed
+    # A tuple terminator: the last one seen, prepared.  Its remembered match
+    # positions index _data, and hold while _generation (counting every new
+    # _data) is unchanged.
+    cdef readonly _TerminatorSet _terminators
+    cdef unsigned long long _generation
+    # Whether channel.matched_terminator was set (a tuple matched), so that a
+    # message ended by anything else sets it back to None.
+    cdef bint _matched_set
 
     def __cinit__(self):
         self._data = b""
@@ -533,6 +661,9 @@ cdef class Framer:
         self._dropping = False
         self._collected = 0
         self._found_owed = False
+        self._terminators = None
+        self._generation = 0
+        self._matched_set = False
 
     def __dealloc__(self):
         Py_XDECREF(self._body)
@@ -549,6 +680,7 @@ cdef class Framer:
     def pending(self, value):
         self._data = bytes(memoryview(value))
         self._pos = 0
+        self._generation += 1
         self._found_owed = False
 
     @property
@@ -640,6 +772,7 @@ cdef class Framer:
             data = self._rest() + bytes(data)
         self._data = data
         self._pos = 0
+        self._generation += 1
         self._feeding += 1
 
     cdef _finish(self):
@@ -649,14 +782,13 @@ cdef class Framer:
         if self._pos or type(self._data) is not bytes:
             self._data = self._rest()
             self._pos = 0
+            self._generation += 1
 
     cdef int _deliver(self, object channel, bint call_get_terminator, Py_ssize_t max_size) except -1:
         # max_size < 0: no limit.
-        cdef object data, terminator, needle
+        cdef object data, terminator
         cdef const char *ptr
-        cdef const char *found
-        cdef const char *needle_ptr
-        cdef Py_ssize_t pos, end, available, count, needle_len, index, partial, collected
+        cdef Py_ssize_t pos, end, available, count, needle_len, index, collected, partial = 0
         if self._found_owed:
             self._found_owed = False
             channel.found_terminator()
@@ -701,14 +833,12 @@ cdef class Framer:
                         raise
                     channel.terminator = 0
                     self._collected = 0
+                    if self._matched_set:
+                        self._forget_match(channel)
                     channel.found_terminator()
             else:
-                needle = _terminator_bytes(terminator)
-                needle_ptr = PyBytes_AS_STRING(needle)
-                needle_len = PyBytes_GET_SIZE(needle)
-                found = chatcore_find(ptr + pos, available, needle_ptr, needle_len)
-                if found != NULL:
-                    index = found - ptr
+                index = self._message_end(channel, terminator, ptr, pos, end, &needle_len, &partial)
+                if index >= 0:
                     self._pos = index + needle_len
                     collected = self._collected
                     self._collected = 0
@@ -728,7 +858,6 @@ cdef class Framer:
                                 self._pos = index + needle_len
                         channel.found_terminator()
                     continue
-                partial = _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
                 if partial == available:
                     return 0
                 self._pos = end - partial
@@ -746,11 +875,9 @@ cdef class Framer:
                 channel.collect_incoming_data(_piece(data, ptr, pos, available))
 
     cdef int _deliver_messages(self, object channel, Py_ssize_t max_size) except -1:
-        cdef object data, terminator, needle
+        cdef object data, terminator
         cdef const char *ptr
-        cdef const char *found
-        cdef const char *needle_ptr
-        cdef Py_ssize_t pos, end, available, count, needle_len, index, body_end, take
+        cdef Py_ssize_t pos, end, available, count, needle_len, index, body_end, take, partial = 0
         while True:
             data = self._data
             ptr = _buffer_pointer(data, &end)
@@ -763,6 +890,8 @@ cdef class Framer:
             terminator = channel.terminator
             if terminator is None or not terminator:
                 self._pos = end
+                if self._matched_set:
+                    self._forget_match(channel)
                 self._complete(channel, data, ptr, pos, available, max_size)
             elif isinstance(terminator, int):
                 count = _count_of(terminator)  # checked at every step, as in the twin
@@ -782,14 +911,12 @@ cdef class Framer:
                 elif self._dropping:
                     self._dropping = False
                 else:
+                    if self._matched_set:
+                        self._forget_match(channel)
                     self._complete(channel, data, ptr, pos, take, max_size)
             else:
-                needle = _terminator_bytes(terminator)
-                needle_ptr = PyBytes_AS_STRING(needle)
-                needle_len = PyBytes_GET_SIZE(needle)
-                found = chatcore_find(ptr + pos, available, needle_ptr, needle_len)
-                if found != NULL:
-                    index = found - ptr
+                index = self._message_end(channel, terminator, ptr, pos, end, &needle_len, &partial)
+                if index >= 0:
                     self._pos = index + needle_len
                     if self._dropping:
                         self._dropping = False
@@ -797,7 +924,7 @@ cdef class Framer:
                     else:
                         self._complete(channel, data, ptr, pos, index - pos, max_size)
                     continue
-                body_end = end - _partial_terminator_length(ptr + pos, available, needle_ptr, needle_len)
+                body_end = end - partial
                 self._pos = body_end
                 if not self._dropping:
                     if self._body_len + body_end - pos > max_size:
@@ -807,6 +934,59 @@ cdef class Framer:
                         # past the limit.
                         self._add_to_body(ptr + pos, body_end - pos, max_size, False)
                 return 0
+
+    @cython.final
+    cdef inline Py_ssize_t _message_end(self, object channel, object terminator, const char *ptr,
+                                        Py_ssize_t pos, Py_ssize_t end, Py_ssize_t *match_length,
+                                        Py_ssize_t *held) except -2:
+        """Start of the sequence terminator ending the message at *pos*, or -1.
+
+        Found: *match_length* is the terminator's length; not found: *held*
+        is how many bytes at the end must wait for the next read (they may
+        start a terminator).
+        """
+        cdef const char *found
+        cdef Py_ssize_t needle_len
+        if type(terminator) is bytes or not isinstance(terminator, tuple):
+            needle = _terminator_bytes(terminator)
+            needle_len = PyBytes_GET_SIZE(needle)
+            found = chatcore_find(ptr + pos, end - pos, PyBytes_AS_STRING(needle), needle_len)
+            if found == NULL:
+                held[0] = _partial_terminator_length(ptr + pos, end - pos, PyBytes_AS_STRING(needle), needle_len)
+                return -1
+            match_length[0] = needle_len
+            if self._matched_set:
+                self._forget_match(channel)
+            return found - ptr
+        return self._sequence_match(channel, terminator, ptr, pos, end, match_length, held)
+
+    cdef Py_ssize_t _sequence_match(self, object channel, object terminator, const char *ptr,
+                                    Py_ssize_t pos, Py_ssize_t end, Py_ssize_t *match_length,
+                                    Py_ssize_t *held) except -2:
+        """A tuple terminator: start of the one ending the message at *pos*, or -1.
+
+        Found: *match_length* is its length and ``channel.matched_terminator``
+        the terminator itself; not found: *held* is how many bytes at the
+        end must wait for the next read.
+        """
+        cdef _TerminatorSet terminators = self._terminators
+        cdef Py_ssize_t index
+        if terminators is None or terminators.source is not terminator:
+            terminators = _TerminatorSet(terminator)
+            self._terminators = terminators
+        index = terminators.next_message_end(ptr, pos, end, self._generation, held)
+        if index < 0:
+            return -1
+        match_length[0] = terminators.lengths[terminators.matched]
+        channel.matched_terminator = terminators.terminators[terminators.matched]
+        self._matched_set = True
+        return index
+
+    cdef int _forget_match(self, object channel) except -1:
+        """A message ended by a single terminator, a count or a read: no tuple element matched."""
+        self._matched_set = False
+        channel.matched_terminator = None
+        return 0
 
     cdef int _add_to_body(self, const char *ptr, Py_ssize_t length, Py_ssize_t ceiling,
                           bint exact) except -1:

@@ -17,9 +17,11 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(chatcore.__file__))
 ALLOWED = {
     "events": set(),
     "limits": set(),
+    # The rule for a tuple of terminators, shared by both engines.
+    "terminators": set(),
     # The library's logger and rate limits: below everything that logs.
     "log": set(),
-    "_framing_py": {"dispatch", "limits", "outqueue", "_framing_io_py"},
+    "_framing_py": {"dispatch", "limits", "outqueue", "terminators", "_framing_io_py"},
     # The engine's per-event steps (async_chat's methods) use the dispatcher
     # and the loop's interest tracking, never chat itself.
     "_framing_io_py": {"coalesce", "dispatch", "eventloop", "events"},

@@ -298,6 +298,26 @@ def floor_notes(rows: list[Row], implementation: str = "chatcore-cython") -> lis
     ]
 
 
+def terminator_notes(rows: list[Row]) -> list[str]:
+    """One line per row of a tuple-terminator workload: its time per message over the one-terminator twin's.
+
+    The twin (``Workload.single_terminator_twin``) frames the same stream,
+    and its row of the same implementation and read size is in the same run.
+    """
+    by_key = {(row.benchmark, row.implementation): row for row in rows if row.suite == "framing"}
+    notes = []
+    for row in rows:
+        workload, _, reads = row.benchmark.partition(" @ ")
+        details = framing.WORKLOADS.get(workload) if row.suite == "framing" else None
+        if details is None or details.single_terminator_twin is None:
+            continue
+        twin = by_key.get(("%s @ %s" % (details.single_terminator_twin, reads), row.implementation))
+        if twin is not None and row.messages and twin.messages:
+            ratio = (row.seconds / row.messages) / (twin.seconds / twin.messages)
+            notes.append("%s, %s: %.2fx %s's" % (row.benchmark, row.implementation, ratio, twin.benchmark))
+    return notes
+
+
 def baselines(rows: list[Row]) -> dict[Row, Optional[Row]]:
     """Each row's baseline: the best row of ``*_BASELINES`` its benchmark has."""
     by_benchmark: dict[str, dict[str, Row]] = {}
@@ -689,6 +709,11 @@ def main(args: argparse.Namespace) -> int:
     notes = floor_notes(rows)
     if notes:
         print("\nchatcore-cython's time per message over the handler floor's (the handler alone, no framing):")
+        for note in notes:
+            print("  " + note)
+    notes = terminator_notes(rows)
+    if notes:
+        print("\nseveral terminators, time per message over one terminator's (the same stream and reads):")
         for note in notes:
             print("  " + note)
     for suite in ("echo", "smtp", "tls", "files", "aio", "prefork"):

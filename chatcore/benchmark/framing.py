@@ -15,6 +15,11 @@ implementation, so every row does the same work:
   ``handle_message`` call per message, the opt-in API for new code);
 * the asyncio row drives ``StreamReader.readuntil``/``readexactly`` with the
   same protocol, fed with ``feed_data`` one read at a time;
+* the ``lines16-any-eol`` workload is ``lines16``'s lines framed by the
+  tuple ``(b"\\r\\n", b"\\n")`` (several terminators, chatcore's extension;
+  asyncio's ``readuntil`` takes a tuple from Python 3.13), so that its rows
+  over ``lines16``'s, measured in the same run, are what looking for two
+  line endings costs over looking for one;
 * the ``handler-floor`` row is the handler's own cost: the same handler (on
   chatcore's compiled engine where there is one), its
   ``collect_incoming_data`` and ``found_terminator`` called once per message
@@ -42,7 +47,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 import chatcore
 
-Terminator = Union[bytes, int]
+Terminator = Union[bytes, int, tuple[bytes, ...]]
 
 READ_SIZES = (4096, 65536)
 
@@ -65,6 +70,12 @@ class Protocol:
         self.messages += 1
         self.payload_bytes += len(data)
         return self.first_terminator
+
+
+class AnyLineEnding(Protocol):
+    """Lines ending in ``\\r\\n`` or in a bare ``\\n``, whichever comes first."""
+
+    first_terminator = (b"\r\n", b"\n")
 
 
 class SMTPBodies(Protocol):
@@ -107,6 +118,10 @@ class Workload(NamedTuple):
     #: is the copies the framing must make and whose floor (a callback pair
     #: per body, the body never copied) says nothing about them.
     has_floor: bool = True
+    #: The workload framing the same stream with one terminator, for a tuple
+    #: terminator's workload (only chatcore's rows and asyncio on 3.13+ run
+    #: it): its rows over that workload's are the cost of the tuple.
+    single_terminator_twin: Optional[str] = None
 
 
 def _count(base: int, scale: float) -> int:
@@ -117,6 +132,13 @@ def _lines(scale: float):
     count = _count(1_000_000, scale)
     line = b"0123456789abcd\r\n"
     return line * count, lambda: Protocol(count), count, count * 14
+
+
+def _lines_any_ending(scale: float):
+    # lines16's lines and reads, a quarter as many (the comparison is per
+    # message): the pure-Python engine's rows would take most of a run.
+    stream, _, count, payload = _lines(scale / 4)
+    return stream, lambda: AnyLineEnding(count), count, payload
 
 
 def _headers(scale: float):
@@ -157,6 +179,13 @@ WORKLOADS: dict[str, Workload] = {
     workload.name: workload
     for workload in [
         Workload("lines16", "1,000,000 lines of 16 bytes ending \\r\\n", _lines),
+        Workload(
+            "lines16-any-eol",
+            "250,000 of lines16's lines, framed by (b'\\r\\n', b'\\n')",
+            _lines_any_ending,
+            has_floor=False,
+            single_terminator_twin="lines16",
+        ),
         Workload("headers200", "100,000 header lines of 200 bytes", _headers),
         Workload("smtp64k", "10,000 64 KiB bodies ending \\r\\n.\\r\\n", _smtp_bodies, has_floor=False),
         Workload("length-prefixed", "200,000 records: 4-byte length, then body", _length_prefixed),
@@ -247,6 +276,8 @@ def _split_messages(stream: bytes, protocol: Protocol) -> list[bytes]:
     while position < len(stream):
         if isinstance(terminator, int):
             end = following = position + terminator
+        elif isinstance(terminator, tuple):
+            raise ValueError("the floor splits by one terminator (a tuple's workload has no floor)")
         else:
             end = stream.find(terminator, position)
             if end < 0:
@@ -289,8 +320,20 @@ def _floor_runner(base: type) -> Callable[[list[bytes], int, Protocol], float]:
 
 
 def runs_on(implementation: str, workload: str) -> bool:
-    """Whether row *implementation* measures *workload* (the floor skips single bodies)."""
-    return implementation != FLOOR or WORKLOADS[workload].has_floor
+    """Whether row *implementation* measures *workload*.
+
+    The floor skips single bodies; a tuple terminator runs on chatcore's
+    rows, and on asyncio's from Python 3.13 (whose ``readuntil`` takes a
+    tuple), not on legacy asynchat (which has no such thing).
+    """
+    details = WORKLOADS[workload]
+    if implementation == FLOOR:
+        return details.has_floor
+    if details.single_terminator_twin is not None:
+        return implementation.startswith("chatcore") or (
+            implementation == "asyncio-streams" and sys.version_info >= (3, 13)
+        )
+    return True
 
 
 def _message_handler(read_size: int) -> type:
@@ -316,6 +359,11 @@ async def _read_messages(reader: Any, protocol: Protocol) -> None:
     while not protocol.done:
         if isinstance(terminator, int):
             data = await reader.readexactly(terminator)
+        elif isinstance(terminator, tuple):
+            data = await reader.readuntil(terminator)
+            # The one that matched: the longest the data ends with.
+            ending = max((choice for choice in terminator if data.endswith(choice)), key=len)
+            data = data[: -len(ending)]
         else:
             data = await reader.readuntil(terminator)
             data = data[: -len(terminator)]
