@@ -11,15 +11,22 @@ The protocol, one command a line:
 * ``BLOB n`` then n raw bytes: "got n bytes" (a byte-count terminator);
 * ``COUNT n``: n, n-1 … 1 on lines of their own, from a producer;
 * ``FILE``: a canned text, through ``simple_producer``;
+* ``SENDFILE``: the same text from a file on disk, through ``push_file``;
 * ``QUIT``: "bye", then the server closes once everything is sent.
+
+Commands end in CRLF or a bare LF (a tuple terminator); the session is served
+on ``chatcore.loop`` and again through ``chatcore.aio`` on asyncio's loop.
 """
 
+import asyncio
 import socket
 import sys
+import tempfile
 import time
-from typing import Any, Callable
+from typing import IO, Any, Callable, Optional
 
 import chatcore
+import chatcore.aio
 import chatcore.compat
 from chatcore.compat import asynchat, asyncore
 
@@ -29,7 +36,7 @@ HandlerFactory = Callable[[socket.socket, ChannelMap], chatcore.async_chat]
 CRLF = b"\r\n"
 CANNED_FILE = b"line one\r\nline two\r\nline three\r\n"
 BLOB = b"\x00\x01binary\r\n\xff"
-COMMANDS = [b"ECHO hello", b"BLOB %d" % len(BLOB), BLOB, b"COUNT 3", b"FILE", b"ECHO done", b"QUIT"]
+COMMANDS = [b"ECHO hello", b"BLOB %d" % len(BLOB), BLOB, b"COUNT 3", b"FILE", b"SENDFILE", b"ECHO done", b"QUIT"]
 EXPECTED_REPLIES = [
     b"hello",
     b"got %d bytes" % len(BLOB),
@@ -37,9 +44,19 @@ EXPECTED_REPLIES = [
     b"2",
     b"1",
     *CANNED_FILE.split(CRLF)[:-1],
+    *CANNED_FILE.split(CRLF)[:-1],
     b"done",
     b"bye",
 ]
+LINE_ENDS = (CRLF, b"\n")
+
+
+def canned_file() -> IO[bytes]:
+    """A temporary file holding CANNED_FILE, at its start (deleted once closed)."""
+    file = tempfile.TemporaryFile()
+    file.write(CANNED_FILE)
+    file.flush()
+    return file
 
 
 class CountdownProducer:
@@ -61,7 +78,7 @@ class CommandHandler(chatcore.async_chat):
     def __init__(self, sock: socket.socket, channel_map: ChannelMap) -> None:
         super().__init__(sock, map=channel_map)
         self.parts: list[bytes] = []
-        self.set_terminator(CRLF)
+        self.set_terminator(LINE_ENDS)
 
     def collect_incoming_data(self, data: bytes) -> None:
         self.parts.append(data)
@@ -69,9 +86,10 @@ class CommandHandler(chatcore.async_chat):
     def found_terminator(self) -> None:
         received = b"".join(self.parts)
         self.parts = []
-        if isinstance(self.get_terminator(), int):
+        ended_by: Optional[bytes] = self.matched_terminator
+        if ended_by is None:
             # The raw bytes a BLOB command announced: back to lines.
-            self.set_terminator(CRLF)
+            self.set_terminator(LINE_ENDS)
             self.push(b"got %d bytes\r\n" % len(received))
             return
         command, _, argument = received.partition(b" ")
@@ -83,6 +101,8 @@ class CommandHandler(chatcore.async_chat):
             self.push_with_producer(CountdownProducer(int(argument)))
         elif command == b"FILE":
             self.push_with_producer(chatcore.simple_producer(CANNED_FILE, buffer_size=8))
+        elif command == b"SENDFILE":
+            self.push_file(canned_file(), 0, None, close=True)
         elif command == b"QUIT":
             self.push(bytearray(b"bye\r\n"))
             self.close_when_done()
@@ -127,7 +147,9 @@ class CommandClient(chatcore.message_chat):
 
     def handle_connect(self) -> None:
         for command in COMMANDS:
-            self.push(command if command is BLOB else command + CRLF)
+            # Lines end in CRLF, but for one in a bare LF, as some peers send.
+            line_end = b"\n" if command == b"ECHO done" else CRLF
+            self.push(command if command is BLOB else command + line_end)
 
     def handle_message(self, message: bytes) -> None:
         self.replies.append(message)
@@ -162,6 +184,41 @@ def run_session() -> list[bytes]:
         give_up.cancel()
         chatcore.close_all(channel_map)
     return client.replies
+
+
+async def serve_until(channel_map: ChannelMap, done: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Serve *channel_map* through chatcore.aio beside an asyncio task that empties it once *done()*."""
+
+    async def close_when_done() -> None:
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        chatcore.close_all(channel_map)
+
+    watcher = asyncio.ensure_future(close_when_done())
+    await chatcore.aio.loop(channel_map)  # returns once the map is empty
+    await watcher
+
+
+def run_asyncio_session() -> list[bytes]:
+    """The same session, served on asyncio's loop."""
+    channel_map: ChannelMap = {}
+    server = LineServer(CommandHandler, channel_map)
+    client = CommandClient(server.port, channel_map)
+    try:
+        asyncio.run(serve_until(channel_map, lambda: not client.connected and bool(client.replies)))
+    finally:
+        chatcore.close_all(channel_map)
+    return client.replies
+
+
+def serve_from_every_core() -> list[int]:
+    """The server from one worker process per core (not called here: it forks)."""
+    channel_map: ChannelMap = {}
+    LineServer(CommandHandler, channel_map)
+    statuses: list[int] = chatcore.prefork(map=channel_map)
+    chatcore.close_all(channel_map)
+    return statuses
 
 
 class LegacyUpperHandler(asynchat.async_chat):
@@ -220,9 +277,10 @@ def main() -> int:
     """Run both sessions; 0 if every reply was the one expected."""
     print("engine:", chatcore.implementation)
     replies = run_session()
+    asyncio_replies = run_asyncio_session()
     legacy_reply = run_legacy_session()
-    if replies != EXPECTED_REPLIES or legacy_reply != b"PING\n":
-        print("unexpected replies: %r and %r" % (replies, legacy_reply))
+    if replies != EXPECTED_REPLIES or asyncio_replies != EXPECTED_REPLIES or legacy_reply != b"PING\n":
+        print("unexpected replies: %r, %r and %r" % (replies, asyncio_replies, legacy_reply))
         return 1
     print("%d replies and the legacy one, as expected" % len(replies))
     return 0
