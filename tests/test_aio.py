@@ -325,6 +325,51 @@ def test_tls_echo(chat_class, channel_map, event_loop_kind):
     assert run(event_loop_kind, program) == lines
 
 
+def test_a_file_pushed_with_push_file_arrives_whole(chat_class, channel_map, event_loop_kind, tmp_path):
+    payload = os.urandom(3 << 20)
+    path = tmp_path / "payload"
+    path.write_bytes(payload)
+
+    class FileSender(chat_class):
+        def __init__(self, sock):
+            super().__init__(sock, map=channel_map)
+            self.set_terminator(b"\n")
+
+        def collect_incoming_data(self, data):
+            pass
+
+        def found_terminator(self):
+            self.push(b"file:")
+            self.push_file(open(path, "rb"), close=True)
+            self.push(b":end")
+            self.close_when_done()
+
+    class Listener(chatcore.dispatcher):
+        def handle_accepted(self, sock, addr):
+            FileSender(sock)
+
+    listener = Listener(map=channel_map)
+    listener.create_socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    async def program():
+        serving = asyncio.ensure_future(aio.loop(channel_map, timeout=None))
+        reader, writer = await asyncio.open_connection(*address_of(listener))
+        try:
+            writer.write(b"GET\n")
+            received = await reader.read()  # to the end of data: close_when_done
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        listener.close()
+        await until(lambda: len(channel_map) == 0, "the channels' close")
+        await serving
+        return received
+
+    assert run(event_loop_kind, program) == b"file:" + payload + b":end"
+
+
 def test_many_connections_accepted_and_an_accept_backoff_resumed(chat_class, channel_map, event_loop_kind):
     listener, channels = line_server(chat_class, channel_map)
     # Out of descriptors once: the listener pauses, and a chatcore timer resumes it.
