@@ -89,15 +89,21 @@ def line_server(chat_class, channel_map, answer=None, **class_attributes):
     for name, value in class_attributes.items():
         setattr(Lines, name, value)
 
+    return listening(channel_map, Lines), channels
+
+
+def listening(channel_map, channel_class):
+    """A listener on 127.0.0.1 in *channel_map* whose connections become ``channel_class(sock)``."""
+
     class Listener(chatcore.dispatcher):
         def handle_accepted(self, sock, addr):
-            Lines(sock)
+            channel_class(sock)
 
     listener = Listener(map=channel_map)
     listener.create_socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
-    return listener, channels
+    return listener
 
 
 def address_of(listener):
@@ -344,14 +350,7 @@ def test_a_file_pushed_with_push_file_arrives_whole(chat_class, channel_map, eve
             self.push(b":end")
             self.close_when_done()
 
-    class Listener(chatcore.dispatcher):
-        def handle_accepted(self, sock, addr):
-            FileSender(sock)
-
-    listener = Listener(map=channel_map)
-    listener.create_socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
+    listener = listening(channel_map, FileSender)
 
     async def program():
         serving = asyncio.ensure_future(aio.loop(channel_map, timeout=None))
